@@ -1,0 +1,1 @@
+"""sysfs_emu: a simulated KSM kernel backend."""
