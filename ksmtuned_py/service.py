@@ -1,0 +1,76 @@
+"""The daemon's side of systemd: sd_notify messages and where logs go."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+try:  # systemd-python is a runtime dependency; stay usable if it fails to import
+    from systemd import daemon as _sd_daemon
+    from systemd import journal as _sd_journal
+except ImportError:  # pragma: no cover - exercised only on broken installs
+    _sd_daemon = None
+    _sd_journal = None
+
+log = logging.getLogger(__name__)
+
+
+def under_systemd() -> bool:
+    """True when started by systemd with its journal as our stderr."""
+    return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Operational logs: the journal under systemd, else standard error."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if under_systemd() and _sd_journal is not None:
+        handler: logging.Handler = _sd_journal.JournalHandler(SYSLOG_IDENTIFIER="ksmtuned-py")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ksmtuned-py: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+
+
+class Notifier:
+    """sd_notify(3) messages; every call is a no-op outside systemd."""
+
+    def _send(self, *lines: str) -> None:
+        if _sd_daemon is not None and os.environ.get("NOTIFY_SOCKET"):
+            _sd_daemon.notify("\n".join(lines))
+
+    def ready(self, status: str) -> None:
+        self._send("READY=1", f"STATUS={status}")
+
+    def status(self, status: str) -> None:
+        self._send(f"STATUS={status}")
+
+    def reloading(self) -> None:
+        usec = int(_monotonic_usec())
+        self._send("RELOADING=1", f"MONOTONIC_USEC={usec}")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")
+
+    def watchdog(self) -> None:
+        self._send("WATCHDOG=1")
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between WATCHDOG=1 pings (half of WatchdogSec=), or None."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        try:
+            return int(usec) / 1e6 / 2
+        except ValueError:
+            return None
+
+
+def _monotonic_usec() -> float:
+    import time
+
+    return time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6
