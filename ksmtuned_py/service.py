@@ -16,18 +16,52 @@ except ImportError:  # pragma: no cover - exercised only on broken installs
 log = logging.getLogger(__name__)
 
 
+#: Structured journal fields of a cycle's log record, by meaning: pass them
+#: as ``extra=`` to a logging call and the journal stores each as a field
+#: (``journalctl -u ksmtuned-py KSM_DECISION=boost -o json``).
+CYCLE_FIELDS = {
+    "decision": "KSM_DECISION",
+    "npages": "KSM_NPAGES",
+    "sleep": "KSM_SLEEP",
+    "free": "KSM_FREE",
+    "committed": "KSM_COMMITTED",
+    "thres": "KSM_THRES",
+}
+
+
 def under_systemd() -> bool:
     """True when started by systemd with its journal as our stderr."""
     return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
 
 
+def stderr_is_journal() -> bool:
+    """True when standard error is connected to the journal (sd_journal_stream_fd).
+
+    systemd sets JOURNAL_STREAM=DEVICE:INODE for a service whose output goes
+    to the journal; comparing it with stderr tells a service apart from a
+    command run from a shell that merely inherited the variable.
+    """
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    try:
+        st = os.fstat(2)
+        return st.st_dev == int(dev) and st.st_ino == int(ino)
+    except (OSError, ValueError):
+        return False
+
+
+def cycle_fields(**values: object) -> dict[str, str]:
+    """``extra=`` for a cycle's log record: ``cycle_fields(decision="boost", npages=300)``."""
+    return {CYCLE_FIELDS[key]: str(value) for key, value in values.items() if value is not None}
+
+
 def configure_logging(verbose: bool = False) -> None:
-    """Operational logs: the journal under systemd, else standard error."""
+    """Operational logs: the journal (with structured fields) under systemd, else standard error."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    if under_systemd() and _sd_journal is not None:
+    if stderr_is_journal() and _sd_journal is not None:
         handler: logging.Handler = _sd_journal.JournalHandler(SYSLOG_IDENTIFIER="ksmtuned-py")
     else:
         handler = logging.StreamHandler(sys.stderr)

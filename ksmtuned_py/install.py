@@ -1,0 +1,142 @@
+"""`ksmtuned-py install`: put the service files where systemd, logrotate and libvirt look.
+
+Installed (paths under ``--destdir``, default ``/``):
+
+- ``UNITDIR/ksmtuned-py.service`` and ``UNITDIR/ksmtuned-py-ksm.service``
+  (UNITDIR defaults to /etc/systemd/system, the place for units no package
+  manager owns; packagers pass ``--unitdir /usr/lib/systemd/system``)
+- ``/etc/ksmtuned.conf``, only when there is none (an existing one, e.g. the
+  reference ksmtuned's, is compatible and is never overwritten)
+- ``/etc/logrotate.d/ksmtuned-py``
+- ``/etc/libvirt/hooks/qemu.d/ksmtuned-py`` (executable)
+
+The units and the hook name ``/usr/bin/ksmtuned-py``; when the program lives
+elsewhere (a virtual environment) that path is replaced by ``--exec`` (default:
+the ksmtuned-py being run).  Every file is written to a temporary name and
+renamed into place, so a half-written file is never seen.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ksmtuned_py.errors import UserError
+
+#: The program path the shipped units and hook name.
+SHIPPED_EXEC = "/usr/bin/ksmtuned-py"
+DEFAULT_UNITDIR = "/etc/systemd/system"
+DATA_NAME = "ksmtuned-py"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One shipped file: where it is in the source tree, where it goes, its mode."""
+
+    source: str
+    target: str
+    mode: int
+    names_exec: bool = False
+    keep_existing: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    """What install did with one file."""
+
+    path: Path
+    verb: str  # "installed" | "kept"
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.path}" + (" (exists, not overwritten)" if self.verb == "kept" else "")
+
+
+def items(unitdir: str = DEFAULT_UNITDIR) -> list[Item]:
+    return [
+        Item("systemd/ksmtuned-py.service", f"{unitdir}/ksmtuned-py.service", 0o644, names_exec=True),
+        Item("systemd/ksmtuned-py-ksm.service", f"{unitdir}/ksmtuned-py-ksm.service", 0o644,
+             names_exec=True),
+        Item("etc/ksmtuned.conf", "/etc/ksmtuned.conf", 0o644, keep_existing=True),
+        Item("etc/logrotate.d/ksmtuned-py", "/etc/logrotate.d/ksmtuned-py", 0o644),
+        Item("etc/libvirt/hooks/qemu.d/ksmtuned-py", "/etc/libvirt/hooks/qemu.d/ksmtuned-py", 0o755,
+             names_exec=True),
+    ]
+
+
+def data_dir() -> Path:
+    """Where the shipped files are: the wheel's share/ksmtuned-py, else the source checkout."""
+    candidates = [
+        Path(sys.prefix) / "share" / DATA_NAME,
+        Path(__file__).resolve().parent.parent,
+    ]
+    for base in candidates:
+        if (base / "systemd" / "ksmtuned-py.service").is_file():
+            return base
+    raise UserError("cannot find the service files to install (looked in "
+                    + ", ".join(str(c) for c in candidates) + ")")
+
+
+def default_exec() -> str:
+    """The ksmtuned-py program being run, as an absolute path."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "ksmtuned-py" and argv0.is_file():
+        return os.path.abspath(argv0)
+    beside = Path(sys.executable).parent / "ksmtuned-py"
+    if beside.is_file():
+        return str(beside)
+    return SHIPPED_EXEC
+
+
+def _write_atomic(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
+    """Write ``data`` to ``path`` via a temporary file; False when it exists and not ``replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+            os.fsync(out.fileno())
+        if replace:
+            os.rename(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and fails when the file exists
+            except FileExistsError:
+                return False
+        return True
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def install(destdir: str | os.PathLike = "/", unitdir: str = DEFAULT_UNITDIR,
+            exec_path: str | None = None, source: Path | None = None) -> list[Action]:
+    """Install every shipped file under ``destdir``; returns what was done."""
+    if not Path(unitdir).is_absolute():
+        raise UserError(f"--unitdir {unitdir}: must be an absolute path")
+    exec_path = exec_path or default_exec()
+    if not Path(exec_path).is_absolute():
+        raise UserError(f"--exec {exec_path}: must be an absolute path")
+    source = source or data_dir()
+    root = Path(destdir)
+    actions: list[Action] = []
+    for item in items(unitdir):
+        data = (source / item.source).read_bytes()
+        if item.names_exec and exec_path != SHIPPED_EXEC:
+            data = data.replace(SHIPPED_EXEC.encode(), exec_path.encode())
+        target = root / item.target.lstrip("/")
+        try:
+            wrote = _write_atomic(target, data, item.mode, replace=not item.keep_existing)
+        except OSError as err:
+            raise UserError(f"cannot install {target}: {err.strerror}") from None
+        actions.append(Action(target, "installed" if wrote else "kept"))
+    return actions
+
+
+NEXT_STEPS = """\
+Next: systemctl daemon-reload && systemctl enable --now ksmtuned-py.service
+(ksmtuned-py.service conflicts with ksmtuned.service: starting one stops the other.)"""

@@ -1,0 +1,194 @@
+"""Prometheus text-format metrics for node_exporter's textfile collector.
+
+node_exporter's own ``ksmd`` collector already exports most of
+/sys/kernel/mm/ksm; this file adds what it lacks: the newer kernel counters
+(``general_profit``, ``ksm_zero_pages``, ``pages_scanned``) and what the daemon
+saw and decided in its last cycle.  The file is replaced atomically (a
+temporary file in the same directory, then rename), so a scrape never reads a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ksmtuned_py.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: File name used when the target is a directory (node_exporter reads *.prom).
+DEFAULT_NAME = "ksmtuned-py.prom"
+
+#: The decisions a cycle can take, exported as a Prometheus state set.
+DECISIONS = ("stop", "boost", "decay")
+
+KIB = 1024
+
+
+@dataclass
+class Sample:
+    """What one metrics file says; None means "not known here" and is left out."""
+
+    # From /sys/kernel/mm/ksm (None where the kernel lacks the file).
+    general_profit: int | None = None
+    ksm_zero_pages: int | None = None
+    pages_scanned: int | None = None
+    # The daemon's last cycle.
+    decision: str | None = None
+    npages: int | None = None
+    sleep_ms: int | None = None
+    thres_kib: int | None = None
+    total_kib: int | None = None
+    committed_kib: int | None = None
+    free_kib: int | None = None
+    guests: int | None = None
+    cycle_timestamp: float | None = None
+    cycle_duration: float | None = None
+    cycles: int | None = None
+    # Labels for an info metric (e.g. the version).
+    info: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Family:
+    name: str
+    kind: str  # gauge | counter
+    help: str
+
+
+def _families(s: Sample) -> list[tuple[_Family, list[tuple[dict[str, str], float]]]]:
+    """Each metric family with its samples, in output order; unknown values skipped."""
+    out: list[tuple[_Family, list[tuple[dict[str, str], float]]]] = []
+
+    def add(name: str, kind: str, help_: str, value: float | None, scale: float = 1) -> None:
+        if value is not None:
+            out.append((_Family(name, kind, help_), [({}, value * scale)]))
+
+    if s.info:
+        out.append((_Family("ksmtuned_info", "gauge", "ksmtuned-py build information."),
+                    [(dict(s.info), 1)]))
+    add("ksmtuned_ksm_general_profit_bytes", "gauge",
+        "Memory KSM saves minus what its own metadata costs (general_profit).",
+        s.general_profit)
+    add("ksmtuned_ksm_zero_pages", "gauge",
+        "Empty pages KSM merged with the kernel zero page (ksm_zero_pages).",
+        s.ksm_zero_pages)
+    add("ksmtuned_ksm_pages_scanned_total", "counter",
+        "Pages ksmd has scanned since boot (pages_scanned).",
+        s.pages_scanned)
+    if s.decision is not None:
+        out.append((_Family("ksmtuned_decision", "gauge",
+                            "The last cycle's decision: 1 for the one taken, 0 for the others."),
+                    [({"decision": d}, 1 if d == s.decision else 0) for d in DECISIONS]))
+        add("ksmtuned_ksm_running", "gauge",
+            "1 when the last cycle left ksmd running, 0 when it stopped it.",
+            0 if s.decision == "stop" else 1)
+    add("ksmtuned_pages_to_scan", "gauge",
+        "Pages per ksmd wake-up the daemon decided (npages).", s.npages)
+    add("ksmtuned_sleep_seconds", "gauge",
+        "Sleep between ksmd scans the daemon decided (sleep_millisecs).",
+        s.sleep_ms, 1 / 1000)
+    add("ksmtuned_threshold_bytes", "gauge",
+        "Free-memory threshold below which the daemon boosts scanning (thres).",
+        s.thres_kib, KIB)
+    add("ksmtuned_memory_total_bytes", "gauge",
+        "Total memory the daemon works with (MemTotal).", s.total_kib, KIB)
+    add("ksmtuned_memory_committed_bytes", "gauge",
+        "Memory resident in the guests counted (committed).", s.committed_kib, KIB)
+    add("ksmtuned_memory_free_bytes", "gauge",
+        "Memory the daemon counts as free (free).", s.free_kib, KIB)
+    add("ksmtuned_guests", "gauge", "Guest processes counted.", s.guests)
+    add("ksmtuned_cycles_total", "counter", "Tuning cycles run since the daemon started.",
+        s.cycles)
+    add("ksmtuned_last_cycle_timestamp_seconds", "gauge",
+        "When the last cycle ran, in seconds since the Unix epoch.", s.cycle_timestamp)
+    add("ksmtuned_last_cycle_duration_seconds", "gauge",
+        "How long the last cycle took.", s.cycle_duration)
+    return out
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()
+                                  and abs(value) < 2**53):
+        return str(int(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(sample: Sample) -> str:
+    """The Prometheus text exposition (format 0.0.4) of ``sample``."""
+    lines: list[str] = []
+    for fam, points in _families(sample):
+        lines.append(f"# HELP {fam.name} {fam.help}")
+        lines.append(f"# TYPE {fam.name} {fam.kind}")
+        for labels, value in points:
+            if labels:
+                inner = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+                lines.append(f"{fam.name}{{{inner}}} {_number(value)}")
+            else:
+                lines.append(f"{fam.name} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def target_path(target: str | os.PathLike) -> Path:
+    """The .prom file for ``target``: DIR/ksmtuned-py.prom for a directory, else the path."""
+    path = Path(target)
+    if path.is_dir():
+        return path / DEFAULT_NAME
+    if path.suffix != ".prom":
+        raise UserError(f"metrics textfile {path}: not a directory, and node_exporter "
+                        "only reads files ending in .prom")
+    if not path.parent.is_dir():
+        raise UserError(f"metrics textfile {path}: directory {path.parent} does not exist")
+    return path
+
+
+def write_textfile(target: str | os.PathLike, sample: Sample) -> Path:
+    """Write ``sample`` to ``target`` atomically; returns the file written.
+
+    The temporary file starts with a dot and does not end in .prom, so
+    node_exporter never reads it; it is made world-readable (node_exporter
+    usually runs as its own user) and renamed over the old file.
+    """
+    path = target_path(target)
+    text = render(sample)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"metrics textfile {path}: {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fchmod(out.fileno(), 0o644)
+        os.rename(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise UserError(f"metrics textfile {path}: {err.strerror}") from None
+    return path
+
+
+def read_ksm_counters(ksm_dir: str | os.PathLike) -> dict[str, int | None]:
+    """general_profit, ksm_zero_pages and pages_scanned; None where the kernel lacks one."""
+    out: dict[str, int | None] = {}
+    for name in ("general_profit", "ksm_zero_pages", "pages_scanned"):
+        try:
+            out[name] = int((Path(ksm_dir) / name).read_text().strip())
+        except (OSError, ValueError):
+            out[name] = None
+    return out
