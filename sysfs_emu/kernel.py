@@ -1,0 +1,262 @@
+"""The 24 files of /sys/kernel/mm/ksm (Linux 6.18, CONFIG_NUMA=y) as a Python object.
+
+``Kernel`` holds the tunables as plain attributes, answers reads with the exact
+text of the file and applies writes with the kernel's parsing rules, errno for
+errno (see tests/data/ksm_conformance.json, recorded on the real kernel).
+Counters and the effects of unmerging come from an optional ``engine`` (the
+memory/ksmd model); without one the kernel has no memory: every counter is 0
+and pages are never shared.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Callable, Protocol
+
+from sysfs_emu.kstrto import (
+    U32_MAX,
+    kernel_error,
+    kstrtobool,
+    kstrtoint,
+    kstrtoul,
+    kstrtouint,
+    sysfs_streq,
+)
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 4096
+"""A sysfs store sees at most one page of a write; the rest is left unwritten."""
+
+DEFAULT_PAGES_TO_SCAN = 100
+
+COUNTERS = (
+    "full_scans",
+    "general_profit",
+    "ksm_zero_pages",
+    "pages_scanned",
+    "pages_shared",
+    "pages_sharing",
+    "pages_skipped",
+    "pages_unshared",
+    "pages_volatile",
+    "stable_node_chains",
+    "stable_node_dups",
+)
+
+TUNABLES = (
+    "advisor_max_cpu",
+    "advisor_max_pages_to_scan",
+    "advisor_min_pages_to_scan",
+    "advisor_mode",
+    "advisor_target_scan_time",
+    "max_page_sharing",
+    "merge_across_nodes",
+    "pages_to_scan",
+    "run",
+    "sleep_millisecs",
+    "smart_scan",
+    "stable_node_chains_prune_millisecs",
+    "use_zero_pages",
+)
+
+FILES = tuple(sorted(COUNTERS + TUNABLES))
+
+ADVISOR_MODES = ("none", "scan-time")
+
+RUN_STOP, RUN_MERGE, RUN_UNMERGE = 0, 1, 2
+
+
+class Engine(Protocol):
+    """What the kernel needs from the memory/ksmd model."""
+
+    def counters(self) -> dict[str, int]: ...
+
+    def busy(self) -> bool: ...
+
+    def unmerge_all(self) -> None: ...
+
+    def advisor_reset(self) -> None: ...
+
+
+class Kernel:
+    """Linux's KSM sysfs attributes with their defaults, read text and write rules."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.engine = engine
+        self.run = RUN_STOP
+        self.pages_to_scan = DEFAULT_PAGES_TO_SCAN
+        self.sleep_millisecs = 20
+        self.max_page_sharing = 256
+        self.merge_across_nodes = 1
+        self.use_zero_pages = 0
+        self.smart_scan = 1
+        self.stable_node_chains_prune_millisecs = 2000
+        self.advisor_mode = "none"
+        self.advisor_max_cpu = 70
+        self.advisor_min_pages_to_scan = 500
+        self.advisor_max_pages_to_scan = 30000
+        self.advisor_target_scan_time = 200
+        self._stores: dict[str, Callable[[bytes], None]] = {
+            "advisor_max_cpu": self._store_advisor_max_cpu,
+            "advisor_max_pages_to_scan": self._store_advisor_max_pages_to_scan,
+            "advisor_min_pages_to_scan": self._store_advisor_min_pages_to_scan,
+            "advisor_mode": self._store_advisor_mode,
+            "advisor_target_scan_time": self._store_advisor_target_scan_time,
+            "max_page_sharing": self._store_max_page_sharing,
+            "merge_across_nodes": self._store_merge_across_nodes,
+            "pages_to_scan": self._store_pages_to_scan,
+            "run": self._store_run,
+            "sleep_millisecs": self._store_sleep_millisecs,
+            "smart_scan": self._store_smart_scan,
+            "stable_node_chains_prune_millisecs": self._store_prune_millisecs,
+            "use_zero_pages": self._store_use_zero_pages,
+        }
+
+    # ---- reading -------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """The 11 read-only counters (all 0 without an engine)."""
+        if self.engine is None:
+            return dict.fromkeys(COUNTERS, 0)
+        return self.engine.counters()
+
+    def read_attr(self, name: str) -> str:
+        """The exact text a read of /sys/kernel/mm/ksm/<name> returns."""
+        if name not in FILES:
+            raise kernel_error(errno.ENOENT)
+        if name in COUNTERS:
+            return f"{int(self.counters()[name])}\n"
+        if name == "advisor_mode":
+            return " ".join(f"[{m}]" if m == self.advisor_mode else m for m in ADVISOR_MODES) + "\n"
+        return f"{int(getattr(self, name))}\n"
+
+    def read_all(self) -> dict[str, str]:
+        return {name: self.read_attr(name) for name in FILES}
+
+    # ---- writing -------------------------------------------------------------
+
+    def write_attr(self, name: str, data: bytes | str) -> int:
+        """Apply one write(2) of ``data``; returns the bytes accepted or raises OSError.
+
+        Unknown files answer ENOENT and read-only files EACCES (the open for
+        writing fails). An empty write is accepted and changes nothing. Only the
+        first page of a longer write reaches the store, which then accepts exactly
+        that page (a short write). The store sees the data as a C string, so it
+        ends at the first NUL.
+        """
+        if name not in FILES:
+            raise kernel_error(errno.ENOENT)
+        store = self._stores.get(name)
+        if store is None:
+            raise kernel_error(errno.EACCES)
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        raw = raw[:PAGE_SIZE]
+        if not raw:
+            return 0
+        store(raw)
+        log.debug("ksm %s <- %r", name, raw)
+        return len(raw)
+
+    def _busy(self) -> bool:
+        return self.engine is not None and self.engine.busy()
+
+    def _store_run(self, raw: bytes) -> None:
+        try:
+            flags = kstrtouint(raw)
+        except OSError:
+            raise kernel_error(errno.EINVAL) from None
+        if flags > RUN_UNMERGE:
+            raise kernel_error(errno.EINVAL)
+        if self.run != flags:
+            self.run = flags
+            if flags == RUN_UNMERGE and self.engine is not None:
+                self.engine.unmerge_all()
+
+    def _store_pages_to_scan(self, raw: bytes) -> None:
+        if self.advisor_mode != "none":
+            raise kernel_error(errno.EINVAL)
+        try:
+            self.pages_to_scan = kstrtouint(raw)
+        except OSError:
+            raise kernel_error(errno.EINVAL) from None
+
+    def _store_sleep_millisecs(self, raw: bytes) -> None:
+        try:
+            self.sleep_millisecs = kstrtouint(raw)
+        except OSError:
+            raise kernel_error(errno.EINVAL) from None
+
+    def _store_prune_millisecs(self, raw: bytes) -> None:
+        try:
+            self.stable_node_chains_prune_millisecs = kstrtouint(raw)
+        except OSError:
+            raise kernel_error(errno.EINVAL) from None
+
+    def _store_max_page_sharing(self, raw: bytes) -> None:
+        knob = kstrtoint(raw)  # EINVAL and ERANGE pass through
+        if knob < 2:
+            raise kernel_error(errno.EINVAL)
+        if knob == self.max_page_sharing:
+            return
+        if self._busy():
+            raise kernel_error(errno.EBUSY)
+        self.max_page_sharing = knob
+
+    def _store_merge_across_nodes(self, raw: bytes) -> None:
+        knob = kstrtoul(raw)  # EINVAL and ERANGE pass through
+        if knob > 1:
+            raise kernel_error(errno.EINVAL)
+        if knob == self.merge_across_nodes:
+            return
+        if self._busy():
+            raise kernel_error(errno.EBUSY)
+        self.merge_across_nodes = knob
+
+    def _store_use_zero_pages(self, raw: bytes) -> None:
+        self.use_zero_pages = int(kstrtobool(raw))
+
+    def _store_smart_scan(self, raw: bytes) -> None:
+        self.smart_scan = int(kstrtobool(raw))
+
+    def _store_advisor_mode(self, raw: bytes) -> None:
+        if sysfs_streq(b"scan-time", raw):
+            mode = "scan-time"
+        elif sysfs_streq(b"none", raw):
+            mode = "none"
+        else:
+            raise kernel_error(errno.EINVAL)
+        if mode == self.advisor_mode:
+            return
+        self.advisor_mode = mode
+        if mode == "none":
+            self.pages_to_scan = DEFAULT_PAGES_TO_SCAN
+        else:
+            # pages_to_scan is an unsigned int: only the low 32 bits survive.
+            self.pages_to_scan = self.advisor_min_pages_to_scan & U32_MAX
+        if self.engine is not None:
+            self.engine.advisor_reset()
+
+    @staticmethod
+    def _parse_ulong(raw: bytes) -> int:
+        try:
+            return kstrtoul(raw)
+        except OSError:
+            raise kernel_error(errno.EINVAL) from None
+
+    def _store_advisor_max_cpu(self, raw: bytes) -> None:
+        # The variable is an unsigned int: the low 32 bits are kept silently.
+        self.advisor_max_cpu = self._parse_ulong(raw) & U32_MAX
+
+    def _store_advisor_min_pages_to_scan(self, raw: bytes) -> None:
+        self.advisor_min_pages_to_scan = self._parse_ulong(raw)
+
+    def _store_advisor_max_pages_to_scan(self, raw: bytes) -> None:
+        self.advisor_max_pages_to_scan = self._parse_ulong(raw)
+
+    def _store_advisor_target_scan_time(self, raw: bytes) -> None:
+        value = self._parse_ulong(raw)
+        if value < 1:
+            raise kernel_error(errno.EINVAL)
+        self.advisor_target_scan_time = value
