@@ -1,0 +1,192 @@
+"""Prometheus textfile metrics, read back through the real node_exporter."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ksmtuned_py import metrics
+from ksmtuned_py.errors import UserError
+from tests import debpkg
+
+SAMPLE = metrics.Sample(
+    general_profit=-12288,
+    ksm_zero_pages=7,
+    pages_scanned=123456789,
+    decision="boost",
+    npages=364,
+    sleep_ms=20,
+    thres_kib=419430,
+    total_kib=2097152,
+    committed_kib=1048576,
+    free_kib=300000,
+    guests=3,
+    cycle_timestamp=1700000000.25,
+    cycle_duration=0.0042,
+    cycles=5,
+    info={"version": "0.1.0"},
+)
+
+#: What SAMPLE must read as through node_exporter: (name, labels) -> value.
+EXPECTED = {
+    ("ksmtuned_info", 'version="0.1.0"'): 1,
+    ("ksmtuned_ksm_general_profit_bytes", ""): -12288,
+    ("ksmtuned_ksm_zero_pages", ""): 7,
+    ("ksmtuned_ksm_pages_scanned_total", ""): 123456789,
+    ("ksmtuned_decision", 'decision="boost"'): 1,
+    ("ksmtuned_decision", 'decision="decay"'): 0,
+    ("ksmtuned_decision", 'decision="stop"'): 0,
+    ("ksmtuned_ksm_running", ""): 1,
+    ("ksmtuned_pages_to_scan", ""): 364,
+    ("ksmtuned_sleep_seconds", ""): 0.02,
+    ("ksmtuned_threshold_bytes", ""): 419430 * 1024,
+    ("ksmtuned_memory_total_bytes", ""): 2097152 * 1024,
+    ("ksmtuned_memory_committed_bytes", ""): 1048576 * 1024,
+    ("ksmtuned_memory_free_bytes", ""): 300000 * 1024,
+    ("ksmtuned_guests", ""): 3,
+    ("ksmtuned_cycles_total", ""): 5,
+    ("ksmtuned_last_cycle_timestamp_seconds", ""): 1700000000.25,
+    ("ksmtuned_last_cycle_duration_seconds", ""): 0.0042,
+}
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+
+
+def parse(text: str) -> tuple[dict[tuple[str, str], float], dict[str, str]]:
+    """Samples keyed by (name, labels) and the TYPE of each family."""
+    values: dict[tuple[str, str], float] = {}
+    types: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+        elif line and not line.startswith("#"):
+            match = _LINE.match(line)
+            assert match, f"not a sample line: {line!r}"
+            values[(match.group(1), match.group(2) or "")] = float(match.group(3))
+    return values, types
+
+
+def test_render_is_valid_exposition_with_help_and_type():
+    text = metrics.render(SAMPLE)
+    values, types = parse(text)
+    assert values == {k: pytest.approx(v) for k, v in EXPECTED.items()}
+    for name in {n for n, _ in EXPECTED}:
+        assert f"# HELP {name} " in text
+        assert types[name] == ("counter" if name.endswith("_total") else "gauge")
+    # HELP and TYPE come once per family, right before its samples.
+    assert text.count("# TYPE ksmtuned_decision ") == 1
+    assert "ksmtuned_decision{decision=\"stop\"} 0\n" in text
+
+
+def test_unknown_values_are_left_out():
+    text = metrics.render(metrics.Sample(general_profit=None, ksm_zero_pages=0, decision="stop"))
+    values, _ = parse(text)
+    assert ("ksmtuned_ksm_general_profit_bytes", "") not in values
+    assert values[("ksmtuned_ksm_zero_pages", "")] == 0
+    assert values[("ksmtuned_ksm_running", "")] == 0
+    assert values[("ksmtuned_decision", 'decision="stop"')] == 1
+    assert ("ksmtuned_pages_to_scan", "") not in values
+
+
+def test_write_is_atomic_world_readable_and_leaves_no_temporary(tmp_path: Path):
+    old = tmp_path / metrics.DEFAULT_NAME
+    old.write_text("old\n")
+    inode_before = old.stat().st_ino
+    written = metrics.write_textfile(tmp_path, SAMPLE)
+    assert written == old
+    assert written.read_text() == metrics.render(SAMPLE)
+    assert written.stat().st_ino != inode_before  # replaced by rename, not rewritten in place
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == [metrics.DEFAULT_NAME]
+
+
+def test_explicit_prom_path_and_bad_targets(tmp_path: Path):
+    assert metrics.write_textfile(tmp_path / "ksm.prom", SAMPLE) == tmp_path / "ksm.prom"
+    with pytest.raises(UserError, match=r"only reads files ending in \.prom"):
+        metrics.write_textfile(tmp_path / "ksm.txt", SAMPLE)
+    with pytest.raises(UserError, match="does not exist"):
+        metrics.write_textfile(tmp_path / "nodir" / "ksm.prom", SAMPLE)
+
+
+def test_read_ksm_counters_missing_files_are_none(tmp_path: Path):
+    (tmp_path / "general_profit").write_text("-4096\n")
+    (tmp_path / "pages_scanned").write_text("99\n")
+    assert metrics.read_ksm_counters(tmp_path) == {
+        "general_profit": -4096, "ksm_zero_pages": None, "pages_scanned": 99,
+    }
+
+
+# --- the real node_exporter ---------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def node_exporter_bin() -> Path:
+    try:
+        root = debpkg.unpacked("prometheus-node-exporter")
+    except debpkg.Unavailable as err:
+        pytest.skip(str(err))
+    binary = root / "usr/bin/prometheus-node-exporter"
+    if not binary.is_file():
+        pytest.skip(f"{binary} missing from the unpacked package")
+    return binary
+
+
+def scrape_through_node_exporter(binary: Path, textfile_dir: Path) -> str:
+    """Start node_exporter on a free local port, fetch /metrics once, stop it."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(binary), "--collector.disable-defaults", "--collector.textfile",
+         f"--collector.textfile.directory={textfile_dir}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    return resp.read().decode()
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        "node_exporter did not serve /metrics: " + proc.stderr.read().decode()[-2000:]
+                    ) from None
+                time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def test_node_exporter_reads_our_textfile(node_exporter_bin: Path, tmp_path: Path):
+    written = metrics.write_textfile(tmp_path, SAMPLE)
+    values, types = parse(scrape_through_node_exporter(node_exporter_bin, tmp_path))
+    assert values[("node_textfile_scrape_error", "")] == 0
+    assert values[("node_textfile_mtime_seconds", f'file="{written}"')] == pytest.approx(
+        written.stat().st_mtime, abs=1)
+    ours = {k: v for k, v in values.items() if k[0].startswith("ksmtuned_")}
+    assert ours == {k: pytest.approx(v) for k, v in EXPECTED.items()}
+    assert types["ksmtuned_ksm_pages_scanned_total"] == "counter"
+    assert types["ksmtuned_memory_free_bytes"] == "gauge"
+
+
+def test_node_exporter_reports_a_broken_textfile(node_exporter_bin: Path, tmp_path: Path):
+    """The scrape-error check above can fail: a malformed file sets it to 1."""
+    (tmp_path / "broken.prom").write_text("ksmtuned_guests{ 3\n")
+    values, _ = parse(scrape_through_node_exporter(node_exporter_bin, tmp_path))
+    assert values[("node_textfile_scrape_error", "")] == 1
