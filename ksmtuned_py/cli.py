@@ -1,0 +1,175 @@
+"""The ``ksmtuned-py`` command line.
+
+To add a command, define it with ``@main.command()`` (or ``main.add_command``);
+``ctx.obj`` is an :class:`Options` with the global ``--root`` and ``--config``.
+Raise :class:`ksmtuned_py.errors.UserError` for anything the user can fix: it is
+printed as one line and turned into the exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass
+
+import click
+
+from ksmtuned_py import __version__
+from ksmtuned_py import config as configmod
+from ksmtuned_py.errors import UserError
+from ksmtuned_py.service import configure_logging
+
+
+@dataclass
+class Options:
+    root: str
+    config_path: str
+
+    def load_config(self) -> configmod.Config:
+        return configmod.load(self.config_path)
+
+
+class _Group(click.Group):
+    """A click group that prints UserError as one line with its exit status."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"ksmtuned-py: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except BrokenPipeError:
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, invoke_without_command=True)
+@click.option(
+    "--root",
+    default="/",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Read /proc and /sys below this directory (e.g. a simulated host).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    default=configmod.DEFAULT_PATH,
+    show_default=True,
+    help="The configuration file.",
+)
+@click.version_option(__version__, prog_name="ksmtuned-py")
+@click.pass_context
+def main(ctx: click.Context, root: str, config_path: str) -> None:
+    """Tune the kernel's KSM as ksmtuned does. Without a command: run the daemon."""
+    ctx.obj = Options(root=root, config_path=config_path)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@main.command()
+@click.pass_obj
+def run(opts: Options) -> None:
+    """Run the daemon in the foreground."""
+    from ksmtuned_py.daemon import Daemon
+
+    configure_logging()
+    raise SystemExit(Daemon(opts.config_path, opts.root).run())
+
+
+@main.command()
+@click.pass_obj
+def retune(opts: Options) -> None:
+    """Ask the running daemon to retune now (SIGUSR1)."""
+    from ksmtuned_py.pidfile import running_pid
+
+    cfg = opts.load_config()
+    pid = running_pid(cfg.pidfile)
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        raise UserError(f"no ksmtuned-py daemon is running: pid {pid} from {cfg.pidfile} is gone") from None
+    except PermissionError:
+        raise UserError(f"not allowed to signal the daemon (pid {pid}); run as root") from None
+    click.echo(f"asked ksmtuned-py (pid {pid}) to retune")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(opts: Options, as_json: bool) -> None:
+    """Show what KSM is doing now and what the next cycle would decide."""
+    from ksmtuned_py.status import collect, render_text
+
+    snap = collect(opts.load_config(), opts.root)
+    if as_json:
+        click.echo(json.dumps(snap, indent=2, sort_keys=False))
+    else:
+        click.echo(render_text(snap), nl=False)
+
+
+@main.command()
+@click.option("--dry-run/--apply", "dry_run", default=True, help="Only print (default), or write the knobs.")
+@click.pass_obj
+def adjust(opts: Options, dry_run: bool) -> None:
+    """Make one decision now and print it (written only with --apply)."""
+    from ksmtuned_py.status import adjust_once
+
+    for line in adjust_once(opts.load_config(), opts.root, apply=not dry_run):
+        click.echo(line)
+
+
+@main.command("check-config")
+@click.pass_obj
+def check_config(opts: Options) -> None:
+    """Validate the configuration and show every effective value and its origin."""
+    cfg = opts.load_config()
+    for w in cfg.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if not cfg.file_found:
+        click.echo(f"{cfg.path} does not exist; using the environment and defaults", err=True)
+    width = max(len(k) for k in cfg.settings)
+    for key, s in cfg.settings.items():
+        click.echo(f"{key:<{width}} = {s.text!r:<28} ({s.origin})")
+
+
+@main.group()
+def ksm() -> None:
+    """Start or stop KSM itself (the ksm.service helper)."""
+
+
+@ksm.command("start")
+@click.pass_obj
+def ksm_start(opts: Options) -> None:
+    """Write 1 to run (and max_kernel_pages on kernels that have it)."""
+    from ksmtuned_py.ksmctl import start
+
+    for line in start(opts.root):
+        click.echo(line)
+
+
+@ksm.command("stop")
+@click.pass_obj
+def ksm_stop(opts: Options) -> None:
+    """Write 0 to run."""
+    from ksmtuned_py.ksmctl import stop
+
+    for line in stop(opts.root):
+        click.echo(line)
+
+
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Show the daemon at work on a simulated host (no root, no KSM needed)."""
+    try:
+        from ksmtuned_py.demo import run_demo
+    except ImportError as e:
+        raise UserError(f"the demo is not available in this build ({e})") from None
+    result = run_demo(ctx.obj)
+    if isinstance(result, int):
+        raise SystemExit(result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

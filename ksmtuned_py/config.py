@@ -1,0 +1,439 @@
+"""The ksmtuned configuration file, parsed as data and never executed.
+
+The reference daemon sources /etc/ksmtuned.conf with bash and then applies
+``${KEY:-default}``.  The effective value of a key is therefore: the file's
+value when the file sets it (an empty value there means the default), else a
+non-empty environment variable, else the default.  PIDFILE is the exception
+(``${PIDFILE-default}``): any set value counts, even an empty one.
+
+Accepted lines: blank lines, ``# comments`` (also after a value), ``KEY=value``
+and ``export KEY=value``, with single and double quotes.  Anything that bash
+would execute or expand is an error naming ``file:line``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from ksmtuned_py.errors import EX_CONFIG, UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/etc/ksmtuned.conf"
+UPSTREAM_PROCESS_REGEX = r"^qemu(-(kvm|system-.+)|:.{1,11})$"
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+_SYNTAX = "expected KEY=value, export KEY=value, a # comment or a blank line"
+_LITERAL = "expected a literal value (the file is parsed, never executed)"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EXPORT = re.compile(r"export[ \t]+")
+_BLANK = " \t"
+
+
+class ConfigError(UserError):
+    """A configuration problem; ``line`` is set when it comes from a file line."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        where = f"{path}:{line}: " if path is not None and line is not None else ""
+        super().__init__(where + message)
+        self.path = path
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Assignment:
+    key: str
+    value: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an effective value came from."""
+
+    kind: str  # "file", "environment" or "default"
+    path: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "file":
+            return f"{self.path}:{self.line}"
+        return self.kind
+
+
+# --- the line parser -------------------------------------------------------------
+
+
+def _value_problem(char: str, nxt: str) -> str:
+    if char == "$":
+        if nxt == "(":
+            return "command substitution '$(' is not allowed"
+        return "expansion with '$' is not allowed"
+    if char == "`":
+        return "command substitution with '`' is not allowed"
+    if char == ";":
+        return "';' (a second command on the line) is not allowed"
+    if char in "&|":
+        return f"'{char}' (a shell operator) is not allowed"
+    if char in "<>":
+        return f"'{char}' (a redirection) is not allowed"
+    if char in "()":
+        return f"'{char}' is not allowed"
+    if char == "\0":
+        return "a NUL byte is not allowed"
+    return f"{char!r} is not allowed"
+
+
+def _scan_value(line: str, start: int, path: str, lineno: int) -> tuple[str, int]:
+    """Read one shell word starting at ``start``; return (value, index after it)."""
+    out: list[str] = []
+    i, n = start, len(line)
+
+    def fail(problem: str, expected: str = _LITERAL):
+        raise ConfigError(f"{problem}; {expected}", path, lineno)
+
+    while i < n:
+        c = line[i]
+        if c in _BLANK:
+            break
+        if c == "'":
+            end = line.find("'", i + 1)
+            if end < 0:
+                fail("unterminated single quote", "expected a closing ' on the same line")
+            chunk = line[i + 1:end]
+            if "\0" in chunk:
+                fail("a NUL byte is not allowed")
+            out.append(chunk)
+            i = end + 1
+        elif c == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    fail("unterminated double quote", 'expected a closing " on the same line')
+                d = line[i]
+                if d == '"':
+                    i += 1
+                    break
+                if d == "\\":
+                    if i + 1 >= n:
+                        fail("unterminated double quote", 'expected a closing " on the same line')
+                    e = line[i + 1]
+                    if e in '$`"\\':
+                        out.append(e)
+                    else:
+                        out.append("\\" + e)
+                    i += 2
+                    continue
+                if d in "$`\0":
+                    fail(_value_problem(d, line[i + 1:i + 2]))
+                out.append(d)
+                i += 1
+        elif c == "\\":
+            if i + 1 >= n:
+                fail("a '\\' at the end of a line (continuation) is not supported")
+            if line[i + 1] == "\0":
+                fail("a NUL byte is not allowed")
+            out.append(line[i + 1])
+            i += 2
+        elif c in "$`;&|<>()\0":
+            fail(_value_problem(c, line[i + 1:i + 2]))
+        elif c == "~" and i == start:
+            fail("'~' (tilde expansion) is not supported", "expected a full path")
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out), i
+
+
+def _parse_line(line: str, path: str, lineno: int) -> Assignment | None:
+    n = len(line)
+    i = 0
+    while i < n and line[i] in _BLANK:
+        i += 1
+    if i >= n or line[i] == "#":
+        return None
+    m = _EXPORT.match(line, i)
+    if m:
+        i = m.end()
+    m = _NAME.match(line, i)
+    if not m or m.end() >= n or line[m.end()] != "=":
+        found = line.strip(_BLANK)
+        if len(found) > 60:
+            found = found[:57] + "..."
+        for bad in ("$(", "`"):
+            if bad in line:
+                raise ConfigError(
+                    f"{_value_problem(bad[0], bad[1:2])}; {_SYNTAX}", path, lineno
+                )
+        raise ConfigError(f"{_SYNTAX}, found {found!r}", path, lineno)
+    key = m.group()
+    value, i = _scan_value(line, m.end() + 1, path, lineno)
+    while i < n and line[i] in _BLANK:
+        i += 1
+    if i < n and line[i] != "#":
+        c = line[i]
+        if c in "$`;&|<>()\0":
+            problem = _value_problem(c, line[i + 1:i + 2])
+        else:
+            problem = f"unexpected text after the value of {key}: {line[i:].rstrip()!r}"
+        raise ConfigError(
+            f"{problem}; expected a # comment or the end of the line "
+            "(quote values that contain spaces)",
+            path,
+            lineno,
+        )
+    return Assignment(key, value, lineno)
+
+
+def parse_text(text: str, path: str = "<config>") -> list[Assignment]:
+    """All assignments of a configuration text, in order; ConfigError on bad syntax."""
+    result = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        assignment = _parse_line(line, path, lineno)
+        if assignment is not None:
+            result.append(assignment)
+    return result
+
+
+# --- values ------------------------------------------------------------------------
+
+_INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+_OCTAL_LOOKING = re.compile(r"[+-]?0[0-9]+")
+_NUMBER = re.compile(r"\+?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_int(text: str) -> int:
+    """An integer as the reference's bash arithmetic reads it (decimal, 64-bit)."""
+    t = text.strip()
+    if _OCTAL_LOOKING.fullmatch(t):
+        raise ValueError("expected an integer without leading zeros (bash reads 0NN as octal)")
+    if not _INT.fullmatch(t):
+        raise ValueError("expected an integer")
+    v = int(t)
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise ValueError("expected an integer that fits in 64 bits")
+    return v
+
+
+def parse_interval(text: str) -> float:
+    """A positive number of seconds, as sleep(1) takes it (suffixes s, m, h, d allowed)."""
+    t = text.strip()
+    m = _NUMBER.fullmatch(t)
+    if not m:
+        raise ValueError("expected a positive number of seconds")
+    v = float(t[: len(t) - len(m.group(3))]) * _UNIT[m.group(3)]
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError("expected a positive number of seconds")
+    return v
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        t = text.strip()
+        if t not in choices:
+            raise ValueError("expected " + " or ".join(choices))
+        return t
+
+    return parse
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise ValueError(f"expected a regular expression ({e})") from None
+    return text
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _optional_int(text: str) -> int | None:
+    return parse_int(text) if text.strip() else None
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    name: str
+    default: str
+    parse: Callable[[str], object]
+    empty_means_default: bool = True  # ${KEY:-default}; False for ${KEY-default}
+
+
+KEYS: dict[str, KeySpec] = {
+    spec.name: spec
+    for spec in (
+        KeySpec("KSM_MONITOR_INTERVAL", "60", parse_interval),
+        KeySpec("KSM_SLEEP_MSEC", "10", parse_int),
+        KeySpec("KSM_NPAGES_BOOST", "300", parse_int),
+        KeySpec("KSM_NPAGES_DECAY", "-50", parse_int),
+        KeySpec("KSM_NPAGES_MIN", "64", parse_int),
+        KeySpec("KSM_NPAGES_MAX", "1250", parse_int),
+        KeySpec("KSM_THRES_COEF", "20", parse_int),
+        KeySpec("KSM_THRES_CONST", "2048", parse_int),
+        KeySpec("PIDFILE", "/var/run/ksmtune.pid", _text, empty_means_default=False),
+        KeySpec("LOGFILE", "", _text),
+        KeySpec("DEBUG", "", _text),
+        KeySpec("KSM_PROCESS_REGEX", UPSTREAM_PROCESS_REGEX, _regex),
+        KeySpec("KSM_MEMORY_METRIC", "rss", _choice("rss", "pss")),
+        KeySpec("KSM_FREE_METRIC", "classic", _choice("classic", "available")),
+        KeySpec("KSM_MAX_KERNEL_PAGES", "", _optional_int),
+        KeySpec("KSM_METRICS_TEXTFILE", "", _text),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One effective value: the parsed value, its text and where it came from."""
+
+    key: str
+    value: object
+    text: str
+    origin: Origin
+
+
+@dataclass
+class Config:
+    """The effective configuration."""
+
+    path: str
+    settings: dict[str, Setting]
+    file_found: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+    def __getitem__(self, key: str):
+        return self.settings[key].value
+
+    @property
+    def monitor_interval(self) -> float:
+        return self["KSM_MONITOR_INTERVAL"]
+
+    @property
+    def pidfile(self) -> str:
+        return self["PIDFILE"]
+
+    @property
+    def logfile(self) -> str:
+        return self["LOGFILE"]
+
+    @property
+    def debug(self) -> bool:
+        return bool(self["DEBUG"])
+
+    @property
+    def process_regex(self) -> str:
+        return self["KSM_PROCESS_REGEX"]
+
+    @property
+    def memory_metric(self) -> str:
+        return self["KSM_MEMORY_METRIC"]
+
+    @property
+    def free_metric(self) -> str:
+        return self["KSM_FREE_METRIC"]
+
+    @property
+    def metrics_textfile(self) -> str:
+        return self["KSM_METRICS_TEXTFILE"]
+
+    @property
+    def max_kernel_pages(self) -> int | None:
+        return self["KSM_MAX_KERNEL_PAGES"]
+
+
+def nearest_key(name: str, keys=KEYS) -> str | None:
+    """The known key an unknown name was probably meant to be."""
+    matches = difflib.get_close_matches(name.upper(), list(keys), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def resolve(
+    assignments: list[Assignment],
+    path: str,
+    environ: Mapping[str, str],
+    keys: Mapping[str, KeySpec] = KEYS,
+) -> tuple[dict[str, Setting], list[str]]:
+    """Effective settings from parsed assignments, the environment and defaults."""
+    warnings: list[str] = []
+    in_file: dict[str, Assignment] = {}
+    for a in assignments:
+        if a.key in keys:
+            in_file[a.key] = a
+        else:
+            hint = nearest_key(a.key, keys)
+            msg = f"{path}:{a.line}: unknown key {a.key}, ignored"
+            if hint:
+                msg += f" (did you mean {hint}?)"
+            warnings.append(msg)
+    settings: dict[str, Setting] = {}
+    for name, spec in keys.items():
+        a = in_file.get(name)
+        env = environ.get(name)
+        if a is not None and (a.value or not spec.empty_means_default):
+            text, origin = a.value, Origin("file", path, a.line)
+        elif a is None and env is not None and (env or not spec.empty_means_default):
+            text, origin = env, Origin("environment")
+        else:
+            text, origin = spec.default, Origin("default")
+        try:
+            value = spec.parse(text)
+        except ValueError as e:
+            where = (path, origin.line) if origin.kind == "file" else (None, None)
+            prefix = "" if origin.kind == "file" else f"{origin.kind}: "
+            raise ConfigError(f"{prefix}{name}: invalid value {text!r}; {e}", *where) from None
+        if name == "PIDFILE" and not text:
+            where = (path, origin.line) if origin.kind == "file" else (None, None)
+            prefix = "" if origin.kind == "file" else f"{origin.kind}: "
+            raise ConfigError(
+                f"{prefix}PIDFILE: invalid value ''; expected a path (remove the line for the default)",
+                *where,
+            )
+        settings[name] = Setting(name, value, text, origin)
+    return settings, warnings
+
+
+def read_text(path: str) -> str | None:
+    """The file's text, or None when it does not exist (the reference then uses defaults)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read {path}: is a directory") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def load(
+    path: str = DEFAULT_PATH,
+    environ: Mapping[str, str] | None = None,
+    keys: Mapping[str, KeySpec] = KEYS,
+) -> Config:
+    """Read, parse and validate a configuration file (a missing file means defaults)."""
+    if environ is None:
+        environ = os.environ
+    text = read_text(path)
+    assignments = parse_text(text, path) if text is not None else []
+    settings, warnings = resolve(assignments, path, environ, keys)
+    return Config(path=path, settings=settings, file_found=text is not None, warnings=warnings)
+
+
+def log_warnings(config: Config) -> None:
+    for w in config.warnings:
+        log.warning("%s", w)

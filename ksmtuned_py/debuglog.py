@@ -1,0 +1,111 @@
+"""The reference's DEBUG lines: ``<date>: <text>``, to LOGFILE or standard output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Callable, TextIO
+
+log = logging.getLogger(__name__)
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def date_text(t: float | None = None) -> str:
+    """The time as date(1) prints it by default in the C locale: ``Sun Nov 22 07:46:00 UTC 2026``."""
+    tm = time.localtime(t)
+    return (
+        f"{_DAYS[tm.tm_wday]} {_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} "
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {tm.tm_zone} {tm.tm_year}"
+    )
+
+
+def open_logfile(path: str) -> int:
+    """Open for appending, never following a symlink, created mode 0640."""
+    return os.open(
+        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
+    )
+
+
+class DebugLog:
+    """Writes debug lines when enabled; a log that cannot be written never stops the daemon."""
+
+    def __init__(
+        self,
+        enabled: bool,
+        logfile: str = "",
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.enabled = enabled
+        self.logfile = logfile
+        self.stream = stream if stream is not None else sys.stdout
+        self.clock = clock
+        self._fd: int | None = None
+        self._failed: str | None = None
+        if enabled and logfile:
+            self._open()
+
+    def _open(self) -> None:
+        try:
+            self._fd = open_logfile(self.logfile)
+            if self._failed:
+                log.info("writing the debug log %s works again", self.logfile)
+            self._failed = None
+        except OSError as e:
+            self._fd = None
+            self._report(e)
+
+    def _report(self, e: OSError) -> None:
+        text = e.strerror or str(e)
+        if text != self._failed:
+            log.warning(
+                "cannot write the debug log %s: %s; writing debug lines to standard output",
+                self.logfile,
+                text,
+            )
+            self._failed = text
+
+    def reconfigure(self, enabled: bool, logfile: str) -> None:
+        """Apply new settings and reopen the log file (after logrotate or a reload)."""
+        self.close()
+        self.enabled = enabled
+        self.logfile = logfile
+        if enabled and logfile:
+            self._open()
+
+    def reopen(self) -> None:
+        self.reconfigure(self.enabled, self.logfile)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def write(self, *lines: str) -> None:
+        if not self.enabled:
+            return
+        for text in lines:
+            line = f"{date_text(self.clock())}: {text}\n"
+            if self.logfile:
+                if self._fd is None:
+                    self._open()
+                if self._fd is not None:
+                    try:
+                        os.write(self._fd, line.encode())
+                        continue
+                    except OSError as e:
+                        self._report(e)
+                        self.close()
+            # Like the reference's `echo >> LOGFILE || echo`: fall back to stdout.
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass

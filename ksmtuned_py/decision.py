@@ -1,0 +1,167 @@
+"""The tuning decision, computed exactly as the reference's bash arithmetic does.
+
+Pure: no I/O, no clock, no globals.  All quantities are integers in kB except
+``sleep`` (milliseconds) and ``npages`` (pages per scan).  Arithmetic wraps at
+64 bits and division truncates toward zero, like bash's ``$[ ]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_MASK = (1 << 64) - 1
+_SIGN = 1 << 63
+
+START = "start"
+STOP = "stop"
+BOOST = "boost"
+DECAY = "decay"
+
+
+def wrap(x: int) -> int:
+    """x reduced to a signed 64-bit integer, as bash arithmetic overflows."""
+    x &= _MASK
+    return x - (1 << 64) if x & _SIGN else x
+
+
+def div(a: int, b: int) -> int:
+    """a / b as bash computes it: truncated toward zero, then 64-bit."""
+    if b == 0:
+        raise ZeroDivisionError("division by 0")
+    q = abs(a) // abs(b)
+    return wrap(q if (a < 0) == (b < 0) else -q)
+
+
+@dataclass(frozen=True)
+class Params:
+    """The configuration values the decision uses."""
+
+    sleep_msec: int = 10
+    npages_boost: int = 300
+    npages_decay: int = -50
+    npages_min: int = 64
+    npages_max: int = 1250
+    thres_coef: int = 20
+    thres_const: int = 2048
+
+    @classmethod
+    def from_config(cls, config) -> "Params":
+        return cls(
+            sleep_msec=config["KSM_SLEEP_MSEC"],
+            npages_boost=config["KSM_NPAGES_BOOST"],
+            npages_decay=config["KSM_NPAGES_DECAY"],
+            npages_min=config["KSM_NPAGES_MIN"],
+            npages_max=config["KSM_NPAGES_MAX"],
+            thres_coef=config["KSM_THRES_COEF"],
+            thres_const=config["KSM_THRES_CONST"],
+        )
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Values fixed at start (and reload): total memory, scan sleep, threshold."""
+
+    total: int
+    sleep: int
+    thres: int
+
+    @classmethod
+    def compute(cls, params: Params, total: int) -> "Tuning":
+        if total == 0:
+            raise ValueError("MemTotal is 0")
+        sleep = div(wrap(params.sleep_msec * 16 * 1024 * 1024), total)
+        if sleep <= 10:
+            sleep = 10
+        thres = div(wrap(total * params.thres_coef), 100)
+        if params.thres_const > thres:
+            thres = params.thres_const
+        return cls(total=total, sleep=sleep, thres=thres)
+
+    def debug_lines(self) -> list[str]:
+        return [f"total {self.total}", f"sleep {self.sleep}", f"thres {self.thres}"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One cycle's outcome and the numbers behind it."""
+
+    action: str  # START or STOP
+    npages: int  # pages_to_scan after the decision (unchanged on STOP)
+    sleep: int  # sleep_millisecs to write on START
+    free: int
+    committed: int
+    thres: int
+    total: int
+    level: str | None  # BOOST or DECAY on START, None on STOP
+    previous_npages: int
+
+    @property
+    def load(self) -> int:
+        """committed + thres, the number the reference compares with total."""
+        return wrap(self.committed + self.thres)
+
+    def reason(self) -> str:
+        """Why, in one sentence."""
+        if self.action == STOP:
+            return (
+                f"committed + thres = {self.load} kB < total {self.total} kB "
+                f"and free {self.free} kB > thres {self.thres} kB"
+            )
+        cmp = "<" if self.level == BOOST else ">="
+        return (
+            f"committed + thres = {self.load} kB >= total {self.total} kB "
+            f"or free {self.free} kB <= thres {self.thres} kB; "
+            f"free {cmp} thres, so {self.level} to {self.npages} pages"
+        )
+
+    # The reference's debug lines, split around its writes to the knobs.
+    def debug_lines_before_write(self) -> list[str]:
+        if self.action == STOP:
+            return []
+        lines = [f"{self.load} > {self.total}, start ksm"]
+        if self.level == BOOST:
+            lines.append(f"{self.free} < {self.thres}, boost")
+        else:
+            lines.append(f"{self.free} > {self.thres}, decay")
+        return lines
+
+    def debug_lines_after_write(self) -> list[str]:
+        if self.action == STOP:
+            return [f"{self.load} < {self.total} and free > {self.thres}, stop ksm"]
+        return [f"KSMCTL start {self.npages} {self.sleep}"]
+
+    def debug_lines(self) -> list[str]:
+        """All lines of a cycle, including the ``committed C free F`` one."""
+        return (
+            [f"committed {self.committed} free {self.free}"]
+            + self.debug_lines_before_write()
+            + self.debug_lines_after_write()
+        )
+
+
+class Tuner:
+    """The decision state: the tuning and the current npages."""
+
+    def __init__(self, params: Params, total: int, npages: int = 0):
+        self.params = params
+        self.tuning = Tuning.compute(params, total)
+        self.npages = npages
+
+    def decide(self, free: int, committed: int) -> Decision:
+        """Decide one cycle and remember the new npages."""
+        t = self.tuning
+        p = self.params
+        before = self.npages
+        if wrap(committed + t.thres) < t.total and free > t.thres:
+            return Decision(STOP, before, t.sleep, free, committed, t.thres, t.total, None, before)
+        if free < t.thres:
+            level, delta = BOOST, p.npages_boost
+        else:
+            level, delta = DECAY, p.npages_decay
+        npages = wrap(before + delta)
+        if npages < p.npages_min:
+            npages = p.npages_min
+        elif npages > p.npages_max:
+            npages = p.npages_max
+        self.npages = npages
+        return Decision(START, npages, t.sleep, free, committed, t.thres, t.total, level, before)

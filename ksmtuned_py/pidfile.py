@@ -1,0 +1,96 @@
+"""The daemon's pidfile: written, locked while it runs, removed when it stops."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from ksmtuned_py.errors import UserError
+
+
+class PidfileError(UserError):
+    pass
+
+
+class NotRunning(UserError):
+    pass
+
+
+def _read_pid(fd: int) -> int | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 64).decode("ascii", errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+class Pidfile:
+    """Holds an fcntl lock on the pidfile for the life of the daemon."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Create/lock the pidfile and write our pid; a stale file is taken over."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise PidfileError(f"cannot open the pidfile {self.path}: {e.strerror}") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise PidfileError(f"cannot lock the pidfile {self.path}: {e.strerror}") from None
+            try:
+                other = _read_pid(fd)
+            except OSError:
+                other = None
+            os.close(fd)
+            who = f" (pid {other})" if other else ""
+            raise PidfileError(
+                f"ksmtuned-py is already running{who}: {self.path} is locked"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            os.close(fd)
+            raise PidfileError(f"cannot write the pidfile {self.path}: {e.strerror}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the file (still holding the lock, so no one sees it half-gone), then unlock."""
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def running_pid(path: str) -> int:
+    """The pid of the daemon holding ``path`` locked, or NotRunning with the reason."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotRunning(f"no ksmtuned-py daemon is running: {path} does not exist") from None
+    except OSError as e:
+        raise NotRunning(f"cannot open the pidfile {path}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise NotRunning(f"cannot check the pidfile {path}: {e.strerror}") from None
+        else:
+            raise NotRunning(f"no ksmtuned-py daemon is running: {path} is stale (not locked)")
+        pid = _read_pid(fd)
+        if pid is None:
+            raise NotRunning(f"the pidfile {path} holds no pid")
+        return pid
+    finally:
+        os.close(fd)
