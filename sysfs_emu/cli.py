@@ -1,0 +1,226 @@
+"""``sysfs-emu``: serve a simulated KSM host as a file tree, inspect it, list scenarios."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+import yaml
+
+log = logging.getLogger("sysfs_emu")
+
+
+class CliError(click.ClickException):
+    """A user-facing error: one line on stderr, exit status 1."""
+
+    def show(self, file=None) -> None:  # one clear line, in our own words
+        click.echo(f"sysfs-emu: error: {self.format_message()}", err=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sysfs-emu: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+# --- scenarios --------------------------------------------------------------------------
+
+
+def shipped_scenarios() -> dict[str, Path]:
+    """Name -> path of each example scenario that ships with the package."""
+    folder = resources.files("sysfs_emu") / "scenarios"
+    found = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml"):
+            found[entry.name[: -len(".yaml")]] = Path(str(entry))
+    return dict(sorted(found.items()))
+
+
+def scenario_description(path: Path) -> str:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return "(unreadable)"
+    text = data.get("description", "") if isinstance(data, dict) else ""
+    return " ".join(str(text).split())
+
+
+def machine_memory_bytes() -> int:
+    """MemTotal of the machine we run on, in bytes (8 GiB if it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    kb = int(line.split()[1])
+                    return kb * 1024 // 4096 * 4096
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 << 30
+
+
+def idle_scenario() -> dict:
+    """An idle host the size of this machine, with no guests."""
+    return {
+        "description": "An idle host the size of this machine, with no guests.",
+        "host": {"memory": machine_memory_bytes()},
+    }
+
+
+def load_simulation(scenario: str | None):
+    """(Simulation, name) for a scenario file, a shipped scenario's name, or the idle host."""
+    from sysfs_emu import Simulation
+    from sysfs_emu.scenario import ScenarioError
+
+    try:
+        if scenario is None:
+            return Simulation(idle_scenario()), "idle host (this machine's size)"
+        path = Path(scenario)
+        if not path.exists():
+            shipped = shipped_scenarios()
+            if scenario in shipped:
+                path = shipped[scenario]
+            else:
+                raise CliError(f"no scenario file {scenario} (and no shipped scenario of that name; "
+                               "see 'sysfs-emu scenarios')")
+        if path.is_dir():
+            raise CliError(f"{scenario} is a directory, not a scenario file")
+        return Simulation.from_yaml(path), path.stem
+    except ScenarioError as exc:
+        raise CliError(_one_line(exc)) from None
+    except yaml.YAMLError as exc:
+        raise CliError(f"{scenario}: not valid YAML: {_one_line(exc)}") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {scenario}: {exc.strerror}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _duration(value: str | None) -> float | None:
+    from sysfs_emu.units import UnitError, parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except UnitError as exc:
+        raise CliError(f"--duration: {exc}") from None
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ksmtuned-py", prog_name="sysfs-emu")
+def main() -> None:
+    """A simulated KSM kernel: /sys/kernel/mm/ksm and /proc as a live file tree."""
+
+
+@main.command()
+@click.argument("scenario", required=False)
+@click.option("--root", required=True, type=click.Path(path_type=Path),
+              help="Directory to build the tree in (sys/ and proc/ appear below it).")
+@click.option("--speed", default=1.0, show_default=True, type=float,
+              help="Simulated seconds per wall second (60 = a simulated minute per second).")
+@click.option("--duration", default=None, metavar="T",
+              help="Stop after T of simulated time (seconds, or 30s, 5m, 2h, 1d).")
+@click.option("--clean", is_flag=True, help="Remove the tree when stopping.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def run(scenario, root, speed, duration, clean, verbose):
+    """Serve SCENARIO (a YAML file or a shipped name; default: an idle host) under --root."""
+    from sysfs_emu.runner import Server, ServeError
+
+    _setup_logging(verbose)
+    if not speed > 0 or speed != speed or speed == float("inf"):
+        raise CliError(f"--speed must be a positive number, got {speed}")
+    seconds = _duration(duration)
+    sim, name = load_simulation(scenario)
+    server = Server(sim, root, speed=speed, duration=seconds, clean=clean, scenario_name=name)
+
+    def on_signal(signum, frame):
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.run()
+    except ServeError as exc:
+        raise CliError(str(exc)) from None
+    log.info("stopped at simulated time %.1fs; tree %s", sim.now, "removed" if clean else f"left in {root}")
+
+
+@main.command()
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="The tree's root (/ for this machine).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def snapshot(root, as_json):
+    """The current KSM counters and memory of the host under --root."""
+    from sysfs_emu.snapshot import SnapshotError, format_snapshot, take_snapshot
+
+    try:
+        snap = take_snapshot(root)
+    except SnapshotError as exc:
+        raise CliError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(snap, indent=2, sort_keys=True))
+    else:
+        click.echo(format_snapshot(snap), nl=False)
+
+
+@main.command()
+def scenarios():
+    """List the example scenarios shipped with sysfs-emu."""
+    items = shipped_scenarios()
+    width = max((len(n) for n in items), default=0)
+    for name, path in items.items():
+        click.echo(f"{name:<{width}}  {scenario_description(path)}")
+
+
+@main.command()
+@click.argument("event")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="The served tree's root.")
+@click.option("--timeout", default=10.0, show_default=True, type=float, help="Seconds to wait for the answer.")
+def event(event, root, timeout):
+    """Apply EVENT now in the running sysfs-emu under --root.
+
+    EVENT is a scenario event in YAML, or @FILE holding one, for example
+    'start: {name: qemu-system-x86, id: vm2, regions: [{pages: 262144, fill: pool, pool: debian}]}'
+    or 'exit: vm2'.
+    """
+    from sysfs_emu.runner import ServeError, send_event
+
+    if event.startswith("@"):
+        try:
+            event = Path(event[1:]).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read {event[1:]}: {exc.strerror}") from None
+    try:
+        parsed = yaml.safe_load(event)
+    except yaml.YAMLError as exc:
+        raise CliError(f"the event is not valid YAML: {_one_line(exc)}") from None
+    if not isinstance(parsed, dict):
+        raise CliError("an event is a mapping such as 'start: {...}' or 'exit: ID'")
+    try:
+        answer = send_event(root, event, timeout=timeout)
+    except ServeError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot queue the event under {root}: {exc.strerror}") from None
+    if answer != "ok":
+        raise CliError(answer.removeprefix("error: "))
+    click.echo("ok")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,216 @@
+"""Text of the /proc files for simulated processes and the host, in the kernel's layout.
+
+Pure functions: each takes plain numbers (or a process-like object with ``pid``,
+``name``, ``cmdline``, ``start_time``, ``rss_pages``, ``vsz_pages``) and returns the
+exact text Linux 6.18 would show.  The field order and separators follow the real
+files (``/proc/self/stat``, ``statm``, ``status``) so parsers written for Linux —
+psutil, procps, node_exporter — read them unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# USER_HZ: /proc reports times in clock ticks of 1/100 s on every Linux architecture.
+CLOCK_TICKS = 100
+# Stand-in addresses of a process's text, stack and argument areas (stat fields 26-28, 45-51).
+_START_CODE = 0x55_6000_0000
+_CODE_SIZE = 0x2000
+_STACK_TOP = 0x7FFD_0000_0000
+_ARG_START = _STACK_TOP + 0x1000
+# stat field 9: PF_RANDOMIZE | PF_FORKNOEXEC, as for an ordinary user process.
+_PF_FLAGS = 0x400040
+_RLIM_INFINITY = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Credentials shown in status (uid/gid); the emulator's own by default."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def current(cls) -> "Owner":
+        return cls(os.getuid(), os.getgid())
+
+
+def comm_text(name: str) -> str:
+    """``/proc/PID/comm``: the name cut at 15 bytes, then a newline."""
+    return name.encode()[:15].decode(errors="ignore") + "\n"
+
+
+def cmdline_bytes(argv: list[str]) -> bytes:
+    """``/proc/PID/cmdline``: arguments each ended by a NUL byte."""
+    return b"".join(arg.encode() + b"\0" for arg in argv)
+
+
+def stat_text(proc, cpu: int = 0) -> str:
+    """``/proc/PID/stat``: the 52 fields of fs/proc/array.c, one line."""
+    comm = comm_text(proc.name)[:-1]
+    pid = proc.pid
+    starttime = int(round(proc.start_time * CLOCK_TICKS))
+    arg_end = _ARG_START + len(cmdline_bytes(proc.cmdline))
+    fields = [
+        "S",  # state: sleeping, as an idle-looking guest between vCPU runs
+        1,  # ppid
+        pid,  # pgrp
+        pid,  # session
+        0,  # tty_nr
+        -1,  # tpgid
+        _PF_FLAGS,
+        proc.rss_pages,  # minflt: each resident page was faulted in once
+        0, 0, 0,  # cminflt majflt cmajflt
+        0, 0, 0, 0,  # utime stime cutime cstime
+        20, 0,  # priority nice
+        1,  # num_threads
+        0,  # itrealvalue
+        starttime,
+        proc.vsz_pages * _page_size(proc),  # vsize, bytes
+        proc.rss_pages,  # rss, pages
+        _RLIM_INFINITY,  # rsslim
+        _START_CODE, _START_CODE + _CODE_SIZE, _STACK_TOP,  # startcode endcode startstack
+        0, 0,  # kstkesp kstkeip
+        0, 0, 0, 0,  # signal blocked sigignore sigcatch
+        0, 0, 0,  # wchan nswap cnswap
+        17,  # exit_signal SIGCHLD
+        cpu,  # processor
+        0, 0,  # rt_priority policy
+        0,  # delayacct_blkio_ticks
+        0, 0,  # guest_time cguest_time
+        _START_CODE + 0x3000, _START_CODE + 0x4000, _START_CODE + 0x10000,  # data, brk
+        _ARG_START, arg_end, arg_end, arg_end + 0x100,  # arg_start arg_end env_start env_end
+        0,  # exit_code
+    ]
+    return f"{pid} ({comm}) " + " ".join(str(f) for f in fields) + "\n"
+
+
+def statm_text(proc) -> str:
+    """``/proc/PID/statm``: size resident shared text lib data dt, in pages."""
+    text = _CODE_SIZE // _page_size(proc)
+    data = max(proc.vsz_pages - text, 0)
+    return f"{proc.vsz_pages} {proc.rss_pages} 0 {text} 0 {data} 0\n"
+
+
+def status_text(proc, owner: Owner, hwm_pages: int | None = None) -> str:
+    """``/proc/PID/status`` with every line Linux 6.18 prints, in its order."""
+    kb = _page_size(proc) // 1024
+    size_kb = proc.vsz_pages * kb
+    rss_kb = proc.rss_pages * kb
+    hwm_kb = max(hwm_pages or 0, proc.rss_pages) * kb
+    exe_kb = _CODE_SIZE // 1024
+    uid, gid = owner.uid, owner.gid
+    pid = proc.pid
+
+    def vm(value: int) -> str:
+        return f"{value:8d} kB"
+
+    lines = [
+        ("Name", _escape_name(comm_text(proc.name)[:-1])),
+        ("Umask", "0022"),
+        ("State", "S (sleeping)"),
+        ("Tgid", pid),
+        ("Ngid", 0),
+        ("Pid", pid),
+        ("PPid", 1),
+        ("TracerPid", 0),
+        ("Uid", f"{uid}\t{uid}\t{uid}\t{uid}"),
+        ("Gid", f"{gid}\t{gid}\t{gid}\t{gid}"),
+        ("FDSize", 64),
+        ("Groups", " "),
+        ("NStgid", pid),
+        ("NSpid", pid),
+        ("NSpgid", pid),
+        ("NSsid", pid),
+        ("Kthread", 0),
+        ("VmPeak", vm(size_kb)),
+        ("VmSize", vm(size_kb)),
+        ("VmLck", vm(0)),
+        ("VmPin", vm(0)),
+        ("VmHWM", vm(hwm_kb)),
+        ("VmRSS", vm(rss_kb)),
+        ("RssAnon", vm(rss_kb)),
+        ("RssFile", vm(0)),
+        ("RssShmem", vm(0)),
+        ("VmData", vm(max(size_kb - exe_kb - 132, 0))),
+        ("VmStk", vm(132)),
+        ("VmExe", vm(exe_kb)),
+        ("VmLib", vm(0)),
+        ("VmPTE", vm(_pte_kb(proc.vsz_pages))),
+        ("VmSwap", vm(0)),
+        ("HugetlbPages", vm(0)),
+        ("CoreDumping", 0),
+        ("THP_enabled", 1),
+        ("untag_mask", "0xffffffffffffffff"),
+        ("Threads", 1),
+        ("SigQ", "0/63448"),
+        ("SigPnd", "0" * 16),
+        ("ShdPnd", "0" * 16),
+        ("SigBlk", "0" * 16),
+        ("SigIgn", "0000000000001000"),
+        ("SigCgt", "0000000100004243"),
+        ("CapInh", "0" * 16),
+        ("CapPrm", "0" * 16),
+        ("CapEff", "0" * 16),
+        ("CapBnd", "000001ffffffffff"),
+        ("CapAmb", "0" * 16),
+        ("NoNewPrivs", 0),
+        ("Seccomp", 0),
+        ("Seccomp_filters", 0),
+        ("Speculation_Store_Bypass", "thread vulnerable"),
+        ("SpeculationIndirectBranch", "conditional enabled"),
+        ("Cpus_allowed", "ffffffff"),
+        ("Cpus_allowed_list", "0-31"),
+        ("Mems_allowed", "00000001"),
+        ("Mems_allowed_list", "0"),
+        ("voluntary_ctxt_switches", 0),
+        ("nonvoluntary_ctxt_switches", 0),
+    ]
+    return "".join(f"{key}:\t{value}\n" for key, value in lines)
+
+
+def host_stat_text(boot_time: int, uptime: float, cpus: int, nprocs: int) -> str:
+    """``/proc/stat`` of an idle host: per-CPU times, btime and process counts."""
+    idle = int(uptime * CLOCK_TICKS)
+
+    def cpu_line(label: str, idle_ticks: int) -> str:
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        return f"{label} 0 0 0 {idle_ticks} 0 0 0 0 0 0"
+
+    lines = [cpu_line("cpu ", idle * cpus)]
+    lines += [cpu_line(f"cpu{i}", idle) for i in range(cpus)]
+    lines += [
+        "intr 0",
+        "ctxt 0",
+        f"btime {boot_time}",
+        f"processes {nprocs}",
+        "procs_running 1",
+        "procs_blocked 0",
+        "softirq 0 0 0 0 0 0 0 0 0 0 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def uptime_text(uptime: float, cpus: int) -> str:
+    """``/proc/uptime``: seconds up and seconds idle summed over CPUs."""
+    return f"{uptime:.2f} {uptime * cpus:.2f}\n"
+
+
+def loadavg_text(nprocs: int, last_pid: int) -> str:
+    """``/proc/loadavg`` of an idle host."""
+    return f"0.00 0.00 0.00 1/{nprocs} {last_pid}\n"
+
+
+def _page_size(proc) -> int:
+    return getattr(proc, "page_size", 4096)
+
+
+def _pte_kb(vsz_pages: int) -> int:
+    """Page-table size for a mapping: one 4 KiB table per 512 pages."""
+    return ((vsz_pages + 511) // 512) * 4
+
+
+def _escape_name(name: str) -> str:
+    """status escapes backslash and newline in Name as the kernel does."""
+    return name.replace("\\", "\\\\").replace("\n", "\\n")

@@ -1,0 +1,311 @@
+"""Serving a Simulation as a live tree: the lock, the tick loop, and control events.
+
+``<root>/.sysfs-emu/`` holds what belongs to the emulator itself:
+
+- ``lock``: held (flock) while a sysfs-emu serves the root, containing its pid;
+- ``state.json``: simulated time, speed and pid, rewritten each tick (``snapshot`` reads it);
+- ``events/``: the control queue.  A file ``NAME.yaml`` holding one scenario event
+  (``start: {...}``, ``exit: ID``, ``rewrite: {...}``, ``sysfs: {...}``) is applied at
+  the next tick, then replaced by ``NAME.result`` (``ok`` or ``error: ...``).
+  ``sysfs-emu event`` writes these and waits for the result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sysfs_emu.tree import STATE_DIR, Tree, TreeError
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1  # wall seconds between two looks at the tree
+MAX_LAG = 1.0  # wall seconds the simulation may fall behind before it stops catching up
+
+
+class ServeError(Exception):
+    """The root cannot be served; the message says why."""
+
+
+def _state_dir(root: Path) -> Path:
+    return root / STATE_DIR
+
+
+class RootLock:
+    """An exclusive flock on ``<root>/.sysfs-emu/lock``: one sysfs-emu per root."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = _state_dir(root) / "lock"
+        self._fd: int | None = None
+        self.created_root = False
+        self.created_state_dir = False
+
+    def acquire(self) -> None:
+        root = self.root
+        if os.path.lexists(root) and not root.is_dir():
+            raise ServeError(f"{root} is not a directory")
+        try:
+            if not root.exists():
+                root.mkdir(parents=True)
+                self.created_root = True
+            state = _state_dir(root)
+            if not state.is_dir():
+                state.mkdir()
+                self.created_state_dir = True
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except PermissionError:
+            raise ServeError(f"{root} is not writable (permission denied)") from None
+        except OSError as exc:
+            raise ServeError(f"cannot use {root}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ServeError(f"{root} is already served by another sysfs-emu (pid {other})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self, remove: bool = False) -> None:
+        if self._fd is None:
+            return
+        if remove:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def holder_pid(root: Path) -> int | None:
+    """The pid of the sysfs-emu serving ``root``, or None when none does."""
+    path = _state_dir(root) / "lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Server:
+    """Runs a Simulation at ``speed`` and keeps its tree under ``root`` current."""
+
+    sim: object
+    root: Path
+    speed: float = 1.0
+    duration: float | None = None  # simulated seconds to run, None = until stopped
+    tick: float = TICK
+    clean: bool = False
+    scenario_name: str = "idle host"
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    ready_event: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.tree = Tree(self.sim, self.root)
+        self.lock = RootLock(self.root)
+        self.events_dir = _state_dir(self.root) / "events"
+        self.achieved_speed: float | None = None
+        self._lag_warned = False
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Serve until stopped or ``duration`` simulated seconds have passed."""
+        self.lock.acquire()
+        try:
+            try:
+                self.tree.create()
+                self.events_dir.mkdir(exist_ok=True)
+            except TreeError as exc:
+                raise ServeError(str(exc)) from None
+            except PermissionError as exc:
+                raise ServeError(f"{self.root} is not writable: {exc.strerror}: {exc.filename}") from None
+            self._write_state()
+            self.ready_event.set()
+            log.info("serving %s under %s at %gx", self.scenario_name, self.root, self.speed)
+            self._loop()
+        finally:
+            if self.clean:
+                self.tree.remove()
+                self._remove_own_files()
+            self.lock.release(remove=self.clean)
+            if self.clean:
+                self._remove_own_dirs()
+            self.ready_event.set()
+
+    def _loop(self) -> None:
+        sim = self.sim
+        end = None if self.duration is None else sim.now + self.duration
+        wall0, sim0 = time.monotonic(), sim.now
+        rate: float | None = None  # simulated seconds advance() manages per wall second
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            self.tree.apply_writes()
+            self._control()
+            target = sim0 + (started - wall0) * self.speed
+            if end is not None:
+                target = min(target, end)
+            step = target - sim.now
+            if step > 0:
+                cap = self.speed * self.tick
+                if rate is not None:
+                    cap = max(cap, rate * self.tick)
+                if step > cap:
+                    step = cap
+                t = time.monotonic()
+                sim.advance(step)
+                took = time.monotonic() - t
+                if took > 0:
+                    now_rate = step / took
+                    rate = now_rate if rate is None else 0.7 * rate + 0.3 * now_rate
+                # Too far behind: stop owing time, run as fast as this machine can.
+                if target - sim.now > self.speed * MAX_LAG:
+                    self._note_lag(rate)
+                    wall0, sim0 = time.monotonic(), sim.now
+            self.tree.sync()
+            self._write_state()
+            if end is not None and sim.now >= end:
+                break
+            self.stop_event.wait(max(0.0, self.tick - (time.monotonic() - started)))
+
+    def _note_lag(self, rate: float | None) -> None:
+        self.achieved_speed = rate
+        if not self._lag_warned:
+            self._lag_warned = True
+            log.warning("the simulation cannot keep up with --speed %g on this machine "
+                        "(about %.3gx): simulated time now runs as fast as it can",
+                        self.speed, rate or 0.0)
+
+    # --- control queue -------------------------------------------------------------------
+
+    def _control(self) -> None:
+        try:
+            names = sorted(n for n in os.listdir(self.events_dir) if n.endswith(".yaml"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.events_dir / name
+            try:
+                text = path.read_text()
+                path.unlink()
+            except OSError:
+                continue
+            result = self.apply_event_text(text)
+            tmp = self.events_dir / f".{name}.result.tmp"
+            tmp.write_text(result + "\n")
+            os.replace(tmp, self.events_dir / (name[: -len(".yaml")] + ".result"))
+
+    def apply_event_text(self, text: str) -> str:
+        """Apply one event given as YAML; return ``ok`` or ``error: ...``."""
+        try:
+            event = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            return f"error: the event is not valid YAML: {str(exc).splitlines()[0]}"
+        if not isinstance(event, dict):
+            return "error: an event is a mapping such as 'start: {...}' or 'exit: ID'"
+        event = {k: v for k, v in event.items() if k != "at"}
+        try:
+            self.sim.apply(event)
+        except Exception as exc:  # the simulation's own errors carry the user-facing text
+            log.warning("event refused: %s", exc)
+            return f"error: {exc}"
+        log.info("event applied at %.1fs: %s", self.sim.now, json.dumps(event, default=str))
+        self.tree.sync()
+        return "ok"
+
+    # --- state --------------------------------------------------------------------------
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "scenario": self.scenario_name,
+            "speed": self.speed,
+            "now": self.sim.now,
+            "page_size": getattr(self.sim, "page_size", 4096),
+        }
+        path = _state_dir(self.root) / "state.json"
+        tmp = path.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+    def _remove_own_files(self) -> None:
+        state = _state_dir(self.root)
+        for name in ("state.json", "state.json.tmp"):
+            try:
+                os.unlink(state / name)
+            except FileNotFoundError:
+                pass
+        if self.events_dir.is_dir():
+            for entry in self.events_dir.iterdir():
+                if entry.name.endswith((".result", ".yaml", ".tmp")):
+                    entry.unlink(missing_ok=True)
+            try:
+                self.events_dir.rmdir()
+            except OSError:
+                pass
+
+    def _remove_own_dirs(self) -> None:
+        if self.lock.created_state_dir:
+            try:
+                _state_dir(self.root).rmdir()
+            except OSError:
+                pass
+        if self.lock.created_root:
+            try:
+                self.root.rmdir()
+            except OSError:
+                pass
+
+
+def send_event(root: Path, text: str, timeout: float = 10.0) -> str:
+    """Queue an event for the sysfs-emu serving ``root`` and return its result line."""
+    root = Path(root)
+    if holder_pid(root) is None:
+        raise ServeError(f"no sysfs-emu is serving {root}")
+    events = _state_dir(root) / "events"
+    name = f"{time.time_ns()}-{os.getpid()}"
+    tmp = events / f".{name}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, events / f"{name}.yaml")
+    result = events / f"{name}.result"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            answer = result.read_text().strip()
+        except FileNotFoundError:
+            time.sleep(0.02)
+            continue
+        result.unlink(missing_ok=True)
+        return answer
+    (events / f"{name}.yaml").unlink(missing_ok=True)
+    raise ServeError(f"the sysfs-emu serving {root} did not answer within {timeout:g}s")
+
+
+def read_state(root: Path) -> dict | None:
+    """The served simulation's state (time, speed, pid), or None when none is recorded."""
+    try:
+        return json.loads((_state_dir(Path(root)) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,127 @@
+"""``sysfs-emu snapshot``: KSM counters, memory and KSM-using processes read from a root's files.
+
+Reads only files, so it works on a served tree and on the real machine (``--root /``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sysfs_emu.runner import holder_pid, read_state
+from sysfs_emu.tree import KSM_DIR
+
+MEMINFO_KEYS = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached")
+
+
+class SnapshotError(Exception):
+    """Nothing to show under this root; the message says why."""
+
+
+def take_snapshot(root: str | os.PathLike) -> dict:
+    """A dict of what the files under ``root`` say now."""
+    root = Path(root)
+    ksm_dir = root / KSM_DIR
+    if not ksm_dir.is_dir():
+        raise SnapshotError(f"{ksm_dir} does not exist: nothing is served under {root} "
+                            "(start one with 'sysfs-emu run --root DIR')")
+    ksm: dict[str, object] = {}
+    for entry in sorted(os.listdir(ksm_dir)):
+        try:
+            text = (ksm_dir / entry).read_text().strip()
+        except OSError:
+            continue
+        ksm[entry] = int(text) if text.lstrip("-").isdigit() else text
+    memory: dict[str, int] = {}
+    try:
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in MEMINFO_KEYS and rest.split():
+                memory[key + "_kB"] = int(rest.split()[0])
+    except (OSError, ValueError):
+        pass
+    state = read_state(root) if holder_pid(root) is not None else None
+    page_size = int(state.get("page_size", 4096)) if state else os.sysconf("SC_PAGE_SIZE")
+    sharing = ksm.get("pages_sharing")
+    snap: dict[str, object] = {
+        "root": str(root),
+        "ksm": ksm,
+        "memory": memory,
+        "page_size": page_size,
+        "saved_bytes": sharing * page_size if isinstance(sharing, int) else None,
+        "processes": _ksm_processes(root, page_size),
+    }
+    if state:
+        snap["simulation"] = {k: state[k] for k in ("pid", "scenario", "speed", "now") if k in state}
+    return snap
+
+
+def _ksm_processes(root: Path, page_size: int) -> list[dict]:
+    """Processes whose ``ksm_merging_pages`` is readable, with name and resident size."""
+    found = []
+    proc = root / "proc"
+    try:
+        names = [n for n in os.listdir(proc) if n.isdigit()]
+    except OSError:
+        return found
+    for name in sorted(names, key=int):
+        base = proc / name
+        try:
+            merging = int((base / "ksm_merging_pages").read_text())
+            comm = (base / "comm").read_text().rstrip("\n")
+            rss = int((base / "statm").read_text().split()[1]) * page_size
+        except (OSError, ValueError, IndexError):
+            continue
+        if merging or root != Path("/"):
+            found.append({"pid": int(name), "name": comm, "rss_bytes": rss, "ksm_merging_pages": merging})
+    return found
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def format_snapshot(snap: dict) -> str:
+    """The snapshot as a few aligned lines."""
+    ksm = snap["ksm"]
+    mem = snap["memory"]
+    lines = []
+    sim = snap.get("simulation")
+    if sim:
+        lines.append(f"simulation  {sim.get('scenario')} at {_clock(sim.get('now', 0))} simulated "
+                     f"(speed {sim.get('speed'):g}x, sysfs-emu pid {sim.get('pid')})")
+
+    def get(name):
+        return ksm.get(name, "-")
+
+    lines.append(f"ksmd        run {get('run')}, pages_to_scan {get('pages_to_scan')}, "
+                 f"sleep_millisecs {get('sleep_millisecs')}, full_scans {get('full_scans')}")
+    lines.append(f"pages       shared {get('pages_shared')}, sharing {get('pages_sharing')}, "
+                 f"unshared {get('pages_unshared')}, volatile {get('pages_volatile')}, "
+                 f"zero {get('ksm_zero_pages')}")
+    saved = snap.get("saved_bytes")
+    profit = ksm.get("general_profit")
+    if saved is not None:
+        extra = f", general_profit {human_bytes(profit)}" if isinstance(profit, int) else ""
+        lines.append(f"saved       {human_bytes(saved)} (pages_sharing x page size){extra}")
+    if mem:
+        parts = [f"{k[:-3]} {human_bytes(v * 1024)}" for k, v in mem.items()]
+        lines.append("memory      " + ", ".join(parts))
+    procs = snap.get("processes") or []
+    lines.append(f"processes   {len(procs)}")
+    for p in procs:
+        lines.append(f"  {p['pid']:>7}  {p['name']:<16} rss {human_bytes(p['rss_bytes']):>10}  "
+                     f"merging {p['ksm_merging_pages']} pages")
+    return "\n".join(lines) + "\n"

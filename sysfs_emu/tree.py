@@ -1,0 +1,355 @@
+"""A Simulation shown as a live file tree: ``sys/kernel/mm/ksm`` and ``proc`` under a root.
+
+:class:`Tree` owns the files.  :meth:`Tree.sync` is one tick's worth of file work:
+
+1. writes by other programs to ``sys/kernel/mm/ksm/*`` are found by comparing each
+   file with the bytes this tree last put there, and applied through
+   ``Kernel.write_attr``; a write the kernel refuses is reverted and logged with
+   the errno the kernel would have returned;
+2. every file whose text changed is replaced atomically (written under the state
+   directory, then renamed into place), so a reader never sees half a value;
+3. ``proc/PID`` directories appear (built aside, then renamed in whole) for new
+   processes and go away for exited ones.
+
+Everything created is listed in a manifest under ``.sysfs-emu/`` so that a later
+run (or ``--clean``) removes exactly what sysfs-emu made and nothing else.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sysfs_emu import procfs
+
+log = logging.getLogger(__name__)
+
+KSM_DIR = "sys/kernel/mm/ksm"
+STATE_DIR = ".sysfs-emu"
+
+# The files of /sys/kernel/mm/ksm on Linux 6.18 and whether each has a store method.
+KSM_ATTRS: dict[str, bool] = {
+    "advisor_max_cpu": True,
+    "advisor_max_pages_to_scan": True,
+    "advisor_min_pages_to_scan": True,
+    "advisor_mode": True,
+    "advisor_target_scan_time": True,
+    "full_scans": False,
+    "general_profit": False,
+    "ksm_zero_pages": False,
+    "max_page_sharing": True,
+    "merge_across_nodes": True,
+    "pages_scanned": False,
+    "pages_shared": False,
+    "pages_sharing": False,
+    "pages_skipped": False,
+    "pages_to_scan": True,
+    "pages_unshared": False,
+    "pages_volatile": False,
+    "run": True,
+    "sleep_millisecs": True,
+    "smart_scan": True,
+    "stable_node_chains": False,
+    "stable_node_chains_prune_millisecs": True,
+    "stable_node_dups": False,
+    "use_zero_pages": True,
+}
+
+PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages")
+HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg")
+# Directories the tree needs, parents first.
+BASE_DIRS = ("proc", "sys", "sys/kernel", "sys/kernel/mm", KSM_DIR)
+
+
+class TreeError(Exception):
+    """The tree cannot be created under this root; the message says why."""
+
+
+@dataclass
+class _Written:
+    """What this tree last put in a file, and the file's identity right after."""
+
+    data: bytes
+    mode: int
+    ino: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass
+class Manifest:
+    """The paths (relative to the root) that sysfs-emu created, saved as JSON."""
+
+    path: Path
+    dirs: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls(path)
+        except (OSError, ValueError) as exc:
+            raise TreeError(f"cannot read {path}: {exc}") from None
+        return cls(path, list(raw.get("dirs", [])), list(raw.get("files", [])),
+                   [int(p) for p in raw.get("pids", [])])
+
+    def owns(self, rel: str) -> bool:
+        if rel in self.files or rel in self.dirs:
+            return True
+        parts = rel.split("/")
+        return len(parts) >= 2 and parts[0] == "proc" and parts[1].isdigit() and int(parts[1]) in self.pids
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"dirs": self.dirs, "files": self.files, "pids": sorted(self.pids)}))
+        os.replace(tmp, self.path)
+
+
+class Tree:
+    """The files of one simulated host under ``root``."""
+
+    def __init__(self, sim, root: str | os.PathLike, owner: procfs.Owner | None = None):
+        self.sim = sim
+        self.root = Path(root)
+        self.state_dir = self.root / STATE_DIR
+        self.tmp_dir = self.state_dir / "tmp"
+        self.owner = owner or procfs.Owner.current()
+        self.cpus = os.cpu_count() or 1
+        self._written: dict[str, _Written] = {}
+        self._pending_empty: set[str] = set()
+        self._pids: dict[int, float] = {}  # pid -> start time of the process shown there
+        self._hwm: dict[int, int] = {}
+        self._tmp_seq = 0
+        self.manifest = Manifest(self.state_dir / "manifest.json")
+
+    # --- creation and removal -------------------------------------------------------
+
+    def create(self) -> None:
+        """Make the directories and every file; clear what an earlier run left."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        previous = Manifest.load(self.manifest.path)
+        wanted = [*BASE_DIRS]
+        files = [f"{KSM_DIR}/{name}" for name in KSM_ATTRS] + [f"proc/{n}" for n in HOST_PROC_FILES]
+        for rel in files:
+            path = self.root / rel
+            if os.path.lexists(path) and not previous.owns(rel):
+                raise TreeError(f"{path} exists and was not made by sysfs-emu; use an empty directory")
+        for rel in wanted:
+            path = self.root / rel
+            if os.path.lexists(path) and not path.is_dir():
+                raise TreeError(f"{path} exists and is not a directory; use an empty directory")
+        # Process directories an earlier run left behind are stale: drop them.
+        for pid in previous.pids:
+            self._remove_pid_dir(pid)
+        self.manifest.dirs = [d for d in previous.dirs if d in wanted]
+        for rel in wanted:
+            path = self.root / rel
+            if not path.is_dir():
+                path.mkdir()
+                self.manifest.dirs.append(rel)
+        self.manifest.files = files
+        self.manifest.pids = []
+        self.manifest.save()
+        self.sync()
+
+    def remove(self) -> None:
+        """Delete what sysfs-emu created (files, process dirs, then its directories if empty)."""
+        for pid in list(self._pids):
+            self._remove_pid_dir(pid)
+        for pid in self.manifest.pids:
+            self._remove_pid_dir(pid)
+        for rel in self.manifest.files:
+            try:
+                os.unlink(self.root / rel)
+            except FileNotFoundError:
+                pass
+        for rel in sorted(self.manifest.dirs, key=lambda d: d.count("/"), reverse=True):
+            try:
+                os.rmdir(self.root / rel)
+            except OSError:
+                pass  # something not ours is inside: leave it
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        try:
+            os.unlink(self.manifest.path)
+        except FileNotFoundError:
+            pass
+        self._written.clear()
+        self._pids.clear()
+
+    # --- one tick ---------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Apply outside writes, then bring every file up to date with the simulation."""
+        self.apply_writes()
+        self._refresh_ksm()
+        self._refresh_host()
+        self._refresh_processes()
+
+    def apply_writes(self) -> list[str]:
+        """Find files under ``sys/kernel/mm/ksm`` written by others and apply them; return their names."""
+        changed = []
+        kernel = self.sim.kernel
+        for name in KSM_ATTRS:
+            rel = f"{KSM_DIR}/{name}"
+            mine = self._written.get(rel)
+            if mine is None:
+                continue
+            try:
+                with open(self.root / rel, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    data = f.read()
+            except FileNotFoundError:
+                log.warning("%s was removed by another program; recreating it", rel)
+                self._written.pop(rel)
+                continue
+            except OSError as exc:
+                log.warning("cannot read %s: %s", rel, exc)
+                continue
+            touched = (st.st_ino, st.st_mtime_ns) != (mine.ino, mine.mtime_ns)
+            if data == mine.data and not touched:
+                self._pending_empty.discard(rel)
+                continue
+            if not data and rel not in self._pending_empty:
+                # A writer truncates, then writes: give it until the next tick.
+                self._pending_empty.add(rel)
+                continue
+            self._pending_empty.discard(rel)
+            before = mine.data.decode(errors="replace").rstrip("\n")
+            try:
+                kernel.write_attr(name, data)
+            except OSError as exc:
+                code = errno.errorcode.get(exc.errno, str(exc.errno))
+                log.warning(
+                    "%s: write %r refused with %s (%s); value restored to %r",
+                    rel, data.decode(errors="replace"), code, os.strerror(exc.errno or 0), before,
+                )
+                self._written.pop(rel)  # forces the rewrite below
+            else:
+                after = kernel.read_attr(name).rstrip("\n")
+                log.info("%s: %r written by another program (was %r, now %r)",
+                         rel, data.decode(errors="replace"), before, after)
+                self._written.pop(rel)
+                changed.append(name)
+        if changed or any(f"{KSM_DIR}/{n}" not in self._written for n in KSM_ATTRS):
+            self._refresh_ksm()
+        return changed
+
+    def _refresh_ksm(self) -> None:
+        kernel = self.sim.kernel
+        for name, writable in KSM_ATTRS.items():
+            self._put(f"{KSM_DIR}/{name}", kernel.read_attr(name).encode(), 0o644 if writable else 0o444)
+
+    def _refresh_host(self) -> None:
+        sim = self.sim
+        live = list(sim.processes)
+        uptime = float(sim.now) + float(getattr(sim, "uptime_at_start", 0.0))
+        self._put("proc/meminfo", sim.meminfo().encode(), 0o444)
+        self._put("proc/uptime", procfs.uptime_text(uptime, self.cpus).encode(), 0o444)
+        self._put("proc/stat", procfs.host_stat_text(int(sim.boot_time), uptime, self.cpus,
+                                                     len(live)).encode(), 0o444)
+        last_pid = max((p.pid for p in live), default=1)
+        self._put("proc/loadavg", procfs.loadavg_text(len(live) + 1, last_pid).encode(), 0o444)
+
+    def _refresh_processes(self) -> None:
+        live = {}
+        for proc in self.sim.processes:
+            live[proc.pid] = proc
+        changed = False
+        for pid in [p for p in self._pids if p not in live or self._pids[p] != live[p].start_time]:
+            self._remove_pid_dir(pid)
+            changed = True
+        for pid, proc in live.items():
+            texts = self._proc_texts(proc)
+            if pid not in self._pids:
+                changed |= self._add_pid_dir(proc, texts)
+            else:
+                for fname, data in texts.items():
+                    self._put(f"proc/{pid}/{fname}", data, 0o444)
+        if changed:
+            self.manifest.pids = sorted(self._pids)
+            self.manifest.save()
+
+    def _proc_texts(self, proc) -> dict[str, bytes]:
+        hwm = max(self._hwm.get(proc.pid, 0), proc.rss_pages)
+        self._hwm[proc.pid] = hwm
+        return {
+            "comm": procfs.comm_text(proc.name).encode(),
+            "cmdline": procfs.cmdline_bytes(list(proc.cmdline)),
+            "stat": procfs.stat_text(proc).encode(),
+            "statm": procfs.statm_text(proc).encode(),
+            "status": procfs.status_text(proc, self.owner, hwm).encode(),
+            "ksm_stat": proc.ksm_stat_text().encode(),
+            "ksm_merging_pages": f"{proc.ksm_merging_pages}\n".encode(),
+        }
+
+    def _add_pid_dir(self, proc, texts: dict[str, bytes]) -> bool:
+        """Build ``proc/PID`` aside and rename it into place, so it appears complete."""
+        target = self.root / "proc" / str(proc.pid)
+        if os.path.lexists(target):
+            log.error("%s exists and was not made by sysfs-emu; process %s (pid %d) is not shown",
+                      target, proc.name, proc.pid)
+            return False
+        build = self.tmp_dir / f"new-{proc.pid}"
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir()
+        for fname, data in texts.items():
+            path = build / fname
+            path.write_bytes(data)
+            os.chmod(path, 0o444)
+        os.chmod(build, 0o755)
+        os.rename(build, target)
+        for fname, data in texts.items():
+            st = os.stat(target / fname)
+            self._written[f"proc/{proc.pid}/{fname}"] = _Written(data, 0o444, st.st_ino, st.st_mtime_ns)
+        self._pids[proc.pid] = proc.start_time
+        return True
+
+    def _remove_pid_dir(self, pid: int) -> None:
+        target = self.root / "proc" / str(pid)
+        self._pids.pop(pid, None)
+        self._hwm.pop(pid, None)
+        for fname in PROC_FILES:
+            self._written.pop(f"proc/{pid}/{fname}", None)
+        if not target.is_dir() or target.is_symlink():
+            return
+        gone = self.tmp_dir / f"gone-{pid}-{self._next_seq()}"
+        try:
+            os.rename(target, gone)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", target, exc)
+            return
+        shutil.rmtree(gone, ignore_errors=True)
+
+    # --- files --------------------------------------------------------------------------
+
+    def _put(self, rel: str, data: bytes, mode: int) -> None:
+        """Replace ``rel`` atomically with ``data`` unless it already holds exactly that."""
+        mine = self._written.get(rel)
+        if mine is not None and mine.data == data and mine.mode == mode:
+            return
+        tmp = self.tmp_dir / f"f{self._next_seq()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, mode)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.root / rel)
+        self._written[rel] = _Written(data, mode, st.st_ino, st.st_mtime_ns)
+
+    def _next_seq(self) -> int:
+        self._tmp_seq += 1
+        return self._tmp_seq
+
+    def written(self, rel: str) -> bytes | None:
+        """The bytes this tree last wrote to ``rel`` (None if it holds none)."""
+        mine = self._written.get(rel)
+        return mine.data if mine else None
