@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 from dataclasses import dataclass
 
@@ -115,8 +116,12 @@ def adjust(opts: Options, dry_run: bool) -> None:
     """Make one decision now and print it (written only with --apply)."""
     from ksmtuned_py.status import adjust_once
 
-    for line in adjust_once(opts.load_config(), opts.root, apply=not dry_run):
+    configure_logging()
+    lines, ok = adjust_once(opts.load_config(), opts.root, apply=not dry_run)
+    for line in lines:
         click.echo(line)
+    if not ok:
+        raise UserError("some KSM knobs could not be written (see above)")
 
 
 @main.command("check-config")
@@ -128,9 +133,8 @@ def check_config(opts: Options) -> None:
         click.echo(f"warning: {w}", err=True)
     if not cfg.file_found:
         click.echo(f"{cfg.path} does not exist; using the environment and defaults", err=True)
-    width = max(len(k) for k in cfg.settings)
     for key, s in cfg.settings.items():
-        click.echo(f"{key:<{width}} = {s.text!r:<28} ({s.origin})")
+        click.echo(f"{key + '=' + shlex.quote(s.text):<40} # {s.origin}")
 
 
 @main.group()

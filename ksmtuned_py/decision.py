@@ -107,11 +107,14 @@ class Decision:
                 f"committed + thres = {self.load} kB < total {self.total} kB "
                 f"and free {self.free} kB > thres {self.thres} kB"
             )
+        if self.load >= self.total:
+            why = f"committed + thres = {self.load} kB >= total {self.total} kB"
+        else:
+            why = f"free {self.free} kB <= thres {self.thres} kB"
         cmp = "<" if self.level == BOOST else ">="
         return (
-            f"committed + thres = {self.load} kB >= total {self.total} kB "
-            f"or free {self.free} kB <= thres {self.thres} kB; "
-            f"free {cmp} thres, so {self.level} to {self.npages} pages"
+            f"{why}; free {self.free} kB {cmp} thres {self.thres} kB, "
+            f"so {self.level} pages_to_scan from {self.previous_npages} to {self.npages}"
         )
 
     # The reference's debug lines, split around its writes to the knobs.
