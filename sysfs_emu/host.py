@@ -1,0 +1,186 @@
+"""The host's /proc/meminfo, computed from the simulated memory in the kernel's layout.
+
+The model (all in kB, as /proc/meminfo counts):
+
+- ``MemTotal`` is ``host.memory``;
+- the host itself holds ``host.used`` (kernel, slab, page tables, its own
+  daemons), ``Buffers`` and ``Cached``; the guests hold one page per physical
+  page in use (a KSM page counts once however many processes map it; pages
+  mapped to the zero page by ``use_zero_pages`` count nothing);
+- ``MemFree = MemTotal - used - Buffers - Cached - guests``. When the guests
+  need more, the page cache gives way first (``Cached``, then ``Buffers``), as
+  reclaim would; ``MemFree`` never goes below 0;
+- the other fields are derived so that the usual identities hold: the LRU lists
+  add up to anonymous + file pages, ``Slab = SReclaimable + SUnreclaim``,
+  ``CommitLimit = SwapTotal + MemTotal / 2`` and ``MemAvailable`` follows the
+  kernel's estimate (free memory above the watermarks plus the reclaimable half
+  of the page cache and of reclaimable slab).
+
+The field names, order and alignment are those of Linux 6.18 on x86_64 (read
+from the development machine): ``Name:`` padded to 16 columns, the value right
+aligned in 8, then `` kB``; the HugePages counts have no unit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["MemorySnapshot", "meminfo_text", "meminfo_values", "watermarks_kb"]
+
+VMALLOC_TOTAL_KB = 34359738367  # 32 TiB - 1 kB of vmalloc space on x86_64 with 4-level paging
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """What meminfo needs from the simulation, in bytes (``committed_guest``: sum of guests' mappings)."""
+
+    memory: int
+    used: int
+    buffers: int
+    cached: int
+    swap: int
+    guest_physical: int
+    guest_committed: int
+    cpus: int = 1
+
+
+def watermarks_kb(total_kb: int) -> tuple[int, int, int]:
+    """(min, low, high) free-page watermarks summed over zones, as the kernel sizes them by default.
+
+    min_free_kbytes = sqrt(16 * lowmem kB) clamped to [128, 262144];
+    low = min + 0.1 % of memory, high = min + 0.2 % (watermark_scale_factor 10).
+    """
+    wmin = int(math.isqrt(16 * total_kb))
+    wmin = max(128, min(wmin, 262144))
+    step = max(wmin // 4, total_kb * 10 // 10000)
+    return wmin, wmin + step, wmin + 2 * step
+
+
+def meminfo_values(s: MemorySnapshot) -> list[tuple[str, int, bool]]:
+    """The fields of /proc/meminfo in order: (name, value, has_kB_unit)."""
+    kb = lambda b: b // 1024  # noqa: E731
+    total = kb(s.memory)
+    used = kb(s.used)
+    guests = kb(s.guest_physical)
+    buffers = kb(s.buffers)
+    cached = kb(s.cached)
+    # Page cache gives way to the guests before free memory goes negative.
+    short = used + buffers + cached + guests - total
+    if short > 0:
+        take = min(short, cached)
+        cached -= take
+        short -= take
+        take = min(short, buffers)
+        buffers -= take
+    free = max(0, total - used - buffers - cached - guests)
+
+    # The host's own share, split among the kernel's consumers.
+    host_anon = used * 30 // 100
+    slab = used * 35 // 100
+    sreclaimable = slab * 70 // 100
+    sunreclaim = slab - sreclaimable
+    kernel_stack = used * 2 // 100
+    page_tables = used * 3 // 100
+    vmalloc_used = used * 5 // 100
+    percpu = max(s.cpus * 32, used // 1000)
+
+    shmem = cached // 8
+    file_pages = buffers + cached - shmem
+    anon = host_anon + guests
+    active_anon = (anon + shmem) * 2 // 3
+    inactive_anon = anon + shmem - active_anon
+    active_file = file_pages // 2
+    inactive_file = file_pages - active_file
+    dirty = cached // 256
+    mapped = cached // 3
+
+    _, low, high = watermarks_kb(total)
+    reclaim_file = file_pages - min(file_pages // 2, low)
+    reclaim_slab = sreclaimable - min(sreclaimable // 2, low)
+    available = max(0, free - high + reclaim_file + reclaim_slab)
+
+    swap = kb(s.swap)
+    commit_limit = swap + total // 2
+    committed = host_anon * 3 + shmem + kb(s.guest_committed)
+
+    # The kernel's direct map covers all RAM: a little in 4k pages, the first
+    # GiB(s) in 2M pages and the rest in 1G pages.
+    direct_4k = 28672 if total > 65536 else total // 2
+    rest = max(0, -(-total // 2048) * 2048 - direct_4k)
+    gib = 1024 * 1024
+    if total > 4 * gib:
+        direct_2m = 2 * gib - direct_4k
+        direct_1g = -(-(rest - direct_2m) // gib) * gib
+    else:
+        direct_2m = -(-rest // 2048) * 2048
+        direct_1g = 0
+
+    return [
+        ("MemTotal", total, True),
+        ("MemFree", free, True),
+        ("MemAvailable", available, True),
+        ("Buffers", buffers, True),
+        ("Cached", cached, True),
+        ("SwapCached", 0, True),
+        ("Active", active_anon + active_file, True),
+        ("Inactive", inactive_anon + inactive_file, True),
+        ("Active(anon)", active_anon, True),
+        ("Inactive(anon)", inactive_anon, True),
+        ("Active(file)", active_file, True),
+        ("Inactive(file)", inactive_file, True),
+        ("Unevictable", 0, True),
+        ("Mlocked", 0, True),
+        ("SwapTotal", swap, True),
+        ("SwapFree", swap, True),
+        ("Zswap", 0, True),
+        ("Zswapped", 0, True),
+        ("Dirty", dirty, True),
+        ("Writeback", 0, True),
+        ("AnonPages", anon, True),
+        ("Mapped", mapped, True),
+        ("Shmem", shmem, True),
+        ("KReclaimable", sreclaimable, True),
+        ("Slab", slab, True),
+        ("SReclaimable", sreclaimable, True),
+        ("SUnreclaim", sunreclaim, True),
+        ("KernelStack", kernel_stack, True),
+        ("PageTables", page_tables, True),
+        ("SecPageTables", 0, True),
+        ("NFS_Unstable", 0, True),
+        ("Bounce", 0, True),
+        ("WritebackTmp", 0, True),
+        ("CommitLimit", commit_limit, True),
+        ("Committed_AS", committed, True),
+        ("VmallocTotal", VMALLOC_TOTAL_KB, True),
+        ("VmallocUsed", vmalloc_used, True),
+        ("VmallocChunk", 0, True),
+        ("Percpu", percpu, True),
+        ("AnonHugePages", 0, True),
+        ("ShmemHugePages", 0, True),
+        ("ShmemPmdMapped", 0, True),
+        ("FileHugePages", 0, True),
+        ("FilePmdMapped", 0, True),
+        ("Balloon", 0, True),
+        ("HugePages_Total", 0, False),
+        ("HugePages_Free", 0, False),
+        ("HugePages_Rsvd", 0, False),
+        ("HugePages_Surp", 0, False),
+        ("Hugepagesize", 2048, True),
+        ("Hugetlb", 0, True),
+        ("DirectMap4k", direct_4k, True),
+        ("DirectMap2M", direct_2m, True),
+        ("DirectMap1G", direct_1g, True),
+    ]
+
+
+def meminfo_text(s: MemorySnapshot) -> str:
+    """The full /proc/meminfo text, byte for byte in the kernel's layout."""
+    lines = []
+    for name, value, has_unit in meminfo_values(s):
+        if has_unit:
+            lines.append(f"{name + ':':<16}{value:>8} kB\n")
+        else:
+            # hugetlb_report_meminfo: "HugePages_Total:   %5lu"
+            lines.append(f"{name + ':':<16}   {value:>5}\n")
+    return "".join(lines)
