@@ -1,0 +1,419 @@
+"""Simulated memory: processes, regions and per-page state in flat numpy arrays.
+
+A page's content is an integer id, not 4 KiB of bytes: equal ids are equal
+pages, and content 0 is the empty (all-zero) page. Fresh ids come from
+:meth:`Memory.new_contents`; small non-negative ids chosen by the caller work
+too (the content tables grow to the largest id seen).
+
+Every simulated page owns one slot in each per-page array (about 23 bytes in
+all); a process's regions are contiguous runs of slots, scanned in order. The
+arrays hold both the page table view (is the page mapped, is it the KSM zero
+page, which KSM page does it map) and ksmd's bookkeeping (the rmap item of the
+page: whether it exists, its checksum at the last scan, its place in the
+stable or unstable tree, its smart-scan age), because in the kernel the two
+live side by side and a write to a merged page changes the first but not the
+second until ksmd comes back to it.
+
+KSM pages ("stable nodes") are also kept here in growable arrays, because they
+are physical memory: a KSM page lives while at least one page table entry maps
+it. ksmd (sysfs_emu.ksmd) owns the tree logic on top.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 4096
+RMAP_ITEM_SIZE = 64
+"""sizeof(struct ksm_rmap_item) on 64-bit Linux: the cost counted in general_profit."""
+
+# Per-page flag bits.
+MAPPED = np.uint8(1)  # a page table entry maps a page here
+RMAP = np.uint8(2)  # ksmd holds an rmap item for this page
+UNSTABLE = np.uint8(4)  # the rmap item is a node of the unstable tree
+SEQ = np.uint8(8)  # parity of the full scan that inserted it in the unstable tree
+ZERO = np.uint8(16)  # the entry maps the shared zero page (placed by KSM)
+
+NO_NODE = -1
+
+
+class MemoryError_(ValueError):
+    """A request the simulated memory cannot honour (bad pid, region, contents)."""
+
+
+@dataclass
+class Region:
+    """A run of pages of one process (one VMA)."""
+
+    id: int
+    pid: int
+    start: int  # first slot in the per-page arrays
+    npages: int
+    mergeable: bool  # VM_MERGEABLE (madvise or prctl)
+    alive: bool = True
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.npages
+
+
+@dataclass
+class Process:
+    """A simulated process (an mm)."""
+
+    pid: int
+    regions: list[int] = field(default_factory=list)
+    merge_any: bool = False  # prctl(PR_SET_MEMORY_MERGE)
+    alive: bool = True
+    in_ksm: bool = False  # has an mm slot on ksmd's list (MMF_VM_MERGEABLE)
+
+
+@dataclass
+class ProcessStats:
+    """What /proc/PID/ksm_stat and /proc/PID/ksm_merging_pages report."""
+
+    ksm_rmap_items: int
+    ksm_zero_pages: int
+    ksm_merging_pages: int
+    ksm_process_profit: int
+    ksm_merge_any: bool
+    ksm_mergeable: bool
+
+    def ksm_stat_text(self) -> str:
+        """The exact text of /proc/PID/ksm_stat on Linux 6.18."""
+        return (
+            f"ksm_rmap_items {self.ksm_rmap_items}\n"
+            f"ksm_zero_pages {self.ksm_zero_pages}\n"
+            f"ksm_merging_pages {self.ksm_merging_pages}\n"
+            f"ksm_process_profit {self.ksm_process_profit}\n"
+            f"ksm_merge_any: {'yes' if self.ksm_merge_any else 'no'}\n"
+            f"ksm_mergeable: {'yes' if self.ksm_mergeable else 'no'}\n"
+        )
+
+    def ksm_merging_pages_text(self) -> str:
+        return f"{self.ksm_merging_pages}\n"
+
+
+def checksum(contents: np.ndarray) -> np.ndarray:
+    """The page checksum ksmd compares between scans: never 0 (0 = no checksum yet)."""
+    return ((contents + 1) & 0xFFFFFFFF).astype(np.uint32)
+
+
+class _Growable:
+    """Flat numpy arrays of one length that grow together."""
+
+    def __init__(self, specs: dict[str, tuple[np.dtype, int]], capacity: int = 0) -> None:
+        self._specs = specs
+        self.size = 0
+        for name, (dtype, fill) in specs.items():
+            setattr(self, name, np.full(capacity, fill, dtype=dtype))
+
+    @property
+    def capacity(self) -> int:
+        first = next(iter(self._specs))
+        return len(getattr(self, first))
+
+    def reserve(self, n: int, factor: float = 1.25) -> None:
+        if n <= self.capacity:
+            return
+        new = max(n, int(self.capacity * factor) + 16)
+        for name, (dtype, fill) in self._specs.items():
+            old = getattr(self, name)
+            arr = np.full(new, fill, dtype=dtype)
+            arr[: len(old)] = old
+            setattr(self, name, arr)
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in self._specs)
+
+
+PAGE_ARRAYS = {
+    "content": (np.dtype(np.int64), 0),  # content id of the page mapped (or to be faulted in)
+    "oldsum": (np.dtype(np.uint32), 0),  # rmap item's checksum at the last scan (0 = none)
+    "kpage": (np.dtype(np.int32), NO_NODE),  # KSM page (stable node) this entry maps
+    "rnode": (np.dtype(np.int32), NO_NODE),  # stable node the rmap item hangs off
+    "flags": (np.dtype(np.uint8), 0),
+    "age": (np.dtype(np.uint8), 0),  # smart scan: visits without merging
+    "skips": (np.dtype(np.uint8), 0),  # smart scan: remaining skips
+}
+
+NODE_ARRAYS = {
+    "content": (np.dtype(np.int64), 0),
+    "count": (np.dtype(np.int32), 0),  # rmap items on the node (rmap_hlist_len)
+    "mapcount": (np.dtype(np.int32), 0),  # page table entries mapping the KSM page
+    "chain": (np.dtype(np.int32), NO_NODE),  # chain id when the node is a dup
+    "alive": (np.dtype(np.bool_), False),  # still in the stable tree
+}
+
+
+class Memory:
+    """All simulated processes and their pages."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.pages = _Growable(PAGE_ARRAYS, capacity)
+        self.nodes = _Growable(NODE_ARRAYS)
+        self.regions: list[Region] = []
+        self.processes: dict[int, Process] = {}
+        self._free_ranges: list[tuple[int, int]] = []  # (start, npages) of released slots
+        self._next_content = 1
+        # Content tables, indexed by content id: the stable tree (node id, or
+        # -(chain id) - 2 for a chain of duplicates) and the unstable tree (slot).
+        self.stable_of = np.full(0, NO_NODE, dtype=np.int32)
+        self.unstable_of = np.full(0, NO_NODE, dtype=np.int32)
+        # Running totals kept exact by every change.
+        self.mapped_pages = 0  # entries mapping anything (zero page included)
+        self.zero_pages = 0  # entries mapping the KSM zero page
+        self.ksm_mapped = 0  # entries mapping a KSM page
+        self.ksm_pages = 0  # KSM pages in memory (mapcount > 0)
+        self.rmap_items = 0
+        self.listeners: list = []  # called with (event, pid) on process changes
+
+    # ---- contents ----------------------------------------------------------
+
+    def new_contents(self, n: int) -> np.ndarray:
+        """``n`` fresh content ids, equal to no page so far."""
+        ids = np.arange(self._next_content, self._next_content + n, dtype=np.int64)
+        self._next_content += n
+        self._grow_tables(self._next_content)
+        return ids
+
+    def _grow_tables(self, n: int) -> None:
+        if n <= len(self.stable_of):
+            return
+        new = max(n, int(len(self.stable_of) * 1.25) + 16)
+        for name in ("stable_of", "unstable_of"):
+            old = getattr(self, name)
+            arr = np.full(new, NO_NODE, dtype=np.int32)
+            arr[: len(old)] = old
+            setattr(self, name, arr)
+
+    def _check_contents(self, contents) -> np.ndarray:
+        arr = np.asarray(contents, dtype=np.int64).ravel()
+        if arr.size and (arr.min() < 0 or arr.max() >= 2**31):
+            raise MemoryError_("page contents must be ids from 0 to 2**31-1")
+        if arr.size:
+            top = int(arr.max()) + 1
+            self._next_content = max(self._next_content, top)
+            self._grow_tables(top)
+        return arr
+
+    # ---- processes and regions --------------------------------------------
+
+    def _process(self, pid: int) -> Process:
+        proc = self.processes.get(pid)
+        if proc is None or not proc.alive:
+            raise MemoryError_(f"no running process {pid}")
+        return proc
+
+    def add_process(self, pid: int) -> Process:
+        proc = self.processes.get(pid)
+        if proc is not None and proc.alive:
+            return proc
+        proc = Process(pid)
+        self.processes[pid] = proc
+        return proc
+
+    def _alloc_slots(self, n: int) -> int:
+        for i, (start, size) in enumerate(self._free_ranges):
+            if size >= n:
+                if size == n:
+                    del self._free_ranges[i]
+                else:
+                    self._free_ranges[i] = (start + n, size - n)
+                return start
+        start = self.pages.size
+        self.pages.reserve(start + n)
+        self.pages.size = start + n
+        return start
+
+    def add_region(self, pid: int, contents, mergeable: bool = True, mapped: bool = True) -> int:
+        """Map a new region of ``len(contents)`` pages in ``pid``; returns its region id.
+
+        ``mapped=False`` maps the pages lazily: they take no memory until
+        :meth:`fault_in` or a write touches them.
+        """
+        arr = self._check_contents(contents)
+        proc = self.add_process(pid)
+        start = self._alloc_slots(arr.size)
+        p = self.pages
+        sl = slice(start, start + arr.size)
+        p.content[sl] = arr
+        p.oldsum[sl] = 0
+        p.kpage[sl] = NO_NODE
+        p.rnode[sl] = NO_NODE
+        p.flags[sl] = MAPPED if mapped else 0
+        p.age[sl] = 0
+        p.skips[sl] = 0
+        if mapped:
+            self.mapped_pages += arr.size
+        region = Region(len(self.regions), pid, start, arr.size, bool(mergeable or proc.merge_any))
+        self.regions.append(region)
+        proc.regions.append(region.id)
+        if region.mergeable:
+            self._enter_ksm(proc)
+        return region.id
+
+    def region(self, region_id: int) -> Region:
+        try:
+            region = self.regions[region_id]
+        except (IndexError, TypeError):
+            raise MemoryError_(f"no region {region_id}") from None
+        if not region.alive:
+            raise MemoryError_(f"region {region_id} belongs to a process that exited")
+        return region
+
+    def set_region_mergeable(self, region_id: int) -> None:
+        """madvise(MADV_MERGEABLE) on a whole region."""
+        region = self.region(region_id)
+        if not region.mergeable:
+            region.mergeable = True
+            self._enter_ksm(self._process(region.pid))
+
+    def set_process_mergeable(self, pid: int) -> None:
+        """prctl(PR_SET_MEMORY_MERGE, 1): every region, present and future, is mergeable."""
+        proc = self._process(pid)
+        proc.merge_any = True
+        for rid in proc.regions:
+            self.regions[rid].mergeable = True
+        self._enter_ksm(proc)
+
+    def _enter_ksm(self, proc: Process) -> None:
+        if not proc.in_ksm:
+            proc.in_ksm = True
+            self._notify("enter", proc.pid)
+
+    def _notify(self, event: str, pid: int) -> None:
+        for listener in self.listeners:
+            listener(event, pid)
+
+    def _slice(self, region_id: int, first: int, n: int) -> slice:
+        region = self.region(region_id)
+        if first < 0 or n < 0 or first + n > region.npages:
+            raise MemoryError_(
+                f"pages {first}..{first + n - 1} are outside region {region_id} of {region.npages} pages"
+            )
+        return slice(region.start + first, region.start + first + n)
+
+    def _unmap_ksm(self, idx: np.ndarray) -> None:
+        """Drop the KSM page / zero page mappings of slots ``idx`` (they stay mapped or not)."""
+        p = self.pages
+        zero = (p.flags[idx] & ZERO) != 0
+        nz = int(zero.sum())
+        if nz:
+            p.flags[idx[zero]] &= ~ZERO
+            self.zero_pages -= nz
+        kp = p.kpage[idx]
+        ksm = kp >= 0
+        if ksm.any():
+            nodes = kp[ksm]
+            p.kpage[idx[ksm]] = NO_NODE
+            self.ksm_mapped -= nodes.size
+            self._drop_mappings(nodes)
+
+    def _drop_mappings(self, nodes: np.ndarray) -> None:
+        uniq, counts = np.unique(nodes, return_counts=True)
+        mc = self.nodes.mapcount
+        before = mc[uniq]
+        mc[uniq] = before - counts
+        self.ksm_pages -= int(((before > 0) & (mc[uniq] == 0)).sum())
+
+    def write_pages(self, region_id: int, first: int, contents) -> None:
+        """The process writes ``contents`` over pages ``first..``: COW breaks where merged."""
+        arr = self._check_contents(contents)
+        sl = self._slice(region_id, first, arr.size)
+        idx = np.arange(sl.start, sl.stop)
+        self._unmap_ksm(idx)
+        p = self.pages
+        newly = int(((p.flags[sl] & MAPPED) == 0).sum())
+        self.mapped_pages += newly
+        p.flags[sl] |= MAPPED
+        p.content[sl] = arr
+
+    def fault_in(self, region_id: int, first: int = 0, n: int | None = None) -> None:
+        """The process touches pages ``first..first+n-1``: lazily mapped pages take memory."""
+        region = self.region(region_id)
+        if n is None:
+            n = region.npages - first
+        sl = self._slice(region_id, first, n)
+        p = self.pages
+        newly = int(((p.flags[sl] & MAPPED) == 0).sum())
+        self.mapped_pages += newly
+        p.flags[sl] |= MAPPED
+
+    def remove_process(self, pid: int) -> None:
+        """The process exits: every page is unmapped; ksmd frees its rmap items later."""
+        proc = self._process(pid)
+        p = self.pages
+        for rid in proc.regions:
+            region = self.regions[rid]
+            idx = np.arange(region.start, region.stop)
+            self._unmap_ksm(idx)
+            self.mapped_pages -= int(((p.flags[idx] & MAPPED) != 0).sum())
+            p.flags[idx] &= ~MAPPED
+            region.alive = False
+        proc.alive = False
+        self._notify("exit", pid)
+        if not proc.in_ksm:
+            self.release_process(pid)
+
+    def release_process(self, pid: int) -> None:
+        """Forget an exited process whose rmap items are gone; its slots are reused."""
+        proc = self.processes.get(pid)
+        if proc is None or proc.alive:
+            return
+        for rid in proc.regions:
+            region = self.regions[rid]
+            if region.npages:
+                self._free_ranges.append((region.start, region.npages))
+                self.pages.flags[region.start : region.stop] = 0
+                self.pages.rnode[region.start : region.stop] = NO_NODE
+                self.pages.kpage[region.start : region.stop] = NO_NODE
+        del self.processes[pid]
+
+    # ---- views -------------------------------------------------------------
+
+    def process_slots(self, pid: int) -> np.ndarray:
+        proc = self.processes.get(pid)
+        if proc is None:
+            raise MemoryError_(f"no process {pid}")
+        parts = [np.arange(self.regions[r].start, self.regions[r].stop) for r in proc.regions]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def process_stats(self, pid: int) -> ProcessStats:
+        """The numbers of /proc/PID/ksm_stat."""
+        proc = self.processes.get(pid)
+        if proc is None or not proc.alive:
+            raise MemoryError_(f"no running process {pid}")
+        idx = self.process_slots(pid)
+        flags = self.pages.flags[idx]
+        rmap = int(((flags & RMAP) != 0).sum())
+        zero = int(((flags & ZERO) != 0).sum())
+        merging = int((self.pages.rnode[idx] >= 0).sum())
+        mergeable = any(self.regions[r].mergeable for r in proc.regions)
+        return ProcessStats(
+            ksm_rmap_items=rmap,
+            ksm_zero_pages=zero,
+            ksm_merging_pages=merging,
+            ksm_process_profit=(merging + zero) * PAGE_SIZE - rmap * RMAP_ITEM_SIZE,
+            ksm_merge_any=proc.merge_any,
+            ksm_mergeable=mergeable,
+        )
+
+    def rss_pages(self, pid: int) -> int:
+        """Resident pages: every mapped page, merged or not; KSM zero pages are not counted."""
+        idx = self.process_slots(pid)
+        flags = self.pages.flags[idx]
+        return int((((flags & MAPPED) != 0) & ((flags & ZERO) == 0)).sum())
+
+    def physical_pages(self) -> int:
+        """Pages of RAM in use by all processes: a KSM page counts once, the zero page not at all."""
+        return self.mapped_pages - self.zero_pages - self.ksm_mapped + self.ksm_pages
+
+    def nbytes(self) -> int:
+        """Bytes held by the per-page, per-node and per-content arrays."""
+        return self.pages.nbytes() + self.nodes.nbytes() + self.stable_of.nbytes + self.unstable_of.nbytes
