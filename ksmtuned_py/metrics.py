@@ -16,8 +16,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ksmtuned_py.errors import UserError
+
+if TYPE_CHECKING:
+    from ksmtuned_py.report import CycleReport
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +86,10 @@ def _families(s: Sample) -> list[tuple[_Family, list[tuple[dict[str, str], float
         "Pages ksmd has scanned since boot (pages_scanned).",
         s.pages_scanned)
     if s.decision is not None:
+        states = DECISIONS if s.decision in DECISIONS else (*DECISIONS, s.decision)
         out.append((_Family("ksmtuned_decision", "gauge",
                             "The last cycle's decision: 1 for the one taken, 0 for the others."),
-                    [({"decision": d}, 1 if d == s.decision else 0) for d in DECISIONS]))
+                    [({"decision": d}, 1 if d == s.decision else 0) for d in states]))
         add("ksmtuned_ksm_running", "gauge",
             "1 when the last cycle left ksmd running, 0 when it stopped it.",
             0 if s.decision == "stop" else 1)
@@ -181,6 +186,58 @@ def write_textfile(target: str | os.PathLike, sample: Sample) -> Path:
             pass
         raise UserError(f"metrics textfile {path}: {err.strerror}") from None
     return path
+
+
+def sample_from_report(report: "CycleReport", counters: dict[str, int | None]) -> Sample:
+    """The metrics of one daemon cycle, plus the kernel counters read after it."""
+    from ksmtuned_py import __version__
+
+    profit = counters.get("general_profit")
+    return Sample(
+        general_profit=profit if profit is not None else report.general_profit,
+        ksm_zero_pages=counters.get("ksm_zero_pages"),
+        pages_scanned=counters.get("pages_scanned"),
+        decision="stop" if report.action == "stop" else (report.level or report.action),
+        npages=report.npages,
+        sleep_ms=report.sleep_ms,
+        thres_kib=report.thres_kb,
+        total_kib=report.total_kb,
+        committed_kib=report.committed_kb,
+        free_kib=report.free_kb,
+        guests=report.guests,
+        cycle_timestamp=report.time,
+        cycle_duration=report.duration,
+        info={"version": __version__},
+    )
+
+
+class TextfileWriter:
+    """Cycle listener: rewrite the metrics file after every cycle (KSM_METRICS_TEXTFILE).
+
+    A failing write is logged once, and again only when the error changes,
+    never every cycle; it never stops the daemon.
+    """
+
+    def __init__(self, target: str | os.PathLike, root: str | os.PathLike = "/"):
+        self.target = target
+        self.ksm_dir = Path(root, "sys/kernel/mm/ksm")
+        self._last_error: str | None = None
+
+    def __call__(self, report: "CycleReport") -> None:
+        sample = sample_from_report(report, read_ksm_counters(self.ksm_dir))
+        try:
+            write_textfile(self.target, sample)
+        except UserError as err:
+            if str(err) != self._last_error:
+                log.error("%s; metrics not written", err)
+                self._last_error = str(err)
+            return
+        if self._last_error is not None:
+            log.info("metrics textfile %s written again", self.target)
+            self._last_error = None
+
+    def __repr__(self) -> str:
+        return f"TextfileWriter({str(self.target)!r})"
 
 
 def read_ksm_counters(ksm_dir: str | os.PathLike) -> dict[str, int | None]:

@@ -16,19 +16,6 @@ except ImportError:  # pragma: no cover - exercised only on broken installs
 log = logging.getLogger(__name__)
 
 
-#: Structured journal fields of a cycle's log record, by meaning: pass them
-#: as ``extra=`` to a logging call and the journal stores each as a field
-#: (``journalctl -u ksmtuned-py KSM_DECISION=boost -o json``).
-CYCLE_FIELDS = {
-    "decision": "KSM_DECISION",
-    "npages": "KSM_NPAGES",
-    "sleep": "KSM_SLEEP",
-    "free": "KSM_FREE",
-    "committed": "KSM_COMMITTED",
-    "thres": "KSM_THRES",
-}
-
-
 def under_systemd() -> bool:
     """True when started by systemd with its journal as our stderr."""
     return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
@@ -50,13 +37,15 @@ def stderr_is_journal() -> bool:
         return False
 
 
-def cycle_fields(**values: object) -> dict[str, str]:
-    """``extra=`` for a cycle's log record: ``cycle_fields(decision="boost", npages=300)``."""
-    return {CYCLE_FIELDS[key]: str(value) for key, value in values.items() if value is not None}
-
-
 def configure_logging(verbose: bool = False) -> None:
-    """Operational logs: the journal (with structured fields) under systemd, else standard error."""
+    """Operational logs: the journal under systemd, else standard error.
+
+    In the journal, the ``extra=`` fields of a record whose names are valid
+    journal field names (upper case, digits, ``_``) become fields of the entry:
+    the daemon logs each decision with KSM_DECISION, KSM_NPAGES, KSM_SLEEP,
+    KSM_FREE, KSM_COMMITTED and KSM_THRES, so
+    ``journalctl -u ksmtuned-py KSM_DECISION=start -o json`` filters on them.
+    """
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for handler in list(root.handlers):
