@@ -151,7 +151,12 @@ class Kernel:
         store = self._stores.get(name)
         if store is None:
             raise kernel_error(errno.EACCES)
-        raw = data.encode() if isinstance(data, str) else bytes(data)
+        if isinstance(data, str):
+            raw = data.encode()
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            raw = bytes(data)
+        else:
+            raise TypeError(f"write_attr({name!r}): data must be str or bytes, not {type(data).__name__}")
         raw = raw[:PAGE_SIZE]
         if not raw:
             return 0

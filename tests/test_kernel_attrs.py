@@ -38,7 +38,7 @@ def test_table_was_recorded_on_the_reference_kernel():
     # every writable file, every read-only file, and every state is covered
     covered = {(e["file"], e["state"]) for e in TABLE["rows"]}
     assert {f for f, _ in covered} == set(FILES) | {"no_such_file"}
-    assert {s for _, s in covered} == {"none", "zero", "shared"}
+    assert {s for _, s in covered} == {"none", "unique", "zero", "shared"}
 
 
 def test_defaults_match_a_fresh_real_kernel():

@@ -108,7 +108,7 @@ class Row:
     file: str
     input: str
     setup: list[tuple[str, str]] = field(default_factory=list)
-    state: str = "none"  # none | zero | shared
+    state: str = "none"  # none | unique | zero | shared
 
 
 def build_rows() -> list[Row]:
@@ -149,6 +149,10 @@ def build_rows() -> list[Row]:
         ("stable_node_chains_prune_millisecs", "0", ["0", "2000"]),
     ):
         rows += [Row(name, text, [(name, value)]) for text in inputs]
+    # With pages scanned but none merged (every page different: rmap items, no KSM page).
+    rows += [Row("max_page_sharing", t, state="unique") for t in ("100", "256")]
+    rows += [Row("merge_across_nodes", t, state="unique") for t in ("0", "1")]
+    rows += [Row("run", "2", state="unique")]
     # With pages merged into the zero page only (use_zero_pages 1).
     rows += [Row("max_page_sharing", t, state="zero") for t in ("256", "100", "2", "abc")]
     rows += [Row("merge_across_nodes", t, state="zero") for t in ("1", "0")]
@@ -302,6 +306,8 @@ buf.madvise(mmap.MADV_MERGEABLE)
 fill = (b"\0" if kind == "zero" else b"\x5a") * page
 for i in range(n):
     buf[i * page:(i + 1) * page] = fill
+    if kind == "unique":
+        buf[i * page:i * page + 8] = i.to_bytes(8, "little")
 sys.stdout.write("ready\n")
 sys.stdout.flush()
 sys.stdin.read()
@@ -329,7 +335,11 @@ def merged_pages(target: RealTarget, kind: str, pages: int = 64) -> Iterator[dic
         deadline = time.monotonic() + 30
         while True:
             c = counters(target)
-            done = c["ksm_zero_pages"] >= pages if kind == "zero" else c["pages_shared"] > 0
+            done = {
+                "zero": c["ksm_zero_pages"] >= pages,
+                "shared": c["pages_shared"] > 0,
+                "unique": c["pages_unshared"] + c["pages_volatile"] >= pages,
+            }[kind]
             if done and c["full_scans"] >= 3:
                 break
             if time.monotonic() > deadline:
