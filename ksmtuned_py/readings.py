@@ -163,6 +163,24 @@ class GuestScanner:
                 self._pss_warned = True
         return None
 
+    def _vmrss_kb(self, pid: int, stat_rss_pages: int) -> int | None:
+        """Resident size in kB exactly as ps -o rsz= prints it: VmRSS of /proc/PID/status.
+
+        /proc/PID/stat's rss comes from per-CPU counters that Linux >= 6.2 reads
+        without summing, so it can be hundreds of kB off what ps (and so the
+        reference) reports; status sums them. None when the process is gone.
+        """
+        try:
+            with open(self.proc / str(pid) / "status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        return int(line.split()[1])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, IndexError):
+            return rss_kb(stat_rss_pages)
+        return 0  # no VmRSS line: a zombie or a kernel thread, as ps shows it
+
     def _is_guest(self, comm: str) -> bool:
         self.stats.regex_checks += 1
         return self.pattern.search(comm) is not None
@@ -208,7 +226,11 @@ class GuestScanner:
             self._cache[pid] = _Entry(ino, start, guest)
             if not guest:
                 continue
-            kb = rss_kb(rss)
+            kb = self._vmrss_kb(pid, rss)
+            if kb is None:
+                self.stats.vanished += 1
+                self._cache.pop(pid, None)
+                continue
             if self.metric == "pss":
                 pss = self._pss_kb(pid)
                 if pss is None and not (self.proc / str(pid)).exists():
