@@ -6,6 +6,40 @@ errno (see tests/data/ksm_conformance.json, recorded on the real kernel).
 Counters and the effects of unmerging come from an optional ``engine`` (the
 memory/ksmd model); without one the kernel has no memory: every counter is 0
 and pages are never shared.
+
+Write rules, as measured (parsers in :mod:`sysfs_emu.kstrto`):
+
+============================== ============ ===========================================
+file (default)                 parser       rule
+============================== ============ ===========================================
+run (0)                        kstrtouint   0, 1 or 2, else EINVAL (every error EINVAL);
+                                            a change to 2 unmerges everything
+pages_to_scan (100)            kstrtouint   EINVAL while advisor_mode is scan-time (even
+                                            before parsing); every error EINVAL
+sleep_millisecs (20)           kstrtouint   any u32, 0 allowed; every error EINVAL
+stable_node_chains_prune_      kstrtouint   any u32, 0 allowed; every error EINVAL
+millisecs (2000)
+max_page_sharing (256)         kstrtoint    EINVAL/ERANGE as parsed; < 2 EINVAL; same
+                                            value accepted; else EBUSY while shared
+merge_across_nodes (1)         kstrtoul     EINVAL/ERANGE as parsed; > 1 EINVAL; same
+                                            value accepted; else EBUSY while shared
+use_zero_pages (0),            kstrtobool   first character decides; error EINVAL
+smart_scan (1)
+advisor_mode ([none])          sysfs_streq  "none" or "scan-time", one trailing newline;
+                                            a change sets pages_to_scan to 100 (none) or
+                                            to advisor_min_pages_to_scan's low 32 bits
+advisor_max_cpu (70)           kstrtoul     every error EINVAL; keeps the low 32 bits
+advisor_min_pages_to_scan      kstrtoul     every error EINVAL; any u64, 0 allowed
+(500), advisor_max_pages_to_
+scan (30000)
+advisor_target_scan_time (200) kstrtoul     every error EINVAL; 0 is EINVAL
+============================== ============ ===========================================
+
+For every file: an empty write is accepted (0 bytes) and changes nothing; only
+the first 4096 bytes of a write reach the store, which then reports 4096 bytes
+written; the store reads the data as a C string (it ends at the first NUL, and
+the bytes after it are accepted unread). Unknown names answer ENOENT; the 11
+read-only counters answer EACCES to any write, even an empty one.
 """
 
 from __future__ import annotations
