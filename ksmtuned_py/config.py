@@ -93,6 +93,11 @@ def _value_problem(char: str, nxt: str) -> str:
     return f"{char!r} is not allowed"
 
 
+def _literal_dollar(nxt: str) -> bool:
+    """Whether bash keeps a '$' followed by ``nxt`` as a plain character (e.g. ``^kvm$``)."""
+    return nxt == "" or not (nxt.isascii() and (nxt.isalnum() or nxt in "_{([#?@*!$-'\""))
+
+
 def _scan_value(line: str, start: int, path: str, lineno: int) -> tuple[str, int]:
     """Read one shell word starting at ``start``; return (value, index after it)."""
     out: list[str] = []
@@ -133,6 +138,10 @@ def _scan_value(line: str, start: int, path: str, lineno: int) -> tuple[str, int
                         out.append("\\" + e)
                     i += 2
                     continue
+                if d == "$" and (line[i + 1:i + 2] == '"' or _literal_dollar(line[i + 1:i + 2])):
+                    out.append(d)
+                    i += 1
+                    continue
                 if d in "$`\0":
                     fail(_value_problem(d, line[i + 1:i + 2]))
                 out.append(d)
@@ -144,6 +153,9 @@ def _scan_value(line: str, start: int, path: str, lineno: int) -> tuple[str, int
                 fail("a NUL byte is not allowed")
             out.append(line[i + 1])
             i += 2
+        elif c == "$" and _literal_dollar(line[i + 1:i + 2]):
+            out.append(c)
+            i += 1
         elif c in "$`;&|<>()\0":
             fail(_value_problem(c, line[i + 1:i + 2]))
         elif c == "~" and i == start:
