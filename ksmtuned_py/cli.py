@@ -163,6 +163,45 @@ def ksm_stop(opts: Options) -> None:
 
 
 @main.command()
+@click.option("--textfile", "textfile", required=True, type=click.Path(),
+              help="node_exporter's textfile directory (or a .prom file) to write.")
+@click.pass_obj
+def metrics(opts: Options, textfile: str) -> None:
+    """Write Prometheus metrics of the current state once, atomically."""
+    import time
+
+    from ksmtuned_py import metrics as metricsmod
+    from ksmtuned_py.status import collect
+
+    started, t0 = time.time(), time.monotonic()
+    snap = collect(opts.load_config(), opts.root)
+    sample = metricsmod.sample_from_status(snap, started, time.monotonic() - t0)
+    click.echo(f"wrote {metricsmod.write_textfile(textfile, sample)}")
+
+
+@main.command()
+@click.option("--destdir", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="Install below this directory (packaging).")
+@click.option("--unitdir", default="/etc/systemd/system", show_default=True,
+              help="Where the systemd units go (packages: /usr/lib/systemd/system).")
+@click.option("--exec", "exec_path", default=None,
+              help="The ksmtuned-py path the units and hook run [default: this ksmtuned-py].")
+def install(destdir: str, unitdir: str, exec_path: str | None) -> None:
+    """Install the systemd units, default config, logrotate file and libvirt hook."""
+    from ksmtuned_py import install as installmod
+
+    exec_path = exec_path or installmod.default_exec()
+    for action in installmod.install(destdir, unitdir, exec_path):
+        click.echo(str(action))
+    for path in installmod.hidden_by_sandbox(exec_path):
+        click.echo(f"warning: the service cannot run {path}: its sandbox (ProtectHome=yes) hides "
+                   "/home, /root and /run/user; install ksmtuned-py elsewhere (e.g. a venv in /opt)",
+                   err=True)
+    if destdir in ("/", ""):
+        click.echo(installmod.NEXT_STEPS)
+
+
+@main.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:
     """Show the daemon at work on a simulated host (no root, no KSM needed)."""

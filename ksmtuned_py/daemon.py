@@ -33,13 +33,17 @@ def _ignore(signum, frame) -> None:
     """Empty handler: the wakeup fd carries the signal to the main loop."""
 
 
-def config_listeners(config: configmod.Config) -> list[CycleListener]:
+def config_listeners(config: configmod.Config, root: str = "/") -> list[CycleListener]:
     """Cycle listeners the configuration asks for (rebuilt on every reload).
 
     Place for optional outputs driven by configuration keys, e.g. the
     Prometheus textfile writer when KSM_METRICS_TEXTFILE is set.
     """
     listeners: list[CycleListener] = []
+    if config.metrics_textfile:
+        from ksmtuned_py.metrics import TextfileWriter
+
+        listeners.append(TextfileWriter(config.metrics_textfile, root))
     return listeners
 
 
@@ -101,7 +105,7 @@ class Daemon:
         old = self.scanner
         if old is None or old.pattern.pattern != cfg.process_regex or old.metric != cfg.memory_metric:
             self.scanner = GuestScanner(self.root, cfg.process_regex, cfg.memory_metric)
-        self._config_listeners = config_listeners(cfg)
+        self._config_listeners = config_listeners(cfg, self.root)
 
     def _retune(self) -> None:
         """Recompute total, sleep and thres from MemTotal; npages starts at 0."""

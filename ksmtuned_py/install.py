@@ -137,6 +137,28 @@ def install(destdir: str | os.PathLike = "/", unitdir: str = DEFAULT_UNITDIR,
     return actions
 
 
+#: Directories the service's sandbox (ProtectHome=yes) hides from it.
+_HIDDEN = ("/home", "/root", "/run/user")
+
+
+def hidden_by_sandbox(exec_path: str) -> list[str]:
+    """The program and its interpreter paths that ProtectHome=yes would hide."""
+    paths = [exec_path]
+    try:
+        with open(exec_path, "rb") as script:
+            first = script.readline(4096)
+        if first.startswith(b"#!"):
+            interpreter = first[2:].split()[0].decode()
+            paths += [interpreter, os.path.realpath(interpreter)]
+    except (OSError, IndexError, UnicodeDecodeError):
+        pass
+    hidden = []
+    for path in paths:
+        if any(path == d or path.startswith(d + "/") for d in _HIDDEN) and path not in hidden:
+            hidden.append(path)
+    return hidden
+
+
 NEXT_STEPS = """\
 Next: systemctl daemon-reload && systemctl enable --now ksmtuned-py.service
 (ksmtuned-py.service conflicts with ksmtuned.service: starting one stops the other.)"""

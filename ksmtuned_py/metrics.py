@@ -211,6 +211,33 @@ def sample_from_report(report: "CycleReport", counters: dict[str, int | None]) -
     )
 
 
+def sample_from_status(snap: dict, timestamp: float, duration: float) -> Sample:
+    """The metrics of a one-shot evaluation (``status.collect``): a cycle that writes nothing.
+
+    The decision, npages and sleep are what a cycle run now would decide; the
+    timestamp and duration are those of this evaluation.
+    """
+    from ksmtuned_py import __version__
+
+    counters, mem, nxt = snap["counters"], snap["memory"], snap["next"]
+    return Sample(
+        general_profit=counters.get("general_profit"),
+        ksm_zero_pages=counters.get("ksm_zero_pages"),
+        pages_scanned=counters.get("pages_scanned"),
+        decision="stop" if nxt["action"] == "stop" else (nxt["level"] or nxt["action"]),
+        npages=nxt["npages"],
+        sleep_ms=nxt["sleep_ms"],
+        thres_kib=mem["thres_kb"],
+        total_kib=mem["total_kb"],
+        committed_kib=mem["committed_kb"],
+        free_kib=mem["free_kb"],
+        guests=len(snap["guests"]),
+        cycle_timestamp=timestamp,
+        cycle_duration=duration,
+        info={"version": __version__},
+    )
+
+
 class TextfileWriter:
     """Cycle listener: rewrite the metrics file after every cycle (KSM_METRICS_TEXTFILE).
 
