@@ -198,6 +198,18 @@ class Kernel:
         log.debug("ksm %s <- %r", name, raw)
         return len(raw)
 
+    def write_all(self, name: str, data: bytes | str) -> None:
+        """Write like a buffered writer (``echo``, Python's ``write_text``) does.
+
+        When the kernel accepts only the first page, the writer writes the rest
+        again; the store parses each piece on its own (the file offset is ignored).
+        """
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        done = self.write_attr(name, raw)
+        while 0 < done < len(raw):
+            raw = raw[done:]
+            done = self.write_attr(name, raw)
+
     def _busy(self) -> bool:
         return self.engine is not None and self.engine.busy()
 

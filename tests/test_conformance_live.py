@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from sysfs_emu.kernel import Kernel
 from tools import probe_ksm_conformance as probe
 
 pytestmark = pytest.mark.realksm
@@ -89,3 +90,21 @@ def test_random_inputs_answer_alike(real_ksm):
         if sim != got:
             differ.append(f"{row.file} <- {row.input!r} setup={row.setup}: real {got} sim {sim}")
     assert not differ, f"{len(differ)} of {len(rows)} differ:\n" + "\n".join(differ[:20])
+
+
+def test_buffered_writes_longer_than_a_page_answer_alike(real_ksm):
+    """Path.write_text re-writes what the kernel did not take; write_all does the same."""
+    kernel = Kernel()
+    for data in ("0" * 4095 + "7" + "junk", "0" * 4095 + "7" + "9", "0" * 8191 + "3\n", "42\n"):
+        path = real_ksm / "sleep_millisecs"
+        try:
+            path.write_text(data)
+            real = 0
+        except OSError as exc:
+            real = exc.errno
+        try:
+            kernel.write_all("sleep_millisecs", data)
+            sim = 0
+        except OSError as exc:
+            sim = exc.errno
+        assert (real, path.read_text()) == (sim, kernel.read_attr("sleep_millisecs")), data[-8:]

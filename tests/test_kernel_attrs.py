@@ -197,6 +197,18 @@ def test_write_returns_bytes_accepted_and_sees_one_page_as_a_c_string():
     assert kernel.read_attr("smart_scan") == "0\n"
 
 
+def test_write_all_writes_the_rest_as_a_new_value_like_a_buffered_writer():
+    kernel = Kernel()
+    kernel.write_all("sleep_millisecs", "0" * 4095 + "7" + "9")
+    assert kernel.read_attr("sleep_millisecs") == "9\n"
+    with pytest.raises(OSError) as exc:
+        kernel.write_all("sleep_millisecs", "0" * 4095 + "5" + "junk")
+    assert exc.value.errno == errno.EINVAL
+    assert kernel.read_attr("sleep_millisecs") == "5\n"  # the first page was applied
+    kernel.write_all("run", "1\n")
+    assert kernel.run == 1
+
+
 def test_every_tunable_is_a_plain_attribute():
     kernel = Kernel()
     for name in TUNABLES:
