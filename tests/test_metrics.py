@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import re
 import socket
 import stat
@@ -190,3 +191,78 @@ def test_node_exporter_reports_a_broken_textfile(node_exporter_bin: Path, tmp_pa
     (tmp_path / "broken.prom").write_text("ksmtuned_guests{ 3\n")
     values, _ = parse(scrape_through_node_exporter(node_exporter_bin, tmp_path))
     assert values[("node_textfile_scrape_error", "")] == 1
+
+
+# --- the command and the daemon ----------------------------------------------
+
+def test_one_shot_command_through_node_exporter(node_exporter_bin: Path, tmp_path: Path):
+    from tests.svc_daemon import KSMTUNED_PY, make_host
+
+    host = make_host(tmp_path / "host")
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    (host.ksm / "pages_scanned").write_text("4242\n")
+    before = time.time()
+    got = subprocess.run([*host.cli(), "metrics", "--textfile", str(textdir)],
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == f"wrote {textdir / metrics.DEFAULT_NAME}\n"
+    values, _ = parse(scrape_through_node_exporter(node_exporter_bin, textdir))
+    assert values[("node_textfile_scrape_error", "")] == 0
+    # free 100000 kB < thres 419430 kB: a cycle now would boost pages_to_scan 100 -> 400.
+    assert values[("ksmtuned_decision", 'decision="boost"')] == 1
+    assert values[("ksmtuned_pages_to_scan", "")] == 400
+    assert values[("ksmtuned_sleep_seconds", "")] == pytest.approx(0.08)
+    assert values[("ksmtuned_threshold_bytes", "")] == 419430 * 1024
+    assert values[("ksmtuned_memory_free_bytes", "")] == 100000 * 1024
+    assert values[("ksmtuned_memory_committed_bytes", "")] == 0
+    assert values[("ksmtuned_guests", "")] == 0
+    assert values[("ksmtuned_ksm_pages_scanned_total", "")] == 4242
+    assert before <= values[("ksmtuned_last_cycle_timestamp_seconds", "")] <= time.time()
+    # One-shot writes nothing to KSM.
+    assert host.knob("run") == "0" and host.knob("pages_to_scan") == "100"
+
+
+def test_daemon_writes_after_each_cycle(tmp_path: Path):
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    host = make_host(tmp_path / "host", extra_config=f"KSM_METRICS_TEXTFILE={textdir}\n")
+    prom = textdir / metrics.DEFAULT_NAME
+    with RunningDaemon(host) as daemon:
+        assert not prom.exists()  # no cycle yet (the interval is an hour)
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(prom.exists, what="the metrics file")
+        values, _ = parse(prom.read_text())
+        assert values[("ksmtuned_decision", 'decision="boost"')] == 1
+        assert values[("ksmtuned_pages_to_scan", "")] == 300
+        first = values[("ksmtuned_last_cycle_timestamp_seconds", "")]
+        # More free memory than thres and nothing committed: the next cycle stops KSM.
+        (host.root / "proc/meminfo").write_text(
+            (host.root / "proc/meminfo").read_text().replace("MemFree:          100000",
+                                                            "MemFree:         1900000"))
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: parse(prom.read_text())[0][("ksmtuned_decision", 'decision="stop"')] == 1,
+                 what="the stop decision in the metrics file")
+        values, _ = parse(prom.read_text())
+        assert values[("ksmtuned_ksm_running", "")] == 0
+        assert values[("ksmtuned_pages_to_scan", "")] == 300  # npages is kept on stop
+        assert values[("ksmtuned_last_cycle_timestamp_seconds", "")] > first
+        assert sorted(p.name for p in textdir.iterdir()) == [metrics.DEFAULT_NAME]
+
+
+def test_daemon_logs_a_failing_metrics_write_once(tmp_path: Path):
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    missing = tmp_path / "no-such-dir" / "ksm.prom"
+    host = make_host(tmp_path / "host", extra_config=f"KSM_METRICS_TEXTFILE={missing}\n")
+    with RunningDaemon(host) as daemon:
+        for n in (1, 2, 3):
+            daemon.proc.send_signal(signal.SIGUSR1)
+            wait_for(lambda: daemon.cycles() == n, what=f"cycle {n}")
+        time.sleep(0.2)
+        assert daemon.proc.poll() is None
+        log = daemon.log_text()
+    assert log.count(f"metrics textfile {missing}: directory {missing.parent} does not exist") == 1
+    assert "Traceback" not in log
