@@ -202,14 +202,17 @@ def install(destdir: str, unitdir: str, exec_path: str | None) -> None:
 
 
 @main.command()
+@click.option("--speed", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Simulated seconds per second.")
+@click.option("--cycles", type=click.IntRange(min=1), default=None, help="Stop after this many decisions.")
 @click.pass_context
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, speed: float, cycles: int | None) -> None:
     """Show the daemon at work on a simulated host (no root, no KSM needed)."""
     try:
         from ksmtuned_py.demo import run_demo
     except ImportError as e:
         raise UserError(f"the demo is not available in this build ({e})") from None
-    result = run_demo(ctx.obj)
+    result = run_demo(ctx.obj, speed=speed, cycles=cycles)
     if isinstance(result, int):
         raise SystemExit(result)
 

@@ -1,0 +1,221 @@
+"""``ksmtuned-py demo``: the daemon tuning KSM on a simulated host, no root and no KSM needed.
+
+A simulated host (sysfs_emu's ``demo`` scenario: four 1 GiB guests starting a minute
+apart on a 3 GiB host) is served as a file tree in a temporary directory, in this
+process, at ``speed`` simulated seconds per wall second.  The real daemon,
+``ksmtuned-py --root TMP --config TMP/ksmtuned.conf run``, runs against it as a
+child process with ``KSM_MONITOR_INTERVAL=1`` and ``DEBUG=1``; each cycle's debug
+lines are read from its output and shown with the memory KSM has saved so far.
+Ctrl-C (or the end of ``cycles``/``duration``) stops the daemon, the simulation and
+removes the temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+DEFAULT_SPEED = 60.0
+DEFAULT_INTERVAL = 1.0
+_DEBUG_LINE = re.compile(r"^.*?\d{4}: (.*)$")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class _Demo:
+    def __init__(self, scenario: str, speed: float, interval: float, cycles: int | None,
+                 duration: float | None, out: TextIO):
+        self.scenario = scenario
+        self.speed = speed
+        self.interval = interval
+        self.cycles = cycles
+        self.duration = duration
+        self.out = out
+        self.tmp = Path(tempfile.mkdtemp(prefix="ksmtuned-py-demo-"))
+        self.root = self.tmp / "host"
+        self.server = None
+        self.thread: threading.Thread | None = None
+        self.daemon: subprocess.Popen | None = None
+        self.decisions = 0
+        self.error: BaseException | None = None
+
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    # --- the simulated host ---------------------------------------------------------
+
+    def start_host(self) -> None:
+        from sysfs_emu.cli import load_simulation
+        from sysfs_emu.runner import Server
+
+        sim, name = load_simulation(self.scenario)
+        self.sim = sim
+        self.server = Server(sim, self.root, speed=self.speed, duration=None, clean=True, scenario_name=name)
+
+        def serve():
+            try:
+                self.server.run()
+            except BaseException as exc:  # reported by the main thread
+                self.error = exc
+
+        self.thread = threading.Thread(target=serve, name="sysfs-emu", daemon=True)
+        self.thread.start()
+        self.server.ready_event.wait(30)
+        if self.error is not None:
+            raise self.error
+        description = getattr(getattr(sim, "scenario", None), "description", "") or ""
+        total = _read_int(self.root / "proc/meminfo") or 0
+        self.say(f"ksmtuned-py demo: a simulated host ({_human(total * 1024)}) — {description}".rstrip(" —"))
+        self.say(f"Simulated /sys and /proc in {self.root}; {self.speed:g} simulated seconds per second.")
+
+    # --- the daemon -------------------------------------------------------------------
+
+    def start_daemon(self) -> None:
+        conf = self.tmp / "ksmtuned.conf"
+        conf.write_text(
+            "# written by ksmtuned-py demo\n"
+            f"KSM_MONITOR_INTERVAL={self.interval:g}\n"
+            "DEBUG=1\n"
+            f"PIDFILE={self.tmp / 'ksmtune.pid'}\n"
+        )
+        cmd = [sys.executable, "-m", "ksmtuned_py.cli", "--root", str(self.root), "--config", str(conf), "run"]
+        env = dict(os.environ)
+        env.pop("LOGFILE", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       env=env, start_new_session=True)
+        self.say(f"Daemon: {' '.join(cmd[2:])} (interval {self.interval:g} s = "
+                 f"{self.interval * self.speed:g} simulated seconds). Ctrl-C to stop.")
+        self.say()
+        self.say(f"{'sim time':>8}  {'guests':>6}  {'committed':>10}  {'free':>10}  "
+                 f"{'decision':<32} {'saved by KSM':>12}")
+
+    def follow(self) -> int:
+        """Show each cycle until the daemon ends, or ``cycles``/``duration`` is reached."""
+        assert self.daemon is not None and self.daemon.stdout is not None
+        pending: dict[str, str] = {}
+        for raw in self.daemon.stdout:
+            line = raw.rstrip("\n")
+            m = _DEBUG_LINE.match(line)
+            text = m.group(1) if m else line
+            if text.startswith("committed "):
+                parts = text.split()
+                pending = {"committed": parts[1], "free": parts[3]}
+            elif text.endswith("stop ksm"):
+                self.show(pending, "stop: enough free memory")
+            elif text.startswith("KSMCTL start"):
+                _, _, npages, sleep = text.split()
+                self.show(pending, f"start: pages_to_scan {npages}, sleep {sleep} ms")
+            elif text.endswith((", boost", ", decay")) or text.endswith("start ksm"):
+                continue
+            elif text.startswith(("total ", "sleep ", "thres ")):
+                self.say(f"{'':>8}  daemon at start: {text}")
+            elif text:
+                self.say(f"{'':>8}  {text}")
+            if self.done():
+                return 0
+        return self.daemon.wait()
+
+    def show(self, pending: dict[str, str], decision: str) -> None:
+        self.decisions += 1
+        ksm = self.root / "sys/kernel/mm/ksm"
+        sharing = _read_int(ksm / "pages_sharing") or 0
+        guests = len([n for n in os.listdir(self.root / "proc") if n.isdigit()])
+        committed = int(pending.get("committed", 0)) * 1024
+        free = int(pending.get("free", 0)) * 1024
+        self.say(f"{_clock(self.sim.now):>8}  {guests:>6}  {_human(committed):>10}  {_human(free):>10}  "
+                 f"{decision:<32} {_human(sharing * 4096):>12}")
+
+    def done(self) -> bool:
+        if self.cycles is not None and self.decisions >= self.cycles:
+            return True
+        return self.duration is not None and self.sim.now >= self.duration
+
+    # --- the end ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        if self.daemon is not None and self.daemon.stdout is not None:
+            self.daemon.stdout.close()
+        if self.server is not None:
+            self.server.stop()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def run_demo(opts=None, *, scenario: str = "demo", speed: float = DEFAULT_SPEED,
+             interval: float = DEFAULT_INTERVAL, cycles: int | None = None,
+             duration: float | None = None, out: TextIO | None = None) -> int:
+    """Run the demo; returns the exit status (0 when stopped by Ctrl-C or the limits)."""
+    demo = _Demo(scenario, speed, interval, cycles, duration, out or sys.stdout)
+    previous = signal.getsignal(signal.SIGTERM)
+    interrupted = False
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        demo.start_host()
+        demo.start_daemon()
+        status = demo.follow()
+    except KeyboardInterrupt:
+        interrupted = True
+        status = 0
+    finally:
+        try:
+            demo.stop()
+        except KeyboardInterrupt:  # a second Ctrl-C while cleaning up: finish cleaning anyway
+            demo.stop()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    if demo.error is not None and not isinstance(demo.error, KeyboardInterrupt):
+        demo.say(f"ksmtuned-py demo: the simulated host failed: {demo.error}")
+        return 1
+    demo.say("" if not interrupted else "")
+    sharing_text = f"{demo.decisions} decisions shown" if demo.decisions else "no decision shown"
+    demo.say(f"Demo ended ({sharing_text}); the temporary host was removed.")
+    if status not in (0, -signal.SIGTERM):
+        return status
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    time.sleep(0)
+    raise SystemExit(run_demo())
