@@ -176,7 +176,8 @@ class GuestScanner:
                     if line.startswith(b"VmRSS:"):
                         return int(line.split()[1])
         except FileNotFoundError:
-            return None
+            # gone, or a tree (simulated host, test) that only has stat
+            return rss_kb(stat_rss_pages) if (self.proc / str(pid) / "stat").exists() else None
         except (OSError, ValueError, IndexError):
             return rss_kb(stat_rss_pages)
         return 0  # no VmRSS line: a zombie or a kernel thread, as ps shows it
