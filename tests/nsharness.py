@@ -155,6 +155,7 @@ class Scratch:
     """One daemon's scratch files, bind-mounted over the real paths in its namespace."""
 
     base: Path
+    debug_to_stdout: bool = False  # the config sets no LOGFILE: DEBUG lines go to stdout
 
     @property
     def meminfo(self) -> Path:
@@ -176,6 +177,14 @@ class Scratch:
     def log(self) -> Path:
         """The daemon's LOGFILE when the config says LOGFILE=/run/ksmtuned.log."""
         return self.run / "ksmtuned.log"
+
+    @property
+    def stdout(self) -> Path:
+        return self.base / "stdout"
+
+    @property
+    def stderr(self) -> Path:
+        return self.base / "stderr"
 
     @property
     def pidfile(self) -> Path:
@@ -215,8 +224,10 @@ class Scratch:
         return tuple(values)
 
     def log_lines(self) -> list[str]:
+        """Complete DEBUG lines written so far (LOGFILE, or stdout without one)."""
         try:
-            return self.log.read_text().splitlines()
+            text = (self.stdout if self.debug_to_stdout else self.log).read_text()
+            return text[:text.rfind("\n") + 1].splitlines()
         except FileNotFoundError:
             return []
 
