@@ -19,7 +19,7 @@ import errno as errno_mod
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import yaml
@@ -42,6 +42,7 @@ __all__ = [
     "StartProcess",
     "ExitProcess",
     "Rewrite",
+    "Touch",
     "Event",
     "Scenario",
     "load_scenario",
@@ -53,6 +54,7 @@ __all__ = [
 PAGE_SIZE = 4096
 FILLS = ("same", "pool", "unique", "zero")
 PID_MAX = 4194304  # /proc/sys/kernel/pid_max on 64-bit Linux
+MAX_POOL_ENTRY = 1 << 30  # pool entries (and so distinct contents) stay well inside 31-bit ids
 
 
 class SysfsEmuError(Exception):
@@ -153,7 +155,17 @@ class Rewrite:
     fill: Fill
 
 
-Action = Union[SysfsWrite, StartProcess, ExitProcess, Rewrite]
+@dataclass(frozen=True)
+class Touch:
+    """Process ``process`` touches pages ``first .. first+pages-1`` of region ``region``: lazy pages fault in."""
+
+    process: int
+    region: int
+    first: int
+    pages: int
+
+
+Action = Union[SysfsWrite, StartProcess, ExitProcess, Rewrite, Touch]
 
 
 @dataclass(frozen=True)
@@ -266,8 +278,9 @@ _HOST_KEYS = ("memory", "buffers", "cached", "used", "swap", "uptime", "boot_tim
 _PROCESS_KEYS = ("name", "cmdline", "id", "start", "exit", "mergeable_all", "regions")
 _FILL_KEYS = ("fill", "tag", "pool", "offset")
 _REGION_KEYS = ("pages", "size", "mergeable", "lazy") + _FILL_KEYS
-_REWRITE_KEYS = ("process", "region", "first", "pages") + _FILL_KEYS
-_EVENT_KINDS = ("sysfs", "start", "exit", "rewrite")
+_TOUCH_KEYS = ("process", "region", "first", "pages")
+_REWRITE_KEYS = _TOUCH_KEYS + _FILL_KEYS
+_EVENT_KINDS = ("sysfs", "start", "exit", "rewrite", "touch")
 
 
 def machine_memory_bytes() -> int:
@@ -372,7 +385,7 @@ def _parse_fill(c: _Checker, raw: dict, where: str) -> Fill:
         pool = raw["pool"]
         if isinstance(pool, bool) or not isinstance(pool, (str, int)) or pool == "":
             raise c.fail(_join(where, "pool"), f"must be a non-empty string or a number, got {_show(pool)}")
-        offset = c.integer(raw.get("offset", 0), _join(where, "offset"), minimum=0, maximum=ContentIds.POOL_SPAN - 1)
+        offset = c.integer(raw.get("offset", 0), _join(where, "offset"), minimum=0, maximum=MAX_POOL_ENTRY)
         return Fill("pool", pool=str(pool), offset=offset)
     return Fill(kind)
 
@@ -389,8 +402,8 @@ def _parse_region(c: _Checker, raw: Any, where: str) -> RegionSpec:
     else:
         raise c.fail(where, "needs pages or size")
     fill = _parse_fill(c, raw, where)
-    if fill.kind == "pool" and fill.offset + pages > ContentIds.POOL_SPAN:
-        raise c.fail(_join(where, "offset"), f"offset + pages must be < {ContentIds.POOL_SPAN}")
+    if fill.kind == "pool" and fill.offset + pages > MAX_POOL_ENTRY:
+        raise c.fail(_join(where, "offset"), f"offset + pages must be <= {MAX_POOL_ENTRY}")
     mergeable = c.boolean(raw.get("mergeable", True), _join(where, "mergeable"))
     lazy = c.boolean(raw.get("lazy", False), _join(where, "lazy"))
     return RegionSpec(pages=pages, fill=fill, mergeable=mergeable, lazy=lazy)
@@ -437,8 +450,10 @@ def _parse_process(
     exit_at = None
     if "exit" in raw:
         exit_at = c.duration(raw["exit"], _join(where, "exit"))
-        if exit_at < start:
-            raise c.fail(_join(where, "exit"), f"must not be before the start ({format_duration(start)}), got {format_duration(exit_at)}")
+        if exit_at <= start:
+            raise c.fail(
+                _join(where, "exit"), f"must be after the start ({format_duration(start)}), got {format_duration(exit_at)}"
+            )
     mergeable_all = c.boolean(raw.get("mergeable_all", False), _join(where, "mergeable_all"))
     regions_raw = raw.get("regions", [])
     if not isinstance(regions_raw, list):
@@ -457,16 +472,26 @@ def _parse_process(
     return spec, has_id
 
 
-def _parse_rewrite(c: _Checker, raw: Any, where: str) -> Rewrite:
-    c.mapping(raw, where, _REWRITE_KEYS)
+def _parse_page_range(c: _Checker, raw: Any, where: str, keys: tuple[str, ...]) -> tuple[int, int, int, int]:
+    """(process, region, first, pages) of a rewrite or touch; pages -1 means "to the region's end"."""
+    c.mapping(raw, where, keys)
     if "process" not in raw:
         raise c.fail(_join(where, "process"), "missing (the id of the process that writes)")
     process = c.integer(raw["process"], _join(where, "process"), minimum=0)
     region = c.integer(raw.get("region", 0), _join(where, "region"), minimum=0)
     first = c.integer(raw.get("first", 0), _join(where, "first"), minimum=0)
     pages = c.integer(raw["pages"], _join(where, "pages"), minimum=0) if "pages" in raw else -1
+    return process, region, first, pages
+
+
+def _parse_rewrite(c: _Checker, raw: Any, where: str) -> Rewrite:
+    process, region, first, pages = _parse_page_range(c, raw, where, _REWRITE_KEYS)
     fill = _parse_fill(c, raw, where)
     return Rewrite(process=process, region=region, first=first, pages=pages, fill=fill)
+
+
+def _parse_touch(c: _Checker, raw: Any, where: str) -> Touch:
+    return Touch(*_parse_page_range(c, raw, where, _TOUCH_KEYS))
 
 
 def _parse_event(c: _Checker, raw: Any, where: str, at_required: bool = True, now: float | None = None) -> Event:
@@ -491,8 +516,10 @@ def _parse_event(c: _Checker, raw: Any, where: str, at_required: bool = True, no
         action = StartProcess(spec)
     elif kind == "exit":
         action = ExitProcess(c.integer(body, place, minimum=0))
-    else:
+    elif kind == "rewrite":
         action = _parse_rewrite(c, body, place)
+    else:
+        action = _parse_touch(c, body, place)
     return Event(at=at, action=action, where=where)
 
 
@@ -512,49 +539,56 @@ def _check_ksm_writes(c: _Checker, writes: tuple[tuple[str, str], ...]) -> None:
             raise c.fail(f"ksm.{name}", f"the kernel refuses {text!r}: {code} ({os.strerror(exc.errno)})") from None
 
 
-def _resolve_rewrite(c: _Checker, ev: Event, live: dict[int, ProcessSpec]) -> Event:
+def resolve_page_range(ev: Event, live: dict[int, ProcessSpec], when: str) -> tuple[Event | None, str, str]:
+    """Check a rewrite/touch against the processes running; fill in its page count.
+
+    Returns (event, "", "") when fine, else (None, place, message) for the caller
+    to raise; ``when`` ends "is running" messages (" at 5m", or "").
+    """
     rw = ev.action
-    assert isinstance(rw, Rewrite)
-    place = _join(ev.where, "rewrite")
+    assert isinstance(rw, (Rewrite, Touch))
+    place = _join(ev.where, "rewrite" if isinstance(rw, Rewrite) else "touch")
     proc = live.get(rw.process)
     if proc is None:
-        raise c.fail(_join(place, "process"), f"no process with id {rw.process} is running at {format_duration(ev.at)}")
+        return None, _join(place, "process"), f"no process with id {rw.process} is running{when}"
     if rw.region >= len(proc.regions):
-        raise c.fail(
-            _join(place, "region"),
-            f"process {rw.process} has {len(proc.regions)} region(s), no region {rw.region}",
+        return None, _join(place, "region"), (
+            f"process {rw.process} has {len(proc.regions)} region(s), no region {rw.region}"
         )
     size = proc.regions[rw.region].pages
     if rw.first > size:
-        raise c.fail(_join(place, "first"), f"region {rw.region} of process {rw.process} has {size} pages, got first {rw.first}")
+        return None, _join(place, "first"), (
+            f"region {rw.region} of process {rw.process} has {size} pages, got first {rw.first}"
+        )
     pages = size - rw.first if rw.pages < 0 else rw.pages
     if rw.first + pages > size:
-        raise c.fail(
-            _join(place, "pages"),
-            f"first + pages = {rw.first + pages} is past the end of region {rw.region} ({size} pages)",
+        return None, _join(place, "pages"), (
+            f"first + pages = {rw.first + pages} is past the end of region {rw.region} ({size} pages)"
         )
-    if rw.fill.kind == "pool" and rw.fill.offset + rw.first + pages > ContentIds.POOL_SPAN:
-        raise c.fail(_join(place, "offset"), f"offset + pages must be < {ContentIds.POOL_SPAN}")
-    return Event(ev.at, Rewrite(rw.process, rw.region, rw.first, pages, rw.fill), ev.where)
+    if isinstance(rw, Touch):
+        return Event(ev.at, Touch(rw.process, rw.region, rw.first, pages), ev.where), "", ""
+    if rw.fill.kind == "pool" and rw.fill.offset + rw.first + pages > MAX_POOL_ENTRY:
+        return None, _join(place, "offset"), f"offset + first + pages must be <= {MAX_POOL_ENTRY}"
+    return Event(ev.at, Rewrite(rw.process, rw.region, rw.first, pages, rw.fill), ev.where), "", ""
 
 
 def _build_timeline(c: _Checker, host: HostSpec, processes: list[ProcessSpec], events: list[Event]) -> list[Event]:
     """All starts, exits and events in time order; checks references and the memory limit on the way.
 
-    At equal times the order is: starts of ``processes`` (list order), exits given
-    by a process's ``exit``, then ``events`` in the order written.
+    At equal times the order is: exits given by a process's ``exit``, starts of
+    ``processes`` (list order), then ``events`` in the order written.
     """
     entries: list[tuple[float, int, int, Event]] = []
     for i, p in enumerate(processes):
-        entries.append((p.start, 0, i, Event(p.start, StartProcess(p), p.where)))
+        entries.append((p.start, 1, i, Event(p.start, StartProcess(p), p.where)))
     for i, p in enumerate(processes):
         if p.exit is not None:
-            entries.append((p.exit, 1, i, Event(p.exit, ExitProcess(p.id), _join(p.where, "exit"))))
+            entries.append((p.exit, 0, i, Event(p.exit, ExitProcess(p.id), _join(p.where, "exit"))))
     for i, ev in enumerate(events):
         entries.append((ev.at, 2, i, ev))
         if isinstance(ev.action, StartProcess) and ev.action.process.exit is not None:
             p = ev.action.process
-            entries.append((p.exit, 1, len(processes) + i, Event(p.exit, ExitProcess(p.id), _join(p.where, "exit"))))
+            entries.append((p.exit, 0, len(processes) + i, Event(p.exit, ExitProcess(p.id), _join(p.where, "exit"))))
     entries.sort(key=lambda e: e[:3])
 
     budget = host.memory - host.used
@@ -582,8 +616,11 @@ def _build_timeline(c: _Checker, host: HostSpec, processes: list[ProcessSpec], e
                     f"no process with id {action.id} is running at {format_duration(at)}",
                 )
             resident -= p.resident_pages_at_start
-        elif isinstance(action, Rewrite):
-            ev = _resolve_rewrite(c, ev, live)
+        elif isinstance(action, (Rewrite, Touch)):
+            resolved, place, message = resolve_page_range(ev, live, f" at {format_duration(at)}")
+            if resolved is None:
+                raise c.fail(place, message)
+            ev = resolved
         timeline.append(ev)
     return timeline
 
@@ -694,28 +731,49 @@ def parse_event(data: Any, source: str = "event", now: float = 0.0) -> Event:
 
 
 class ContentIds:
-    """Content identifiers for page fills (int64; equal id = identical 4 KiB page).
+    """Content identifiers for page fills (equal id = identical 4 KiB page), allocated compactly.
 
     - 0 is the zero page;
-    - ``same`` with tag T: one id per tag, 1, 2, ... in order of first use;
-    - ``pool`` P entry k: ``(n+1) * POOL_SPAN + k`` where P is the n-th pool seen,
-      so entry k of a pool is the same content in every process;
-    - ``unique``: ids from ``UNIQUE_BASE`` upwards, never handed out twice.
+    - ``same`` with tag T: one id per tag, the same wherever the tag is used;
+    - ``pool`` P entry k: one id per (P, k), so page i of a region filled from P
+      with ``offset`` o holds entry ``i + o``, identical in every process;
+    - ``unique``: ids handed out once and never again.
+
+    Fresh ids come from ``new_ids(n)`` (the memory model's allocator, so ids stay
+    small and dense); without one, a private counter from 1 is used.
     """
 
-    POOL_SPAN = 1 << 40
-    UNIQUE_BASE = 1 << 62
-
-    def __init__(self) -> None:
+    def __init__(self, new_ids: Callable[[int], np.ndarray] | None = None) -> None:
+        self._new_ids = new_ids or self._counter
+        self._next = 1
         self._tags: dict[str, int] = {}
-        self._pools: dict[str, int] = {}
-        self._next_unique = self.UNIQUE_BASE
+        self._pools: dict[str, np.ndarray] = {}  # entry -> id, -1 where not used yet
+
+    def _counter(self, n: int) -> np.ndarray:
+        ids = np.arange(self._next, self._next + n, dtype=np.int64)
+        self._next += n
+        return ids
 
     def tag_id(self, tag: str) -> int:
-        return self._tags.setdefault(tag, len(self._tags) + 1)
+        if tag not in self._tags:
+            self._tags[tag] = int(self._new_ids(1)[0])
+        return self._tags[tag]
 
-    def pool_base(self, pool: str) -> int:
-        return (self._pools.setdefault(pool, len(self._pools)) + 1) * self.POOL_SPAN
+    def pool_ids(self, pool: str, first_entry: int, count: int) -> np.ndarray:
+        """Ids of entries ``first_entry .. first_entry + count - 1`` of a pool."""
+        table = self._pools.get(pool, np.zeros(0, dtype=np.int64))
+        stop = first_entry + count
+        if stop > len(table):
+            grown = np.full(max(stop, len(table) * 5 // 4), -1, dtype=np.int64)
+            grown[: len(table)] = table
+            table = grown
+            self._pools[pool] = table
+        ids = table[first_entry:stop]
+        missing = ids < 0
+        n = int(missing.sum())
+        if n:
+            ids[missing] = self._new_ids(n)
+        return ids.copy()
 
     def contents(self, fill: Fill, first: int, count: int) -> np.ndarray:
         """Ids for ``count`` pages starting at page ``first`` of a region."""
@@ -724,8 +782,5 @@ class ContentIds:
         if fill.kind == "same":
             return np.full(count, self.tag_id(fill.tag), dtype=np.int64)
         if fill.kind == "pool":
-            start = self.pool_base(fill.pool) + fill.offset + first
-            return np.arange(start, start + count, dtype=np.int64)
-        start = self._next_unique
-        self._next_unique += count
-        return np.arange(start, start + count, dtype=np.int64)
+            return self.pool_ids(fill.pool, fill.offset + first, count)
+        return np.asarray(self._new_ids(count), dtype=np.int64)

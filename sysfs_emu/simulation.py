@@ -1,0 +1,482 @@
+"""A simulated host: kernel attributes, guest memory and ksmd, driven by a scenario on a simulated clock.
+
+Typical use::
+
+    sim = Simulation.from_yaml("two-guests.yaml")
+    sim.kernel.write_attr("run", "1")
+    sim.run_until(full_scans=2)
+    print(sim.kernel.read_attr("pages_sharing"), sim.meminfo())
+
+Time: ``sim.now`` is simulated seconds since the scenario began (0 at
+construction). The host booted ``sim.uptime_at_start`` seconds before that, at
+the epoch ``sim.boot_time``; process ``start_time`` values are seconds since
+boot, as /proc/PID/stat counts them.
+
+The API here is what the file tree and the CLI (sysfs_emu.tree, sysfs_emu.cli)
+read; keep it stable.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+from sysfs_emu.host import MemorySnapshot, meminfo_text
+from sysfs_emu.kernel import Kernel
+try:
+    from sysfs_emu.ksmd import Ksmd
+except ImportError:  # pragma: no cover - transitional, until sysfs_emu.ksmd lands
+    from sysfs_emu.kernel import COUNTERS as _COUNTERS
+
+    class Ksmd:  # type: ignore[no-redef]
+        """Stand-in while the real ksmd is not in the tree: never scans, every counter 0."""
+
+        def __init__(self, kernel, memory) -> None:
+            logging.getLogger(__name__).warning("sysfs_emu.ksmd is missing: ksmd will not scan")
+
+        def counters(self) -> dict[str, int]:
+            return dict.fromkeys(_COUNTERS, 0)
+
+        def busy(self) -> bool:
+            return False
+
+        def unmerge_all(self) -> None:
+            pass
+
+        def advisor_reset(self) -> None:
+            pass
+
+        def advance(self, seconds: float) -> None:
+            pass
+from sysfs_emu.memory import Memory, ProcessStats
+from sysfs_emu.scenario import (
+    PAGE_SIZE,
+    PID_MAX,
+    ContentIds,
+    Event,
+    ExitProcess,
+    ProcessSpec,
+    Rewrite,
+    Scenario,
+    ScenarioError,
+    StartProcess,
+    SysfsWrite,
+    Touch,
+    load_scenario,
+    load_yaml,
+    parse_event,
+    resolve_page_range,
+)
+from sysfs_emu.units import describe_size, format_duration
+
+__all__ = ["Simulation", "SimProcess", "SimulationError"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN_UNTIL_TIMEOUT = 86400.0
+
+
+class SimulationError(ScenarioError):
+    """The simulation cannot do what was asked (a refused event, a goal ksmd cannot reach, out of memory)."""
+
+
+@dataclass
+class _Live:
+    """Book-keeping for one running process."""
+
+    spec: ProcessSpec
+    pid: int
+    start_time: float  # seconds since boot
+    regions: list[int]  # the memory model's region handles, in spec order
+
+
+class SimProcess:
+    """One live simulated process, as /proc/PID shows it; numbers are read live from the memory model."""
+
+    def __init__(self, sim: "Simulation", live: _Live) -> None:
+        self._sim = sim
+        self._live = live
+
+    @property
+    def pid(self) -> int:
+        """Simulated PID: ``host.pid_base + id``."""
+        return self._live.pid
+
+    @property
+    def id(self) -> int:
+        """The scenario's process id."""
+        return self._live.spec.id
+
+    @property
+    def name(self) -> str:
+        """The comm: the scenario's name cut to 15 bytes, as the kernel keeps it."""
+        return self._live.spec.name.encode()[:15].decode(errors="ignore")
+
+    @property
+    def cmdline(self) -> list[str]:
+        return list(self._live.spec.cmdline)
+
+    @property
+    def start_time(self) -> float:
+        """When the process started, in seconds since boot (/proc/PID/stat starttime / USER_HZ)."""
+        return self._live.start_time
+
+    @property
+    def page_size(self) -> int:
+        return PAGE_SIZE
+
+    @property
+    def rss_pages(self) -> int:
+        """Resident pages: every page the process maps, merged or not (merging does not lower RSS)."""
+        return int(self._sim.memory.rss_pages(self.pid))
+
+    @property
+    def vsz_pages(self) -> int:
+        """Mapped size in pages: all regions, lazy ones included."""
+        return self._live.spec.pages
+
+    def ksm_stats(self) -> ProcessStats:
+        """The numbers of /proc/PID/ksm_stat (``ksm_rmap_items``, ``ksm_zero_pages``, ``ksm_merging_pages``,
+        ``ksm_process_profit``, ``ksm_merge_any``, ``ksm_mergeable``)."""
+        return self._sim.memory.process_stats(self.pid)
+
+    @property
+    def ksm_merging_pages(self) -> int:
+        """/proc/PID/ksm_merging_pages: this process's pages that map a KSM page."""
+        return int(self.ksm_stats().ksm_merging_pages)
+
+    def ksm_stat_text(self) -> str:
+        """/proc/PID/ksm_stat exactly as Linux 6.18 prints it."""
+        return self.ksm_stats().ksm_stat_text()
+
+    def __repr__(self) -> str:
+        return f"SimProcess(pid={self.pid}, id={self.id}, name={self.name!r})"
+
+
+class Simulation:
+    """A scenario running: ``kernel`` (sysfs), ``memory`` (pages), ``ksmd``, the process table and a clock.
+
+    Build it from a scenario mapping or with :meth:`from_yaml`; an invalid
+    scenario raises :class:`ScenarioError` before anything is built. At
+    construction the ``ksm`` writes are applied, then everything the timeline
+    holds for time 0.
+    """
+
+    page_size = PAGE_SIZE
+
+    def __init__(self, scenario: dict | Scenario | None = None, *, source: str = "scenario") -> None:
+        if not isinstance(scenario, Scenario):
+            scenario = load_scenario(scenario, source)
+        self.scenario: Scenario = scenario
+        host = scenario.host
+        self.memory = Memory()
+        self.kernel = Kernel()
+        self.ksmd = Ksmd(self.kernel, self.memory)
+        self.kernel.engine = self.ksmd
+        self.contents = ContentIds(self.memory.new_contents)
+        self.now: float = 0.0
+        self.uptime_at_start: float = host.uptime
+        self.boot_time: int = int(host.boot_time if host.boot_time is not None else time.time() - host.uptime)
+        self._live: dict[int, _Live] = {}  # by scenario id
+        self._used_ids: set[int] = {p.id for p in scenario.processes} | {
+            e.action.process.id for e in scenario.events if isinstance(e.action, StartProcess)
+        }
+        self._timeline = list(scenario.timeline)
+        self._next = 0
+        for name, text in scenario.ksm:
+            try:
+                self.kernel.write_attr(name, text)
+            except OSError as exc:  # validated already; only a model bug lands here
+                raise scenario.error(f"ksm.{name}", f"the kernel refuses {text!r}: {_errno_text(exc)}") from None
+        self._apply_due(0.0)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Simulation":
+        """Load, validate and start the scenario in a YAML file (ScenarioError names the file and place)."""
+        return cls(load_yaml(path))
+
+    # ---- the clock -------------------------------------------------------------------
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the simulated host booted."""
+        return self.uptime_at_start + self.now
+
+    @property
+    def next_event_time(self) -> float | None:
+        """Scenario time of the next pending timeline entry, or None."""
+        return self._timeline[self._next].at if self._next < len(self._timeline) else None
+
+    def advance(self, seconds: float) -> None:
+        """Run ``seconds`` of simulated time: ksmd works, and due events apply at their times, in order."""
+        if not seconds >= 0 or math.isinf(seconds):
+            raise ValueError(f"advance() needs a finite number of seconds >= 0, got {seconds!r}")
+        end = self.now + seconds
+        while True:
+            due = self.next_event_time
+            if due is None or due > end:
+                break
+            if due > self.now:
+                self.ksmd.advance(due - self.now)
+                self.now = due
+            self._apply_due(self.now)
+        if end > self.now:
+            self.ksmd.advance(end - self.now)
+        self.now = end
+
+    def run_until(self, full_scans: int, timeout: float = DEFAULT_RUN_UNTIL_TIMEOUT) -> float:
+        """Advance until ``full_scans`` (the counter's value) is reached; return the simulated seconds it took.
+
+        Raises :class:`SimulationError` at once when ksmd cannot get there (``run``
+        is not 1, or no process has mergeable memory, and no pending event
+        changes that before the limit), or when ``timeout`` simulated seconds pass.
+        """
+        if isinstance(full_scans, bool) or not isinstance(full_scans, int) or full_scans < 0:
+            raise ValueError(f"full_scans must be a whole number >= 0, got {full_scans!r}")
+        start = self.now
+        deadline = self.now + timeout
+        patience = 1.0  # grows while the counter does not move: the estimate was too short
+        last = self._full_scans()
+        while self._full_scans() < full_scans:
+            if self.now >= deadline:
+                raise SimulationError(
+                    f"full_scans is {self._full_scans()}, not {full_scans}, after {format_duration(timeout)} "
+                    f"of simulated time (pages_to_scan {self.kernel.pages_to_scan}, "
+                    f"sleep_millisecs {self.kernel.sleep_millisecs}); give run_until a longer timeout"
+                )
+            blocked = self._why_ksmd_idle()
+            if blocked:
+                due = self.next_event_time
+                if due is None or due > deadline:
+                    raise SimulationError(
+                        f"full_scans cannot reach {full_scans} (it is {self._full_scans()}): {blocked}"
+                    )
+                self.advance(due - self.now)
+                continue
+            # Close in on the moment the counter reaches the goal without running
+            # far past it: whole scans while several remain, then half a scan at
+            # a time, never less than one ksmd wake-up; longer steps while the
+            # counter stands still (the scan takes longer than estimated).
+            now_scans = self._full_scans()
+            patience = 1.0 if now_scans != last else min(patience * 2, 2.0**20)
+            last = now_scans
+            remaining = full_scans - now_scans
+            per_scan = self._scan_time_estimate()
+            step = (remaining - 1) * per_scan if remaining > 1 else per_scan / 2
+            step = max(step, self._wake_period()) * patience
+            due = self.next_event_time
+            if due is not None and due > self.now:
+                step = min(step, due - self.now)
+            self.advance(min(step, deadline - self.now))
+        return self.now - start
+
+    def _full_scans(self) -> int:
+        return int(self.kernel.counters()["full_scans"])
+
+    def _why_ksmd_idle(self) -> str | None:
+        run = self.kernel.run
+        if run == 0:
+            return "run is 0 (ksmd is stopped); write 1 to run"
+        if run == 2:
+            return "run is 2 (ksmd only unmerges); write 1 to run"
+        if not any(
+            lv.spec.mergeable_all or any(r.mergeable for r in lv.spec.regions) for lv in self._live.values()
+        ):
+            return "no running process has mergeable memory, so ksmd has nothing to scan"
+        return None
+
+    def _wake_period(self) -> float:
+        """Simulated seconds between two ksmd batches (at least 0.1 ms)."""
+        return max(self.kernel.sleep_millisecs / 1000.0, 0.0001)
+
+    def _scan_time_estimate(self) -> float:
+        """Simulated seconds for about one full scan at the current settings (at least 1 ms)."""
+        pages = sum(
+            lv.spec.pages
+            for lv in self._live.values()
+            if lv.spec.mergeable_all or any(r.mergeable for r in lv.spec.regions)
+        )
+        per_batch = max(1, self.kernel.pages_to_scan)
+        batches = max(1, -(-pages // per_batch))
+        return max(0.001, batches * self.kernel.sleep_millisecs / 1000.0)
+
+    # ---- events ----------------------------------------------------------------------
+
+    def apply(self, event: dict) -> None:
+        """Apply one event now; the same mapping as a scenario event (``at``, if given, must be now)."""
+        ev = parse_event(event, "event", now=self.now)
+        if ev.at != self.now and "at" in event:
+            raise SimulationError(f"event: at: apply() runs an event now ({format_duration(self.now)}); leave out 'at'")
+        self._apply_event(self._resolve(ev))
+
+    def _resolve(self, ev: Event) -> Event:
+        """The reference checks load_scenario does on the timeline, against the live table.
+
+        Returns the event with defaults filled in (a new process's id, a rewrite's page count).
+        """
+        action = ev.action
+        if isinstance(action, StartProcess):
+            p = action.process
+            if p.id < 0:
+                pid_id = 0
+                while pid_id in self._used_ids:
+                    pid_id += 1
+                action = StartProcess(replace(p, id=pid_id, where="start"))
+            elif p.id in self._used_ids:
+                raise SimulationError(f"event: start.id: id {p.id} is already used by another process of this simulation")
+            pid = self.scenario.host.pid_base + action.process.id
+            if pid >= PID_MAX:
+                raise SimulationError(f"event: start.id: host.pid_base + id must be < {PID_MAX}, got {pid}")
+            if action.process.exit is not None:
+                raise SimulationError("event: start.exit: not allowed in an event given to apply(); send an exit event later")
+        elif isinstance(action, ExitProcess):
+            if action.id not in self._live:
+                raise SimulationError(f"event: exit: no process with id {action.id} is running")
+        elif isinstance(action, (Rewrite, Touch)):
+            live = {i: lv.spec for i, lv in self._live.items()}
+            resolved, place, message = resolve_page_range(Event(ev.at, action, ""), live, "")
+            if resolved is None:
+                raise SimulationError(f"event: {place}: {message}")
+            return resolved
+        return Event(ev.at, action, ev.where)
+
+    def _apply_due(self, now: float) -> None:
+        while self._next < len(self._timeline) and self._timeline[self._next].at <= now:
+            ev = self._timeline[self._next]
+            self._next += 1
+            self._apply_event(ev)
+
+    def _apply_event(self, ev: Event) -> None:
+        action = ev.action
+        log.debug("t=%s %s: %s", format_duration(self.now), ev.where or "event", action)
+        if isinstance(action, SysfsWrite):
+            for name, text in action.writes:
+                try:
+                    self.kernel.write_attr(name, text)
+                except OSError as exc:
+                    raise SimulationError(
+                        f"{self._place(ev)}sysfs.{name}: at {format_duration(self.now)} "
+                        f"the kernel refuses {text!r}: {_errno_text(exc)}"
+                    ) from None
+        elif isinstance(action, StartProcess):
+            self._start(action.process, ev)
+        elif isinstance(action, ExitProcess):
+            self._exit(action.id)
+        elif isinstance(action, Rewrite):
+            self._write(action, ev)
+        elif isinstance(action, Touch):
+            self._write(action, ev)
+        else:  # pragma: no cover - parse_event only builds the four kinds
+            raise TypeError(action)
+
+    def _place(self, ev: Event) -> str:
+        """The start of a message about an event: ``file: events[3].`` or ``event: `` for apply()."""
+        return f"{self.scenario.source}: {ev.where}." if ev.where else "event: "
+
+    # ---- processes -------------------------------------------------------------------
+
+    def _start(self, spec: ProcessSpec, ev: Event) -> None:
+        pid = self.scenario.host.pid_base + spec.id
+        need = self.memory.physical_pages() + spec.resident_pages_at_start
+        if need > self._guest_budget_pages():
+            prefix = f"{self.scenario.source}: " if ev.where else "event: "
+            raise SimulationError(
+                f"{prefix}{spec.where or 'start'}: starting process {spec.id} at {format_duration(self.now)} brings the "
+                f"guests' memory to {describe_size(need * PAGE_SIZE)}, more than the host has for them "
+                f"({describe_size(self._guest_budget_pages() * PAGE_SIZE)}): out of memory"
+            )
+        self._used_ids.add(spec.id)
+        self.memory.add_process(pid)
+        if spec.mergeable_all:
+            self.memory.set_process_mergeable(pid)  # prctl(PR_SET_MEMORY_MERGE) before mapping guest RAM
+        handles = []
+        for region in spec.regions:
+            contents = self.contents.contents(region.fill, 0, region.pages)
+            handles.append(self.memory.add_region(pid, contents, mergeable=region.mergeable, mapped=not region.lazy))
+        self._live[spec.id] = _Live(spec=spec, pid=pid, start_time=self.uptime, regions=handles)
+        log.debug("process %d (%s, pid %d) started with %d pages", spec.id, spec.name, pid, spec.pages)
+
+    def _exit(self, pid_id: int) -> None:
+        lv = self._live.pop(pid_id)
+        self.memory.remove_process(lv.pid)
+        log.debug("process %d (pid %d) exited", pid_id, lv.pid)
+
+    def _write(self, action: Rewrite | Touch, ev: Event) -> None:
+        """A rewrite (new contents, breaking copy-on-write) or a touch (faulting lazy pages in)."""
+        lv = self._live[action.process]
+        region = lv.regions[action.region]
+        before = self.memory.physical_pages()
+        if isinstance(action, Rewrite):
+            contents = self.contents.contents(action.fill, action.first, action.pages)
+            self.memory.write_pages(region, action.first, contents)
+        else:
+            self.memory.fault_in(region, action.first, action.pages)
+        after = self.memory.physical_pages()
+        if after > before and after > self._guest_budget_pages():
+            kind = "rewrite" if isinstance(action, Rewrite) else "touch"
+            raise SimulationError(
+                f"{self._place(ev)}{kind}: at {format_duration(self.now)} the guests need {describe_size(after * PAGE_SIZE)}, "
+                f"more than the host has for them ({describe_size(self._guest_budget_pages() * PAGE_SIZE)}): "
+                "out of memory"
+            )
+
+    def _guest_budget_pages(self) -> int:
+        host = self.scenario.host
+        return (host.memory - host.used) // PAGE_SIZE
+
+    @property
+    def processes(self) -> list[SimProcess]:
+        """The live processes, by PID."""
+        return [SimProcess(self, lv) for lv in sorted(self._live.values(), key=lambda lv: lv.pid)]
+
+    def process(self, pid_id: int) -> SimProcess:
+        """The live process with scenario id ``pid_id`` (KeyError if none)."""
+        return SimProcess(self, self._live[pid_id])
+
+    def process_by_pid(self, pid: int) -> SimProcess | None:
+        for lv in self._live.values():
+            if lv.pid == pid:
+                return SimProcess(self, lv)
+        return None
+
+    # ---- the host --------------------------------------------------------------------
+
+    @property
+    def mem_total_kb(self) -> int:
+        return self.scenario.host.memory // 1024
+
+    def memory_snapshot(self) -> MemorySnapshot:
+        host = self.scenario.host
+        return MemorySnapshot(
+            memory=host.memory,
+            used=host.used,
+            buffers=host.buffers,
+            cached=host.cached,
+            swap=host.swap,
+            guest_physical=int(self.memory.physical_pages()) * PAGE_SIZE,
+            guest_committed=sum(lv.spec.pages for lv in self._live.values()) * PAGE_SIZE,
+            cpus=host.cpus,
+        )
+
+    def meminfo(self) -> str:
+        """The /proc/meminfo text of the simulated host."""
+        return meminfo_text(self.memory_snapshot())
+
+    def meminfo_kb(self) -> dict[str, int]:
+        """/proc/meminfo as a mapping of field name to value (kB, or a count for HugePages_*)."""
+        out = {}
+        for line in self.meminfo().splitlines():
+            name, _, rest = line.partition(":")
+            out[name] = int(rest.split()[0])
+        return out
+
+
+def _errno_text(exc: OSError) -> str:
+    code = errno_mod.errorcode.get(exc.errno or 0, str(exc.errno))
+    return f"{code} ({os.strerror(exc.errno or 0)})"
