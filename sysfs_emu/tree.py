@@ -26,39 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sysfs_emu import procfs
+from sysfs_emu.kernel import FILES, TUNABLES
 
 log = logging.getLogger(__name__)
 
 KSM_DIR = "sys/kernel/mm/ksm"
 STATE_DIR = ".sysfs-emu"
 
-# The files of /sys/kernel/mm/ksm on Linux 6.18 and whether each has a store method.
-KSM_ATTRS: dict[str, bool] = {
-    "advisor_max_cpu": True,
-    "advisor_max_pages_to_scan": True,
-    "advisor_min_pages_to_scan": True,
-    "advisor_mode": True,
-    "advisor_target_scan_time": True,
-    "full_scans": False,
-    "general_profit": False,
-    "ksm_zero_pages": False,
-    "max_page_sharing": True,
-    "merge_across_nodes": True,
-    "pages_scanned": False,
-    "pages_shared": False,
-    "pages_sharing": False,
-    "pages_skipped": False,
-    "pages_to_scan": True,
-    "pages_unshared": False,
-    "pages_volatile": False,
-    "run": True,
-    "sleep_millisecs": True,
-    "smart_scan": True,
-    "stable_node_chains": False,
-    "stable_node_chains_prune_millisecs": True,
-    "stable_node_dups": False,
-    "use_zero_pages": True,
-}
+# The files of /sys/kernel/mm/ksm on Linux 6.18 and whether each can be written (0644) or not (0444).
+KSM_ATTRS: dict[str, bool] = {name: name in TUNABLES for name in FILES}
 
 PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages")
 HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg")
@@ -121,7 +97,8 @@ class Tree:
         self.state_dir = self.root / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
         self.owner = owner or procfs.Owner.current()
-        self.cpus = os.cpu_count() or 1
+        host = getattr(getattr(sim, "scenario", None), "host", None)
+        self.cpus = getattr(host, "cpus", None) or os.cpu_count() or 1
         self._written: dict[str, _Written] = {}
         self._pending_empty: set[str] = set()
         self._pids: dict[int, float] = {}  # pid -> start time of the process shown there
@@ -179,6 +156,10 @@ class Tree:
         try:
             os.unlink(self.manifest.path)
         except FileNotFoundError:
+            pass
+        try:
+            os.rmdir(self.state_dir)  # fails while a runner still keeps its lock there
+        except OSError:
             pass
         self._written.clear()
         self._pids.clear()
@@ -249,7 +230,7 @@ class Tree:
     def _refresh_host(self) -> None:
         sim = self.sim
         live = list(sim.processes)
-        uptime = float(sim.now) + float(getattr(sim, "uptime_at_start", 0.0))
+        uptime = float(sim.uptime)
         self._put("proc/meminfo", sim.meminfo().encode(), 0o444)
         self._put("proc/uptime", procfs.uptime_text(uptime, self.cpus).encode(), 0o444)
         self._put("proc/stat", procfs.host_stat_text(int(sim.boot_time), uptime, self.cpus,

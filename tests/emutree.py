@@ -1,0 +1,106 @@
+"""Helpers for tests of the sysfs-emu file tree: small scenarios and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+SYSFS_EMU = str(BIN / "sysfs-emu")
+KSMTUNED_PY = str(BIN / "ksmtuned-py")
+
+GUEST_CMDLINE = ["qemu-system-x86_64", "-enable-kvm", "-name", "guest=web-1", "-m", "512"]
+
+
+def small_scenario(run: int = 1) -> dict:
+    """A 1 GiB host with two guests sharing an OS image and one non-guest process."""
+    return {
+        "description": "test host",
+        "host": {"memory": "1GiB", "cpus": 2, "uptime": "1h"},
+        "ksm": {"pages_to_scan": 1000, "sleep_millisecs": 10, "run": run},
+        "processes": [
+            {"name": "qemu-system-x86", "cmdline": GUEST_CMDLINE, "regions": [
+                {"pages": 3000, "fill": "pool", "pool": "debian"},
+                {"pages": 1000, "fill": "unique"},
+            ]},
+            {"name": "qemu-system-x86", "cmdline": "qemu-system-x86_64 -enable-kvm -name guest=web-2",
+             "start": "2s", "regions": [
+                {"pages": 3000, "fill": "pool", "pool": "debian"},
+                {"pages": 500, "fill": "zero"},
+            ]},
+            {"name": "sshd", "cmdline": ["/usr/sbin/sshd", "-D"],
+             "regions": [{"pages": 300, "fill": "unique", "mergeable": False}]},
+        ],
+    }
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns a true value; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read(path: Path) -> str:
+    return Path(path).read_text()
+
+
+@contextlib.contextmanager
+def served(root: Path, *args: str, stderr_path: Path | None = None):
+    """``sysfs-emu run ARGS --root ROOT`` as a subprocess; stopped with SIGTERM (then killed) on exit."""
+    err = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
+    proc = subprocess.Popen([SYSFS_EMU, "run", *args, "--root", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        # state.json is written once the whole tree is in place.
+        wait_for(lambda: (root / ".sysfs-emu/state.json").exists() or proc.poll() is not None,
+                 what="the tree to appear")
+        if proc.poll() is not None:
+            raise AssertionError(f"sysfs-emu exited with {proc.returncode}")
+        yield proc
+    finally:
+        stop(proc)
+        if stderr_path:
+            err.close()
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Run ``sysfs-emu ARGS`` to completion, capturing text output."""
+    return subprocess.run([SYSFS_EMU, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def pids_with_arg(arg: str) -> list[int]:
+    """Pids of live processes whose command line contains ``arg`` (leak checks)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if arg.encode() in argv:
+            found.append(int(name))
+    return found

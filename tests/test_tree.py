@@ -1,0 +1,389 @@
+"""The live file tree of a Simulation: layout, modes, atomic replace, write-back, lock, bad input."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from sysfs_emu import Simulation
+from sysfs_emu.tree import KSM_ATTRS, KSM_DIR, PROC_FILES, Tree, TreeError
+from tests.emutree import SYSFS_EMU, cli, read, served, small_scenario, stop, wait_for
+
+KSM = KSM_DIR
+
+
+@pytest.fixture
+def sim():
+    return Simulation(small_scenario())
+
+
+@pytest.fixture
+def tree(sim, tmp_path):
+    t = Tree(sim, tmp_path / "host")
+    (tmp_path / "host").mkdir()
+    t.create()
+    return t
+
+
+def test_every_ksm_file_with_kernel_text_and_mode(tree, sim):
+    root = tree.root
+    names = sorted(os.listdir(root / KSM))
+    assert names == sorted(KSM_ATTRS)
+    # The same 24 files as the machine's kernel, when it has KSM.
+    if os.path.isdir("/sys/kernel/mm/ksm"):
+        assert names == sorted(os.listdir("/sys/kernel/mm/ksm"))
+    for name in names:
+        path = root / KSM / name
+        assert read(path) == sim.kernel.read_attr(name)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        real = Path("/sys/kernel/mm/ksm", name)
+        expected = stat.S_IMODE(real.stat().st_mode) if real.exists() else (0o644 if KSM_ATTRS[name] else 0o444)
+        assert mode == expected, name
+    assert read(root / KSM / "advisor_mode") == "[none] scan-time\n"
+
+
+def test_proc_files_of_each_process(tree, sim):
+    root = tree.root
+    assert read(root / "proc/meminfo") == sim.meminfo()
+    procs = sim.processes
+    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == sorted(p.pid for p in procs)
+    for p in procs:
+        d = root / "proc" / str(p.pid)
+        assert sorted(os.listdir(d)) == sorted(PROC_FILES)
+        assert read(d / "comm") == p.name[:15] + "\n"
+        assert (d / "cmdline").read_bytes() == b"".join(a.encode() + b"\0" for a in p.cmdline)
+        assert read(d / "ksm_stat") == p.ksm_stat_text()
+        assert read(d / "ksm_merging_pages") == f"{p.ksm_merging_pages}\n"
+        fields = read(d / "stat").split()
+        assert fields[0] == str(p.pid) and fields[1] == f"({p.name[:15]})"
+        assert int(fields[23]) == p.rss_pages  # rss, field 24
+        assert int(fields[22]) == p.vsz_pages * 4096  # vsize, field 23
+        assert int(fields[21]) == round(p.start_time * 100)  # starttime in ticks, field 22
+        statm = read(d / "statm").split()
+        assert len(statm) == 7 and int(statm[0]) == p.vsz_pages and int(statm[1]) == p.rss_pages
+        status = dict(line.split(":\t", 1) for line in read(d / "status").splitlines())
+        assert status["VmRSS"] == f"{p.rss_pages * 4:8d} kB"
+        anon, file_, shmem = (int(status[k].split()[0]) for k in ("RssAnon", "RssFile", "RssShmem"))
+        assert anon + file_ + shmem == p.rss_pages * 4
+        assert status["Pid"] == status["Tgid"] == str(p.pid)
+        assert status["Name"] == p.name[:15]
+
+
+def test_proc_layout_matches_the_real_kernel(tree, sim):
+    """stat has as many fields, and status the same keys in the same order, as /proc/self here."""
+    p = sim.processes[0]
+    d = tree.root / "proc" / str(p.pid)
+    real_stat = Path("/proc/self/stat").read_text()
+    ours = read(d / "stat")
+    assert len(ours[ours.rindex(")"):].split()) == len(real_stat[real_stat.rindex(")"):].split())
+    assert ours.endswith("\n") and ours.count("\n") == 1
+    real_keys = [line.split(":")[0] for line in Path("/proc/self/status").read_text().splitlines()]
+    our_keys = [line.split(":")[0] for line in read(d / "status").splitlines()]
+    assert our_keys == real_keys
+    assert len(Path("/proc/self/statm").read_text().split()) == len(read(d / "statm").split())
+    real_ksm = [line.split()[0] for line in Path("/proc/self/ksm_stat").read_text().splitlines()]
+    assert [line.split()[0] for line in read(d / "ksm_stat").splitlines()] == real_ksm
+    # Host files psutil and the daemon read.
+    assert any(line.startswith("btime ") for line in read(tree.root / "proc/stat").splitlines())
+    up = read(tree.root / "proc/uptime").split()
+    assert float(up[0]) == pytest.approx(sim.uptime, abs=0.01)
+
+
+def test_unchanged_files_are_not_rewritten_and_changed_ones_are_replaced(tree, sim):
+    root = tree.root
+    ino = {n: (root / KSM / n).stat().st_ino for n in KSM_ATTRS}
+    meminfo_ino = (root / "proc/meminfo").stat().st_ino
+    tree.sync()  # nothing happened in between: no file is touched
+    assert {n: (root / KSM / n).stat().st_ino for n in KSM_ATTRS} == ino
+    assert (root / "proc/meminfo").stat().st_ino == meminfo_ino
+    sim.advance(5.0)  # ksmd scans: counters change
+    tree.sync()
+    assert read(root / KSM / "pages_scanned") == sim.kernel.read_attr("pages_scanned") != "0\n"
+    assert (root / KSM / "pages_scanned").stat().st_ino != ino["pages_scanned"]  # replaced, not rewritten
+    assert (root / KSM / "max_page_sharing").stat().st_ino == ino["max_page_sharing"]
+    assert not [n for n in os.listdir(root / KSM) if n not in KSM_ATTRS]  # no temporary files in sight
+
+
+def test_readers_never_see_a_partial_file(tree, sim):
+    root = tree.root
+    seen: list[str] = []
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            for name in ("pages_scanned", "full_scans", "pages_volatile"):
+                seen.append((root / KSM / name).read_text())
+            seen.append(str(len((root / "proc/meminfo").read_text().splitlines())))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(200):
+            sim.advance(0.5)
+            tree.sync()
+    finally:
+        done.set()
+        t.join()
+    lines = len(sim.meminfo().splitlines())
+    assert seen and all(s.endswith("\n") and s[:-1].isdigit() or s == str(lines) for s in seen)
+
+
+def test_outside_write_is_applied(tree, sim):
+    root = tree.root
+    (root / KSM / "sleep_millisecs").write_text("200\n")
+    subprocess.run(["sh", "-c", f"echo +500 > {root / KSM / 'pages_to_scan'}"], check=True)
+    tree.sync()
+    assert sim.kernel.read_attr("sleep_millisecs") == "200\n"
+    assert sim.kernel.read_attr("pages_to_scan") == "500\n"
+    assert read(root / KSM / "pages_to_scan") == "500\n"  # read back as the kernel prints it
+    # run 2 unmerges and ksmd stops: the counters follow in the tree.
+    sim.advance(10)
+    tree.sync()
+    (root / KSM / "run").write_text("2")
+    tree.sync()
+    assert read(root / KSM / "run") == "2\n"
+    assert read(root / KSM / "pages_sharing") == "0\n"
+
+
+def test_refused_write_is_reverted_and_logged_with_the_errno(tree, sim, caplog):
+    root = tree.root
+    caplog.set_level(logging.INFO, logger="sysfs_emu.tree")
+    (root / KSM / "run").write_text("3\n")
+    (root / KSM / "full_scans").write_text("7\n")  # root can write a 0444 file; the kernel says EACCES
+    (root / KSM / "max_page_sharing").write_text("1\n")
+    tree.sync()
+    assert read(root / KSM / "run") == "1\n" and sim.kernel.read_attr("run") == "1\n"
+    assert read(root / KSM / "full_scans") == sim.kernel.read_attr("full_scans")
+    assert read(root / KSM / "max_page_sharing") == "256\n"
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert messages == [
+        "sys/kernel/mm/ksm/full_scans: write '7\\n' refused with EACCES (Permission denied); value restored to '0'",
+        "sys/kernel/mm/ksm/max_page_sharing: write '1\\n' refused with EINVAL (Invalid argument); value restored to '256'",
+        "sys/kernel/mm/ksm/run: write '3\\n' refused with EINVAL (Invalid argument); value restored to '1'",
+    ]
+
+
+def test_same_value_written_again_is_still_checked(tree, sim, caplog):
+    """advisor scan-time: even rewriting pages_to_scan's own value is EINVAL, as in the kernel."""
+    root = tree.root
+    (root / KSM / "advisor_mode").write_text("scan-time\n")
+    tree.sync()
+    assert read(root / KSM / "advisor_mode") == "none [scan-time]\n"
+    value = read(root / KSM / "pages_to_scan")
+    caplog.set_level(logging.WARNING, logger="sysfs_emu.tree")
+    os.utime(root / KSM / "pages_to_scan", ns=(1, 1))  # as if rewritten with the same bytes
+    (root / KSM / "pages_to_scan").write_text(value)
+    tree.sync()
+    assert any("pages_to_scan: write" in r.getMessage() and "EINVAL" in r.getMessage() for r in caplog.records)
+
+
+def test_processes_come_and_go(tree, sim):
+    root = tree.root
+    first = sim.processes[0]
+    sim.apply({"exit": first.id})
+    tree.sync()
+    assert not (root / "proc" / str(first.pid)).exists()
+    sim.apply({"start": {"name": "qemu-kvm", "id": 7, "regions": [{"pages": 100, "fill": "zero"}]}})
+    tree.sync()
+    new = [p for p in sim.processes if p.id == 7][0]
+    assert read(root / "proc" / str(new.pid) / "comm") == "qemu-kvm\n"
+    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == sorted(p.pid for p in sim.processes)
+
+
+def test_remove_deletes_only_what_it_made(sim, tmp_path):
+    root = tmp_path / "host"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc" / "mine.txt").write_text("keep me")
+    (root / "notes").write_text("keep me too")
+    t = Tree(sim, root)
+    t.create()
+    t.remove()
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["notes", "proc", "proc/mine.txt"]
+
+
+def test_refuses_to_overwrite_a_file_it_did_not_make(sim, tmp_path):
+    root = tmp_path / "host"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc/meminfo").write_text("MemTotal: 1 kB\n")
+    with pytest.raises(TreeError, match="proc/meminfo exists and was not made by sysfs-emu"):
+        Tree(sim, root).create()
+    assert (root / "proc/meminfo").read_text() == "MemTotal: 1 kB\n"
+
+
+def test_a_second_run_takes_over_its_own_leftovers(sim, tmp_path):
+    root = tmp_path / "host"
+    root.mkdir()
+    Tree(sim, root).create()  # left in place, as after a run without --clean
+    sim.apply({"exit": sim.processes[0].id})
+    gone = [n for n in os.listdir(root / "proc") if n.isdigit() and int(n) not in {p.pid for p in sim.processes}]
+    assert gone
+    Tree(sim, root).create()
+    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == sorted(p.pid for p in sim.processes)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def _one_error_line(result, expected: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"sysfs-emu: error: {expected}"]
+
+
+def test_second_sysfs_emu_on_the_same_root_is_refused(tmp_path):
+    root = tmp_path / "host"
+    with served(root) as first:
+        again = cli("run", "--root", str(root), timeout=30)
+        _one_error_line(again, f"{root} is already served by another sysfs-emu (pid {first.pid})")
+        assert first.poll() is None
+
+
+def test_sigterm_stops_cleanly_and_leaves_the_tree(tmp_path):
+    root = tmp_path / "host"
+    log = tmp_path / "err"
+    with served(root, "--speed", "10", stderr_path=log) as proc:
+        pass
+    assert proc.returncode == 0
+    assert (root / KSM / "run").exists() and (root / "proc/meminfo").exists()
+    assert "SIGTERM received, stopping" in log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def test_clean_removes_the_tree_but_not_foreign_files(tmp_path):
+    root = tmp_path / "host"
+    root.mkdir()
+    (root / "README").write_text("mine")
+    with served(root, "idle-host", "--clean") as proc:
+        assert (root / KSM / "run").exists()
+    assert proc.returncode == 0
+    assert sorted(os.listdir(root)) == ["README"]
+
+
+def test_duration_ends_the_run_by_itself(tmp_path):
+    root = tmp_path / "host"
+    result = cli("run", "--root", str(root), "--speed", "100", "--duration", "5s", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    state = (root / ".sysfs-emu/state.json").read_text()
+    assert '"now": 5.0' in state
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("host: {memory: 1GiB\n", "malformed YAML"),
+    ("host: {memory: 1GiB}\nguests: []\n", "guests: unknown key"),
+    ("processes: [{name: a, regions: [{pages: -5, fill: zero}]}]\n", "processes[0].regions[0].pages: must be >= 0"),
+])
+def test_bad_scenarios_give_one_clear_line(tmp_path, content, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    result = cli("run", str(path), "--root", str(tmp_path / "host"), timeout=30)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"sysfs-emu: error: {path}: ") and expected in result.stderr
+    assert not (tmp_path / "host").exists()
+
+
+def test_missing_scenario_file(tmp_path):
+    result = cli("run", str(tmp_path / "nope.yaml"), "--root", str(tmp_path / "host"))
+    _one_error_line(result, f"no scenario file {tmp_path / 'nope.yaml'} (and no shipped scenario of that name; "
+                            "see 'sysfs-emu scenarios')")
+
+
+def test_root_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("")
+    result = cli("run", "--root", str(tmp_path / "f"))
+    _one_error_line(result, f"{tmp_path / 'f'} is not a directory")
+
+
+def test_root_not_writable(tmp_path):
+    root = tmp_path / "ro"
+    root.mkdir()
+    if os.geteuid() == 0:
+        # root ignores permission bits; an immutable directory refuses even root.
+        if shutil.which("chattr") is None:
+            pytest.skip("chattr not found: cannot make a directory root cannot write")
+        made = subprocess.run(["chattr", "+i", str(root)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"chattr +i failed on this file system: {made.stderr.strip()}")
+        undo = ["chattr", "-i", str(root)]
+    else:
+        os.chmod(root, 0o555)
+        undo = ["chmod", "755", str(root)]
+    try:
+        result = cli("run", "--root", str(root))
+    finally:
+        subprocess.run(undo, check=True)
+    _one_error_line(result, f"{root} is not writable (permission denied)")
+    assert os.listdir(root) == []
+
+
+def test_bad_speed_and_duration(tmp_path):
+    _one_error_line(cli("run", "--root", str(tmp_path / "h"), "--speed", "0"), "--speed must be a positive number, got 0.0")
+    r = cli("run", "--root", str(tmp_path / "h"), "--duration", "soon")
+    assert r.returncode != 0 and "--duration: not a duration: 'soon'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_events_start_a_guest_in_a_running_emulator(tmp_path):
+    root = tmp_path / "host"
+    with served(root, "--speed", "10"):
+        before = {n for n in os.listdir(root / "proc") if n.isdigit()}
+        ok = cli("event", "--root", str(root),
+                 "start: {name: qemu-system-x86, id: 5, regions: [{pages: 1000, fill: zero}]}")
+        assert ok.returncode == 0 and ok.stdout == "ok\n", ok.stderr
+        after = {n for n in os.listdir(root / "proc") if n.isdigit()}
+        (new,) = after - before
+        assert read(root / "proc" / new / "comm") == "qemu-system-x86\n"
+        bad = cli("event", "--root", str(root), "exit: 42")
+        assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1
+        assert bad.stderr.startswith("sysfs-emu: error: ") and "42" in bad.stderr
+        ok = cli("event", "--root", str(root), "exit: 5")
+        assert ok.returncode == 0
+        wait_for(lambda: not (root / "proc" / new).exists(), what="the exited process to go")
+    none = cli("event", "--root", str(root), "exit: 5")
+    _one_error_line(none, f"no sysfs-emu is serving {root}")
+
+
+def test_snapshot(tmp_path):
+    root = tmp_path / "host"
+    with served(root, "study-2-same-os", "--speed", "600"):
+        wait_for(lambda: int(read(root / KSM / "pages_scanned")) > 0, what="ksmd to scan")
+        result = cli("snapshot", "--root", str(root))
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith("simulation  study-2-same-os at ")
+        assert lines[1].startswith("ksmd        run 1, pages_to_scan 100, sleep_millisecs 200, full_scans ")
+        assert any(line.startswith("memory      MemTotal 16.0 GiB") for line in lines)
+        js = cli("snapshot", "--root", str(root), "--json")
+        import json
+
+        data = json.loads(js.stdout)
+        assert data["ksm"]["max_page_sharing"] == 256
+        assert data["memory"]["MemTotal_kB"] == 16 * 1024 * 1024
+        assert len(data["processes"]) == 2
+    missing = cli("snapshot", "--root", str(tmp_path / "nothing"))
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "does not exist: nothing is served under" in missing.stderr
+
+
+def test_idle_host_is_this_machine_sized(tmp_path):
+    root = tmp_path / "host"
+    with served(root):
+        ours = read(root / "proc/meminfo").splitlines()[0].split()
+        real = Path("/proc/meminfo").read_text().splitlines()[0].split()
+        assert ours[0] == "MemTotal:" and abs(int(ours[1]) - int(real[1])) < 4
+        assert [n for n in os.listdir(root / "proc") if n.isdigit()] == []
+
+
+def test_console_script_is_installed():
+    assert Path(SYSFS_EMU).exists(), f"{SYSFS_EMU} missing: reinstall the project"
+    assert subprocess.run([SYSFS_EMU, "--help"], capture_output=True).returncode == 0
+    assert sys.executable
