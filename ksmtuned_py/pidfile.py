@@ -47,9 +47,9 @@ class Pidfile:
             except OSError:
                 other = None
             os.close(fd)
-            who = f" (pid {other})" if other else ""
+            who = f"pid {other}, " if other else ""
             raise PidfileError(
-                f"ksmtuned-py is already running{who}: {self.path} is locked"
+                f"another ksmtuned-py is already running ({who}{self.path} is locked)"
             ) from None
         try:
             os.ftruncate(fd, 0)
