@@ -1,0 +1,259 @@
+"""The command line: exact output and exit status, as a user sees them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from ksmtuned_py import __version__
+from ksmtuned_py.ksmctl import start as ksm_start_fn
+from tests.guests import stand_in_guests
+from tests.test_daemon import KSM_FILES, _cycle_done, daemons, host, ksmtuned_py, wait_for  # noqa: F401
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cli(host, *args, env=None, root=True):
+    base = [*ksmtuned_py()]
+    if root:
+        base += ["--root", str(host.root)]
+    base += ["--config", str(host.conf)]
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("KSM_", "DEBUG", "LOGFILE", "PIDFILE"))}
+    e.update(env or {})
+    return subprocess.run([*base, *args], capture_output=True, text=True, env=e, timeout=60)
+
+
+def test_version(host):
+    r = cli(host, "--version")
+    assert (r.returncode, r.stdout) == (0, f"ksmtuned-py, version {__version__}\n")
+
+
+# --- check-config -----------------------------------------------------------------------------
+
+
+def test_check_config_prints_every_value_and_its_origin(host):
+    host.conf.write_text("KSM_NPAGES_MAX=2000  # more\nKSM_NPAGE_MIN=1\nLOGFILE='/var/log/ksm tuned'\n")
+    r = cli(host, "check-config", env={"KSM_SLEEP_MSEC": "20", "PIDFILE": "/run/k.pid"})
+    assert r.returncode == 0
+    c = str(host.conf)
+    assert r.stdout.splitlines() == [
+        "KSM_MONITOR_INTERVAL=60                  # default",
+        "KSM_SLEEP_MSEC=20                        # environment",
+        "KSM_NPAGES_BOOST=300                     # default",
+        "KSM_NPAGES_DECAY=-50                     # default",
+        "KSM_NPAGES_MIN=64                        # default",
+        f"KSM_NPAGES_MAX=2000                      # {c}:1",
+        "KSM_THRES_COEF=20                        # default",
+        "KSM_THRES_CONST=2048                     # default",
+        "PIDFILE=/run/k.pid                       # environment",
+        f"LOGFILE='/var/log/ksm tuned'             # {c}:3",
+        "DEBUG=''                                 # default",
+        "KSM_PROCESS_REGEX='^qemu(-(kvm|system-.+)|:.{1,11})$' # default",
+        "KSM_MEMORY_METRIC=rss                    # default",
+        "KSM_FREE_METRIC=classic                  # default",
+        "KSM_MAX_KERNEL_PAGES=''                  # default",
+        "KSM_METRICS_TEXTFILE=''                  # default",
+    ]
+    assert r.stderr == f"warning: {c}:2: unknown key KSM_NPAGE_MIN, ignored (did you mean KSM_NPAGES_MIN?)\n"
+
+
+def test_check_config_errors_are_one_line_with_exit_78(host):
+    host.conf.write_text("KSM_NPAGES_MAX=`reboot`\n")
+    r = cli(host, "check-config")
+    assert (r.returncode, r.stdout) == (78, "")
+    assert r.stderr == (
+        f"ksmtuned-py: {host.conf}:1: command substitution with '`' is not allowed; "
+        "expected a literal value (the file is parsed, never executed)\n"
+    )
+    host.conf.write_text("KSM_MONITOR_INTERVAL=never\n")
+    r = cli(host, "status")
+    assert r.returncode == 78
+    assert r.stderr == (
+        f"ksmtuned-py: {host.conf}:1: KSM_MONITOR_INTERVAL: invalid value 'never'; "
+        "expected a positive number of seconds\n"
+    )
+
+
+def test_check_config_without_a_file(host):
+    host.conf.unlink()
+    r = cli(host, "check-config")
+    assert r.returncode == 0
+    assert r.stderr == f"{host.conf} does not exist; using the environment and defaults\n"
+    assert r.stdout.splitlines()[0] == "KSM_MONITOR_INTERVAL=60                  # default"
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def test_status_text(host):
+    r = cli(host, "status")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (
+        "KSM:        stopped (run=0), pages_to_scan 100, sleep_millisecs 20, advisor none\n"
+        "counters:   pages_shared 0, pages_sharing 2560, pages_unshared 0, pages_volatile 0, "
+        "full_scans 0, general_profit 10000000\n"
+        f"saved:      10.0 MiB (pages_sharing 2560 x {PAGE} B); general_profit 9.5 MiB\n"
+        "memory:     total 1000000 kB, free 100000 kB (classic), committed 0 kB (rss, 0 guests), "
+        "thres 200000 kB\n"
+        "next cycle: start ksm (boost): pages_to_scan 400, sleep_millisecs 167, because "
+        "free 100000 kB <= thres 200000 kB; free 100000 kB < thres 200000 kB, "
+        "so boost pages_to_scan from 100 to 400\n"
+        f"daemon:     not running (no ksmtuned-py daemon is running: {host.pidfile} does not exist)\n"
+    )
+    assert r.stderr == ""
+
+
+def test_status_json_with_a_guest_and_a_running_daemon(host, daemons):
+    host.set_meminfo(total=1000000, free=900000)
+    d = daemons(host).wait_ready()
+    with stand_in_guests({"comm": "qemu:web", "resident_kib": 2048}) as (g,):
+        host.link(g.pid)
+        r = cli(host, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["ksm"] == {"run": 0, "pages_to_scan": 100, "sleep_millisecs": 20, "advisor_mode": "none"}
+    assert s["saved"] == {"bytes": 2560 * PAGE, "pages_sharing": 2560, "page_size": PAGE,
+                          "general_profit": 10000000}
+    (guest,) = s["guests"]
+    assert (guest["pid"], guest["comm"]) == (g.pid, "qemu:web") and guest["kb"] >= 2048
+    assert s["memory"] == {"total_kb": 1000000, "free_kb": 900000, "free_metric": "classic",
+                           "committed_kb": guest["kb"], "memory_metric": "rss", "thres_kb": 200000,
+                           "sleep_ms": 167}
+    assert s["next"]["action"] == "stop" and s["next"]["npages"] == 100
+    assert s["next"]["reason"] == (
+        f"committed + thres = {guest['kb'] + 200000} kB < total 1000000 kB "
+        "and free 900000 kB > thres 200000 kB"
+    )
+    assert s["daemon"] == {"running": True, "pid": d.pid, "pidfile": str(host.pidfile)}
+    assert d.finish() == 0
+
+
+def test_status_without_ksm(host):
+    r = cli(host, "--root", str(host.base / "empty"), "status", root=False)
+    assert r.returncode == 69
+    assert r.stderr == (
+        f"ksmtuned-py: the kernel has no KSM (CONFIG_KSM): {host.base}/empty/sys/kernel/mm/ksm does not exist\n"
+    )
+
+
+# --- adjust ---------------------------------------------------------------------------------------
+
+
+def test_adjust_dry_run_writes_nothing(host):
+    before = {n: host.knob(n) for n in KSM_FILES}
+    r = cli(host, "adjust", "--dry-run")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == [
+        "total 1000000", "sleep 167", "thres 200000", "committed 0 free 100000",
+        "200000 > 1000000, start ksm", "100000 < 200000, boost", "KSMCTL start 400 167",
+        "dry run: nothing written (npages started from pages_to_scan 100)",
+    ]
+    assert {n: host.knob(n) for n in KSM_FILES} == before
+    assert cli(host, "adjust").stdout == r.stdout  # dry run is the default
+
+
+def test_adjust_apply_writes_and_reports_failures(host):
+    r = cli(host, "adjust", "--apply")
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[-1] == "wrote pages_to_scan=400, sleep_millisecs=167, run=1"
+    assert (host.knob("pages_to_scan"), host.knob("sleep_millisecs"), host.knob("run")) == (
+        "400\n", "167\n", "1\n")
+    host.set_meminfo(total=1000000, free=900000)
+    r = cli(host, "adjust", "--apply")
+    assert r.stdout.splitlines()[-2:] == ["200000 < 1000000 and free > 200000, stop ksm", "wrote run=0"]
+    assert host.knob("run") == "0\n"
+    (host.ksm / "run").unlink()
+    (host.ksm / "run").mkdir()
+    r = cli(host, "adjust", "--apply")
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[-1] == "tried to write run=0"
+    assert r.stderr.splitlines() == [
+        f"ksmtuned-py: ERROR: cannot write 0 to {host.ksm}/run: EISDIR (Is a directory)",
+        "ksmtuned-py: some KSM knobs could not be written (see above)",
+    ]
+
+
+# --- ksm start|stop -------------------------------------------------------------------------------
+
+
+def test_ksm_start_and_stop(host):
+    r = cli(host, "ksm", "start")
+    assert (r.returncode, r.stdout, host.knob("run")) == (0, "wrote run=1\n", "1\n")
+    r = cli(host, "ksm", "stop")
+    assert (r.returncode, r.stdout, host.knob("run")) == (0, "wrote run=0\n", "0\n")
+
+
+def test_ksm_start_sets_max_kernel_pages_on_old_kernels(host, tmp_path):
+    (host.ksm / "max_kernel_pages").write_text("2000\n")
+    half = 1000000 * 1024 // PAGE // 2
+    if not any(os.path.exists(p) for p in ("/etc/default/ksm", "/etc/sysconfig/ksm")):
+        r = cli(host, "ksm", "start")
+        assert r.stdout == f"wrote max_kernel_pages={half}, run=1\n"
+        assert host.knob("max_kernel_pages") == f"{half}\n"
+        r = cli(host, "ksm", "start", env={"KSM_MAX_KERNEL_PAGES": "777"})
+        assert r.stdout == "wrote max_kernel_pages=777, run=1\n"
+    defaults = tmp_path / "ksm"
+    defaults.write_text("# comment\nKSM_MAX_KERNEL_PAGES=0\n")
+    assert ksm_start_fn(str(host.root), paths=[str(defaults)], environ={"KSM_MAX_KERNEL_PAGES": "9"}) == [
+        "wrote max_kernel_pages=0, run=1"]
+    assert host.knob("max_kernel_pages") == "0\n"
+    defaults.write_text("KSM_MAX_KERNEL_PAGES=$(id)\n")
+    with pytest.raises(Exception) as e:
+        ksm_start_fn(str(host.root), paths=[str(defaults)], environ={})
+    assert str(e.value) == (
+        f"{defaults}:1: command substitution '$(' is not allowed; "
+        "expected a literal value (the file is parsed, never executed)"
+    )
+
+
+def test_ksm_without_ksm_or_with_a_failing_write(host):
+    r = cli(host, "--root", str(host.base / "nothing"), "ksm", "stop", root=False)
+    assert r.returncode == 69 and "Traceback" not in r.stderr
+    (host.ksm / "run").unlink()
+    r = cli(host, "ksm", "start")
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"ksmtuned-py: cannot write 1 to {host.ksm}/run: ENOENT (No such file or directory)\n"
+    )
+
+
+# --- retune ---------------------------------------------------------------------------------------
+
+
+def test_retune_without_a_daemon(host):
+    r = cli(host, "retune")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"ksmtuned-py: no ksmtuned-py daemon is running: {host.pidfile} does not exist\n"
+    host.pidfile.write_text("12345\n")  # left behind by a crash: nobody holds the lock
+    r = cli(host, "retune")
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"ksmtuned-py: no ksmtuned-py daemon is running: {host.pidfile} is stale (not locked)\n"
+    )
+
+
+def test_retune_signals_the_running_daemon(host, daemons):
+    d = daemons(host).wait_ready()
+    r = cli(host, "retune")
+    assert (r.returncode, r.stdout) == (0, f"asked ksmtuned-py (pid {d.pid}) to retune\n")
+    wait_for(lambda: _cycle_done(host.debug_lines()))
+    assert host.debug_lines()[-1] == "KSMCTL start 300 167"
+    assert d.finish() == 0
+
+
+def test_no_command_runs_the_daemon(host):
+    proc = subprocess.Popen([*ksmtuned_py(), "--root", str(host.root), "--config", str(host.conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: host.pidfile.exists())
+        os.kill(proc.pid, signal.SIGUSR1)
+        wait_for(lambda: host.knob("run") == "1\n")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "Traceback" not in err
