@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Benchmark: CPU cost of one tuning cycle on a host with 1,000 processes.
+
+Runs the bash reference (Debian's ksmtuned, its awk/pgrep/ps/date forks as it
+does them) and `ksmtuned-py run` side by side, on identical inputs, each in a
+private mount namespace over scratch files (tests/nsharness.py), inside a
+fresh PID namespace that holds about 1,000 real processes (`sleep`s and a few
+stand-in qemu guests), so both scan exactly that many. Each cycle is one
+SIGUSR1; its cost is the daemon's user+system CPU time including the children
+it reaped (/proc/PID/stat utime+stime+cutime+cstime, for the reference the
+loop subshell that runs `adjust`), averaged over --cycles cycles, the two
+daemons alternating. Prints both, and the ratio.
+
+Also prints ksmtuned-py's guest scan alone, in this process: once with every
+process young (re-read every cycle: the daemon's case here, as every process
+was just started, unless --aged waits until they are older than the scanner's
+re-check window) and once as on a host whose processes are that old (cache hits).
+
+Needs root (namespaces, bind mounts) and Debian's ksmtuned package (fetched
+into the test cache with apt-get download). Usage:
+    .venv/bin/python bench/bench_cycle.py [--processes 1000] [--cycles 30] [--debug] [--aged]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests import nsharness  # noqa: E402
+from tests.nsharness import Scratch  # noqa: E402
+
+DAEMON = Path(sys.executable).parent / "ksmtuned-py"
+TICK = os.sysconf("SC_CLK_TCK")
+# Syscalls a daemon sleeps in between cycles (x86_64: select, poll, pselect6, ppoll, epoll_wait, epoll_pwait).
+IDLE_SYSCALLS = {"7", "23", "232", "270", "271", "281"}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime+cutime+cstime of ``pid``: its CPU and that of the children it reaped."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / TICK
+
+
+def state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@dataclass
+class Bench:
+    name: str
+    scratch: Scratch
+    proc: subprocess.Popen
+    pid: int = 0  # the process that runs the cycles
+    cpu: float = 0.0
+    wall: float = 0.0
+    first_cpu: float = 0.0
+
+    def idle(self) -> bool:
+        if self.name == "reference":
+            return nsharness.blocked_in_wait(self.pid)
+        try:
+            call = Path(f"/proc/{self.pid}/syscall").read_text().split()[0]
+        except (OSError, IndexError):
+            return False
+        return state(self.pid) == "S" and call in IDLE_SYSCALLS
+
+    def cycle(self) -> tuple[float, float]:
+        """One SIGUSR1 cycle: (CPU seconds, wall seconds)."""
+        run = self.scratch.ksm / "run"
+        run.write_text("")  # both write run last in every cycle
+        before, start = cpu_seconds(self.pid), time.monotonic()
+        os.kill(self.pid, signal.SIGUSR1)
+        nsharness.wait_until(lambda: run.stat().st_size > 0, 30, f"{self.name} to write run", 0.0005)
+        nsharness.wait_until(self.idle, 30, f"{self.name} to go idle", 0.0005)
+        wall = time.monotonic() - start
+        time.sleep(0.02)  # let a daemon that went idle in a syscall we do not know settle
+        return cpu_seconds(self.pid) - before, wall
+
+
+def start_processes(count: int) -> list[subprocess.Popen]:
+    procs = []
+    for _ in range(count):
+        procs.append(subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL))
+    return procs
+
+
+def scan_alone(repeat: int) -> list[str]:
+    """ksmtuned-py's guest scan in this process, young processes vs a warm cache."""
+    try:
+        from ksmtuned_py import readings
+    except ImportError as e:
+        return [f"(guest scan alone not measured: {e})"]
+    lines = []
+    for label, young in (("every process young, each re-read", None), ("processes older than the re-check window", 0.0)):
+        saved = readings.YOUNG_SECONDS
+        if young is not None:
+            readings.YOUNG_SECONDS = young
+        try:
+            scanner = readings.GuestScanner("/")
+            scanner.scan()
+            reads = scanner.stats.stat_reads
+            t0 = time.process_time()
+            for _ in range(repeat):
+                scanner.scan()
+            per = (time.process_time() - t0) / repeat
+            per_reads = (scanner.stats.stat_reads - reads) / repeat
+        finally:
+            readings.YOUNG_SECONDS = saved
+        lines.append(f"  ksmtuned-py guest scan alone ({label}): {per * 1000:.2f} ms CPU, "
+                     f"{per_reads:.0f} stat reads per scan")
+    return lines
+
+
+def inside(args) -> int:
+    """The benchmark proper, as the first process of its own PID namespace."""
+    from tests.guests import stand_in_guests
+
+    filler = start_processes(max(args.processes - args.guests - 8, 0))
+    if args.aged:
+        from ksmtuned_py import readings
+
+        wait = readings.YOUNG_SECONDS + 5
+        print(f"waiting {wait:.0f} s for the processes to age past ksmtuned-py's re-check window", flush=True)
+        time.sleep(wait)
+    guests_spec = [{"resident_kib": 8192, "extra_args": ("-name", f"g{i}", "-enable-kvm")}
+                   for i in range(args.guests)]
+    benches: list[Bench] = []
+    try:
+        with stand_in_guests(*guests_spec), tempfile.TemporaryDirectory(prefix="ksmtuned-bench-") as tmp:
+            conf = "KSM_MONITOR_INTERVAL=3600\n"
+            if args.debug:
+                conf += "DEBUG=1\nLOGFILE=/run/ksmtuned.log\n"
+            # A small MemTotal, so committed + thres > total: every cycle takes the
+            # longer path (boost or decay, then three writes).
+            meminfo = nsharness.meminfo_text(40000, 1000, 500, 500)
+            for name, argv in (("reference", ["bash", str(args.reference)]),
+                               ("ksmtuned-py", [str(DAEMON), "run"])):
+                scratch = Scratch.create(Path(tmp) / name)
+                scratch.write_conf(conf)
+                scratch.write_meminfo(meminfo)
+                out = open(scratch.stderr, "w")
+                proc = nsharness.start_in_namespace(scratch, argv, stdout=out, stderr=out)
+                benches.append(Bench(name, scratch, proc))
+            for b in benches:
+                b.pid = nsharness.wait_until(b.scratch.pid, 20, f"{b.name}'s pidfile")
+                nsharness.wait_until(lambda: nsharness.handles(b.pid, signal.SIGUSR1), 20,
+                                     f"{b.name} to handle SIGUSR1")
+                nsharness.wait_until(b.idle, 20, f"{b.name} to go idle")
+            processes = sum(1 for e in os.listdir("/proc") if e.isdigit())
+            print(f"{processes} processes in the namespace ({args.guests} stand-in guests); "
+                  f"{args.cycles} cycles each, DEBUG {'on' if args.debug else 'off'}", flush=True)
+            for b in benches:
+                b.first_cpu, _ = b.cycle()  # the first cycle fills ksmtuned-py's cache
+            for _ in range(args.cycles):
+                for b in benches:
+                    cpu, wall = b.cycle()
+                    b.cpu += cpu
+                    b.wall += wall
+            for b in benches:
+                print(f"  {b.name:<12} {b.cpu / args.cycles * 1000:7.2f} ms CPU per cycle "
+                      f"(wall {b.wall / args.cycles * 1000:6.2f} ms; first cycle {b.first_cpu * 1000:.0f} ms CPU)")
+            ref, py = benches
+            if py.cpu > 0:
+                print(f"  ratio: the reference's cycle costs {ref.cpu / py.cpu:.1f}x ksmtuned-py's CPU")
+            else:
+                print(f"  ratio: ksmtuned-py used less than one clock tick over {args.cycles} cycles")
+            for line in scan_alone(args.cycles):
+                print(line)
+    finally:
+        for b in benches:
+            nsharness.kill_group(b.proc)
+        for p in filler:
+            p.kill()
+        for p in filler:
+            p.wait()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=1000, help="processes in the namespace")
+    parser.add_argument("--guests", type=int, default=4, help="stand-in qemu guests among them")
+    parser.add_argument("--cycles", type=int, default=30)
+    parser.add_argument("--debug", action="store_true", help="DEBUG=1 (the reference then forks date too)")
+    parser.add_argument("--aged", action="store_true",
+                        help="wait until the processes are older than ksmtuned-py's re-check window (5 min)")
+    parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        return inside(args)
+    reason = nsharness.skip_reason()
+    if reason:
+        print(f"bench_cycle: cannot run: {reason}", file=sys.stderr)
+        return 2
+    if not DAEMON.exists():
+        print(f"bench_cycle: {DAEMON} missing: install the project into the venv", file=sys.stderr)
+        return 2
+    from tests import debpkg
+
+    try:
+        reference = debpkg.unpacked("ksmtuned") / "usr/sbin/ksmtuned"
+    except debpkg.Unavailable as e:
+        print(f"bench_cycle: cannot run: {e}", file=sys.stderr)
+        return 2
+    argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--reference", str(reference),
+            "--processes", str(args.processes), "--guests", str(args.guests), "--cycles", str(args.cycles)]
+    argv += ["--debug"] if args.debug else []
+    argv += ["--aged"] if args.aged else []
+    done = nsharness.run_isolated(argv, timeout=600, cwd=REPO)
+    leaks = nsharness.host_mount_leaks()
+    if leaks:
+        print("mounts left behind:\n" + "\n".join(leaks), file=sys.stderr)
+        return 1
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
