@@ -29,31 +29,7 @@ from typing import Any, Iterable
 
 from sysfs_emu.host import MemorySnapshot, meminfo_text
 from sysfs_emu.kernel import Kernel
-try:
-    from sysfs_emu.ksmd import Ksmd
-except ImportError:  # pragma: no cover - transitional, until sysfs_emu.ksmd lands
-    from sysfs_emu.kernel import COUNTERS as _COUNTERS
-
-    class Ksmd:  # type: ignore[no-redef]
-        """Stand-in while the real ksmd is not in the tree: never scans, every counter 0."""
-
-        def __init__(self, kernel, memory) -> None:
-            logging.getLogger(__name__).warning("sysfs_emu.ksmd is missing: ksmd will not scan")
-
-        def counters(self) -> dict[str, int]:
-            return dict.fromkeys(_COUNTERS, 0)
-
-        def busy(self) -> bool:
-            return False
-
-        def unmerge_all(self) -> None:
-            pass
-
-        def advisor_reset(self) -> None:
-            pass
-
-        def advance(self, seconds: float) -> None:
-            pass
+from sysfs_emu.ksmd import Ksmd
 from sysfs_emu.memory import Memory, ProcessStats
 from sysfs_emu.scenario import (
     PAGE_SIZE,
@@ -175,10 +151,10 @@ class Simulation:
             scenario = load_scenario(scenario, source)
         self.scenario: Scenario = scenario
         host = scenario.host
-        self.memory = Memory()
+        # Room for the guests running at time 0 up front: growing page arrays one region at a time is slow.
+        self.memory = Memory(capacity=sum(p.pages for p in scenario.processes if p.start == 0))
         self.kernel = Kernel()
-        self.ksmd = Ksmd(self.kernel, self.memory)
-        self.kernel.engine = self.ksmd
+        self.ksmd = Ksmd(self.kernel, self.memory)  # plugs itself in as kernel.engine
         self.contents = ContentIds(self.memory.new_contents)
         self.now: float = 0.0
         self.uptime_at_start: float = host.uptime
@@ -231,49 +207,36 @@ class Simulation:
         self.now = end
 
     def run_until(self, full_scans: int, timeout: float = DEFAULT_RUN_UNTIL_TIMEOUT) -> float:
-        """Advance until ``full_scans`` (the counter's value) is reached; return the simulated seconds it took.
+        """Advance until the ``full_scans`` counter reads ``full_scans``; return the simulated seconds it took.
 
-        Raises :class:`SimulationError` at once when ksmd cannot get there (``run``
-        is not 1, or no process has mergeable memory, and no pending event
-        changes that before the limit), or when ``timeout`` simulated seconds pass.
+        It stops right after the batch that completes that scan (events due on
+        the way apply at their times). Raises :class:`SimulationError` at once
+        when ksmd cannot get there (``run`` is not 1, or no process has
+        mergeable memory, and no pending event changes that within the time
+        limit), or when ``timeout`` simulated seconds pass first.
         """
         if isinstance(full_scans, bool) or not isinstance(full_scans, int) or full_scans < 0:
             raise ValueError(f"full_scans must be a whole number >= 0, got {full_scans!r}")
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         start = self.now
         deadline = self.now + timeout
-        patience = 1.0  # grows while the counter does not move: the estimate was too short
-        last = self._full_scans()
         while self._full_scans() < full_scans:
+            blocked = self._why_ksmd_idle()
+            due = self.next_event_time
+            if blocked and (due is None or due > deadline):
+                raise SimulationError(f"full_scans cannot reach {full_scans} (it is {self._full_scans()}): {blocked}")
             if self.now >= deadline:
                 raise SimulationError(
                     f"full_scans is {self._full_scans()}, not {full_scans}, after {format_duration(timeout)} "
                     f"of simulated time (pages_to_scan {self.kernel.pages_to_scan}, "
                     f"sleep_millisecs {self.kernel.sleep_millisecs}); give run_until a longer timeout"
                 )
-            blocked = self._why_ksmd_idle()
-            if blocked:
-                due = self.next_event_time
-                if due is None or due > deadline:
-                    raise SimulationError(
-                        f"full_scans cannot reach {full_scans} (it is {self._full_scans()}): {blocked}"
-                    )
-                self.advance(due - self.now)
-                continue
-            # Close in on the moment the counter reaches the goal without running
-            # far past it: whole scans while several remain, then half a scan at
-            # a time, never less than one ksmd wake-up; longer steps while the
-            # counter stands still (the scan takes longer than estimated).
-            now_scans = self._full_scans()
-            patience = 1.0 if now_scans != last else min(patience * 2, 2.0**20)
-            last = now_scans
-            remaining = full_scans - now_scans
-            per_scan = self._scan_time_estimate()
-            step = (remaining - 1) * per_scan if remaining > 1 else per_scan / 2
-            step = max(step, self._wake_period()) * patience
-            due = self.next_event_time
-            if due is not None and due > self.now:
-                step = min(step, due - self.now)
-            self.advance(min(step, deadline - self.now))
+            limit = deadline if due is None else min(due, deadline)
+            if limit > self.now:
+                used = self.ksmd.advance(limit - self.now, until_full_scans=full_scans)
+                self.now = limit if used >= limit - self.now else self.now + used
+            self._apply_due(self.now)
         return self.now - start
 
     def _full_scans(self) -> int:
@@ -290,21 +253,6 @@ class Simulation:
         ):
             return "no running process has mergeable memory, so ksmd has nothing to scan"
         return None
-
-    def _wake_period(self) -> float:
-        """Simulated seconds between two ksmd batches (at least 0.1 ms)."""
-        return max(self.kernel.sleep_millisecs / 1000.0, 0.0001)
-
-    def _scan_time_estimate(self) -> float:
-        """Simulated seconds for about one full scan at the current settings (at least 1 ms)."""
-        pages = sum(
-            lv.spec.pages
-            for lv in self._live.values()
-            if lv.spec.mergeable_all or any(r.mergeable for r in lv.spec.regions)
-        )
-        per_batch = max(1, self.kernel.pages_to_scan)
-        batches = max(1, -(-pages // per_batch))
-        return max(0.001, batches * self.kernel.sleep_millisecs / 1000.0)
 
     # ---- events ----------------------------------------------------------------------
 
@@ -388,7 +336,7 @@ class Simulation:
             prefix = f"{self.scenario.source}: " if ev.where else "event: "
             raise SimulationError(
                 f"{prefix}{spec.where or 'start'}: starting process {spec.id} at {format_duration(self.now)} brings the "
-                f"guests' memory to {describe_size(need * PAGE_SIZE)}, more than the host has for them "
+                f"guests' resident memory to {describe_size(need * PAGE_SIZE)}, more than the host has for them "
                 f"({describe_size(self._guest_budget_pages() * PAGE_SIZE)}): out of memory"
             )
         self._used_ids.add(spec.id)

@@ -196,6 +196,14 @@ REGION_KEYS = "pages, size, mergeable, lazy, fill, tag, pool, offset"
         (base(processes=[guest(pages=3, fill="zero")],
               events=[{"at": "1m", "rewrite": {"process": 0, "first": -1, "fill": "zero"}}]),
          "scenario.yaml: events[0].rewrite.first: must be >= 0, got -1"),
+        (base(processes=[guest(pages=3, fill="zero")], events=[{"at": "1m", "touch": {"process": 3}}]),
+         "scenario.yaml: events[0].touch.process: no process with id 3 is running at 1m"),
+        (base(processes=[guest(pages=3, fill="zero")], events=[{"at": "1m", "touch": {"process": 0, "fill": "zero"}}]),
+         "scenario.yaml: events[0].touch.fill: unknown key (expected one of: process, region, first, pages)"),
+        (base(processes=[guest(pages=3, fill="zero")], events=[{"at": "1m", "touch": {"process": 0, "pages": 4}}]),
+         "scenario.yaml: events[0].touch.pages: first + pages = 4 is past the end of region 0 (3 pages)"),
+        (base(processes=[guest(pages=3, fill="zero")], events=[{"at": "1m", "touch": 0}]),
+         "scenario.yaml: events[0].touch: must be a mapping, got 0"),
     ],
 )
 def test_errors_name_the_place(data, message):
@@ -429,3 +437,91 @@ def test_content_ids_use_the_given_allocator():
     assert ids.contents(Fill("pool", pool="p"), 0, 5).tolist() == [103, 104, 100, 101, 102]
     assert ids.contents(Fill("unique"), 0, 2).tolist() == [105, 106]
     assert handed == [3, 2, 2]
+
+
+# ---------------------------------------------------------------------------
+# Memory accounting in a running simulation
+# ---------------------------------------------------------------------------
+
+
+def _free_kb(sim) -> int:
+    return sim.meminfo_kb()["MemFree"]
+
+
+def _attr(sim, name) -> int:
+    return int(sim.kernel.read_attr(name))
+
+
+def accounting_scenario(**ksm):
+    return {
+        "host": {"memory": "1GiB", "used": "64MiB", "buffers": "8MiB", "cached": "32MiB"},
+        "ksm": {"pages_to_scan": 1000, "sleep_millisecs": 10, **ksm},
+        "processes": [
+            {"name": "vm-a", "regions": [{"pages": 3000, "fill": "pool", "pool": "os"},
+                                         {"pages": 1000, "fill": "unique"}]},
+            {"name": "vm-b", "start": "1m", "regions": [{"pages": 3000, "fill": "pool", "pool": "os"},
+                                                         {"pages": 500, "fill": "zero"},
+                                                         {"pages": 2000, "fill": "unique", "lazy": True}]},
+        ],
+        "events": [{"at": "2m", "sysfs": {"run": 1}}],
+    }
+
+
+def test_free_memory_falls_as_guests_start_and_fault_pages_in():
+    sim = Simulation(accounting_scenario())
+    base_free = (1024 - 64 - 8 - 32) * 1024
+    assert _free_kb(sim) == base_free - 4000 * 4
+    assert [p.rss_pages for p in sim.processes] == [4000]
+    sim.advance(60)
+    assert _free_kb(sim) == base_free - (4000 + 3500) * 4  # the lazy region takes nothing yet
+    assert [p.rss_pages for p in sim.processes] == [4000, 3500]
+    assert [p.vsz_pages for p in sim.processes] == [4000, 5500]
+    sim.apply({"touch": {"process": 1, "region": 2, "first": 0, "pages": 1200}})
+    assert _free_kb(sim) == base_free - (4000 + 3500 + 1200) * 4
+    assert sim.process(1).rss_pages == 4700
+
+
+def test_free_memory_rises_as_ksm_merges_and_rss_stays():
+    sim = Simulation(accounting_scenario())
+    sim.advance(120)
+    before = _free_kb(sim)
+    rss = [p.rss_pages for p in sim.processes]
+    sim.run_until(full_scans=3)
+    shared, sharing = _attr(sim, "pages_shared"), _attr(sim, "pages_sharing")
+    # 3000 pool pages in both guests -> 3000 KSM pages, 3000 sharers; 500 empty pages -> with
+    # max_page_sharing 256, a chain of two KSM pages (256 + 244 mappers): 2 shared, 498 sharing
+    assert (shared, sharing) == (3002, 3498)
+    assert (_attr(sim, "stable_node_chains"), _attr(sim, "stable_node_dups")) == (1, 2)
+    assert _free_kb(sim) - before == sharing * 4
+    assert [p.rss_pages for p in sim.processes] == rss  # merging does not lower RSS
+    assert [p.ksm_merging_pages for p in sim.processes] == [3000, 3500]
+
+
+def test_zero_pages_free_memory_with_use_zero_pages():
+    sim = Simulation(accounting_scenario(use_zero_pages=1))
+    sim.advance(120)
+    before = _free_kb(sim)
+    sim.run_until(full_scans=3)
+    assert (_attr(sim, "pages_shared"), _attr(sim, "pages_sharing"), _attr(sim, "ksm_zero_pages")) == (3000, 3000, 500)
+    assert _free_kb(sim) - before == (3000 + 500) * 4
+    assert sim.process(1).rss_pages == 3000  # pages mapped to the zero page are not resident
+
+
+def test_rewrite_breaks_copy_on_write_and_exit_frees_memory():
+    sim = Simulation(accounting_scenario())
+    sim.advance(120)
+    sim.run_until(full_scans=3)
+    merged_free = _free_kb(sim)
+    # vm-b writes new data over 1000 of its shared pool pages: each gets a private copy again
+    sim.apply({"rewrite": {"process": 1, "region": 0, "first": 0, "pages": 1000, "fill": "unique"}})
+    assert _free_kb(sim) == merged_free - 1000 * 4
+    assert sim.process(1).rss_pages == 3500
+    # vm-a exits: its 1000 unique pages go; the 3000 pool pages it shared stay as long as vm-b maps them
+    # (the 1000 rewritten ones were mapped by vm-a alone by then: they go too)
+    sim.apply({"exit": 0})
+    assert [p.id for p in sim.processes] == [1]
+    assert _free_kb(sim) == merged_free - 1000 * 4 + (1000 + 1000) * 4
+    # once vm-b exits too, all guest memory is back
+    sim.apply({"exit": 1})
+    assert _free_kb(sim) == (1024 - 64 - 8 - 32) * 1024
+    assert sim.processes == []
