@@ -92,8 +92,7 @@ class _Demo:
         if self.error is not None:
             raise self.error
         description = getattr(getattr(sim, "scenario", None), "description", "") or ""
-        total = _read_int(self.root / "proc/meminfo") or 0
-        self.say(f"ksmtuned-py demo: a simulated host ({_human(total * 1024)}) — {description}".rstrip(" —"))
+        self.say(f"ksmtuned-py demo: {description or 'a simulated host'}")
         self.say(f"Simulated /sys and /proc in {self.root}; {self.speed:g} simulated seconds per second.")
 
     # --- the daemon -------------------------------------------------------------------
@@ -116,7 +115,7 @@ class _Demo:
                  f"{self.interval * self.speed:g} simulated seconds). Ctrl-C to stop.")
         self.say()
         self.say(f"{'sim time':>8}  {'guests':>6}  {'committed':>10}  {'free':>10}  "
-                 f"{'decision':<32} {'saved by KSM':>12}")
+                 f"{'decision':<40} {'saved by KSM':>12}")
 
     def follow(self) -> int:
         """Show each cycle until the daemon ends, or ``cycles``/``duration`` is reached."""
@@ -138,6 +137,8 @@ class _Demo:
                 continue
             elif text.startswith(("total ", "sleep ", "thres ")):
                 self.say(f"{'':>8}  daemon at start: {text}")
+            elif line.startswith("ksmtuned-py: INFO:"):
+                continue  # the same decisions, already in the table
             elif text:
                 self.say(f"{'':>8}  {text}")
             if self.done():
@@ -152,7 +153,7 @@ class _Demo:
         committed = int(pending.get("committed", 0)) * 1024
         free = int(pending.get("free", 0)) * 1024
         self.say(f"{_clock(self.sim.now):>8}  {guests:>6}  {_human(committed):>10}  {_human(free):>10}  "
-                 f"{decision:<32} {_human(sharing * 4096):>12}")
+                 f"{decision:<40} {_human(sharing * 4096):>12}")
 
     def done(self) -> bool:
         if self.cycles is not None and self.decisions >= self.cycles:
