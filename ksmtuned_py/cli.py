@@ -8,9 +8,7 @@ printed as one line and turned into the exit status, never a traceback.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import signal
 from dataclasses import dataclass
 
@@ -100,6 +98,8 @@ def retune(opts: Options) -> None:
 @click.pass_obj
 def status(opts: Options, as_json: bool) -> None:
     """Show what KSM is doing now and what the next cycle would decide."""
+    import json
+
     from ksmtuned_py.status import collect, render_text
 
     snap = collect(opts.load_config(), opts.root)
@@ -128,6 +128,8 @@ def adjust(opts: Options, dry_run: bool) -> None:
 @click.pass_obj
 def check_config(opts: Options) -> None:
     """Validate the configuration and show every effective value and its origin."""
+    import shlex
+
     cfg = opts.load_config()
     for w in cfg.warnings:
         click.echo(f"warning: {w}", err=True)

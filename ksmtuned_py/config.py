@@ -13,7 +13,6 @@ would execute or expand is an error naming ``file:line``.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import os
@@ -369,6 +368,7 @@ class Config:
 
 def nearest_key(name: str, keys=KEYS) -> str | None:
     """The known key an unknown name was probably meant to be."""
+    import difflib  # only needed for a typo: keep the daemon's start-up light
     matches = difflib.get_close_matches(name.upper(), list(keys), n=1, cutoff=0.6)
     return matches[0] if matches else None
 

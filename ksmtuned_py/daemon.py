@@ -232,7 +232,8 @@ class Daemon:
         self._wakeup_r = None
 
     def _pending_signals(self, timeout: float) -> list[int]:
-        ready, _, _ = select.select([self._wakeup_r], [], [], max(0.0, timeout))
+        # select() refuses huge timeouts; the loop simply waits again.
+        ready, _, _ = select.select([self._wakeup_r], [], [], min(max(0.0, timeout), 3600.0))
         if not ready:
             return []
         signals: list[int] = []
