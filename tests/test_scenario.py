@@ -525,3 +525,66 @@ def test_rewrite_breaks_copy_on_write_and_exit_frees_memory():
     sim.apply({"exit": 1})
     assert _free_kb(sim) == (1024 - 64 - 8 - 32) * 1024
     assert sim.processes == []
+
+
+# ---------------------------------------------------------------------------
+# Any input: a valid scenario or one ScenarioError, never another exception
+# ---------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-5, max_value=5000), st.floats(allow_nan=True),
+    st.sampled_from(["", "x", "1GiB", "5m", "-1", "same", "pool", "unique", "zero", "scan-time", "1", "0", "a/b"]),
+)
+_keys = st.sampled_from([
+    "host", "ksm", "processes", "events", "description", "memory", "used", "cached", "buffers", "pid_base",
+    "name", "cmdline", "id", "start", "exit", "regions", "pages", "size", "fill", "tag", "pool", "offset",
+    "mergeable", "lazy", "mergeable_all", "at", "sysfs", "rewrite", "touch", "process", "region", "first",
+    "run", "pages_to_scan", "max_page_sharing", "advisor_mode", "bogus",
+])
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_keys, _values, max_size=5))
+def test_arbitrary_input_is_either_valid_or_one_scenario_error(data):
+    data.setdefault("host", {"memory": "1GiB"}) if isinstance(data.get("host"), dict) else None
+    try:
+        load_scenario(data, "fuzz.yaml")
+    except ScenarioError as exc:
+        message = str(exc)
+        assert message.startswith("fuzz.yaml: ") and "\n" not in message
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, prefix + (i,))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_valid_scenario_with_one_part_broken_gives_one_scenario_error(data):
+    scenario = yaml.safe_load(EXAMPLE)
+    scenario["events"].append({"at": "2h30m", "touch": {"process": 1, "region": 1, "first": 5, "pages": 10}})
+    paths = [p for p in _paths(scenario) if p]
+    path = data.draw(st.sampled_from(paths))
+    parent = scenario
+    for key in path[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        parent[data.draw(_keys)] = parent.pop(path[-1])  # rename the key
+    else:
+        parent[path[-1]] = data.draw(_values)  # replace the value
+    try:
+        load_scenario(scenario, "fuzz.yaml")
+    except ScenarioError as exc:
+        message = str(exc)
+        assert message.startswith("fuzz.yaml: ") and "\n" not in message
