@@ -150,6 +150,7 @@ def ksm_start(opts: Options) -> None:
     """Write 1 to run (and max_kernel_pages on kernels that have it)."""
     from ksmtuned_py.ksmctl import start
 
+    configure_logging()
     for line in start(opts.root):
         click.echo(line)
 

@@ -20,7 +20,9 @@ def load_defaults(
     """KSM_MAX_KERNEL_PAGES from the first of /etc/default/ksm, /etc/sysconfig/ksm that exists."""
     for path in paths:
         if os.path.exists(path):
-            return configmod.load(path, environ, keys=_KEYS)
+            cfg = configmod.load(path, environ, keys=_KEYS)
+            configmod.log_warnings(cfg)
+            return cfg
     return configmod.load(os.devnull, environ, keys=_KEYS)
 
 

@@ -535,3 +535,26 @@ def test_cycle_report_goes_to_every_listener_and_log_fields(host, caplog):
             for r in decisions] == [("start", 300, 167, 100000, 0, 200000), ("start", 600, 167, 100000, 0, 200000)]
     assert any("cycle listener" in r.getMessage() for r in caplog.records)
     daemon.debug.close()
+
+
+def test_reload_in_process_applies_new_keys_and_keeps_the_pidfile(host, caplog):
+    daemon = Daemon(str(host.conf), str(host.root), environ={})
+    daemon.setup()
+    scanner = daemon.scanner
+    daemon.cycle()
+    host.write_config(f"PIDFILE={host.base}/other.pid\n")  # the later PIDFILE line wins
+    with caplog.at_level(logging.INFO):
+        daemon.reload()
+    assert daemon.scanner is scanner  # same rule: the process cache is kept
+    assert f"PIDFILE changed to {host.base}/other.pid; that takes effect at the next start" in caplog.text
+    assert daemon.tuner.npages == 0
+    host.write_config("KSM_PROCESS_REGEX=^kvm$\nKSM_FREE_METRIC=available\nKSM_MEMORY_METRIC=pss\n")
+    daemon.reload()
+    assert daemon.scanner is not scanner
+    assert (daemon.scanner.pattern.pattern, daemon.scanner.metric) == ("^kvm$", "pss")
+    host.set_meminfo(total=2000000, free=100000)
+    report = daemon.cycle()
+    assert (report.total_kb, report.thres_kb) == (1000000, 200000)  # total is read at (re)load only
+    daemon.reload()
+    assert daemon.cycle().total_kb == 2000000
+    daemon.debug.close()
