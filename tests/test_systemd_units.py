@@ -80,7 +80,7 @@ def test_service_semantics():
     assert s["Type"] == "notify"
     assert s["ExecStart"] == "/usr/bin/ksmtuned-py run"
     # reload = re-read the config and retune: the daemon's SIGHUP.
-    assert s["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert s["ExecReload"] == "/bin/sh -c 'kill -HUP $MAINPID'"
     assert u["Requires"] == u["After"] == "ksmtuned-py-ksm.service"
     assert u["ConditionPathExists"] == "/sys/kernel/mm/ksm"
     assert u["Conflicts"] == "ksmtuned.service"

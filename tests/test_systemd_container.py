@@ -1,0 +1,454 @@
+"""The units under a real systemd: a Debian bookworm container booted with systemd-nspawn.
+
+The root file system is debootstrapped once into the cache and reused; every
+run boots an overlay of it (so runs never change the cache), with a scratch
+directory of plain files bind-mounted over /sys/kernel/mm/ksm so the host's
+real KSM is never touched.  The project goes in from wheels built on the host
+(same Python 3.11 as bookworm's), installed into a venv with ``ksmtuned-py
+install``; commands run inside with ``nsenter`` into the container's PID 1.
+The container is always powered off at the end, and the overlay unmounted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CACHE_DIR
+
+SUITE = "bookworm"
+INCLUDE = "systemd,dbus,python3,python3-venv"
+CONTAINER_PYTHON = (3, 11)  # bookworm's python3
+REPO = Path(__file__).resolve().parent.parent
+VENV = "/opt/ksmtuned-py"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INITIAL_KNOBS = {"run": "0", "pages_to_scan": "100", "sleep_millisecs": "20", "pages_shared": "0",
+                 "pages_sharing": "0", "pages_unshared": "0", "pages_volatile": "0",
+                 "full_scans": "0", "general_profit": "0"}
+SCRATCH_IN = "/mnt/ksm"  # where nspawn binds the scratch KSM files inside
+DOMAIN_XML = "<domain type='kvm'><name>guest1</name></domain>\n"
+
+
+class Unavailable(Exception):
+    """The container cannot be built here; the message says why."""
+
+
+# --- the cached root file system and wheels -----------------------------------------
+
+def cached_rootfs(cache: Path = CACHE_DIR) -> Path:
+    """The debootstrapped root file system, built once into the cache and reused.
+
+    Built into a temporary directory next to the cache entry and renamed into
+    place only when debootstrap succeeded, so a half-built tree is never reused;
+    a lock file keeps two test runs from building it at once.
+    """
+    target = cache / f"rootfs-{SUITE}"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".rootfs-{SUITE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "usr/lib/systemd/systemd").exists():
+            return target
+        building = Path(tempfile.mkdtemp(prefix=f".rootfs-{SUITE}-", dir=cache))
+        try:
+            got = subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(building)],
+                capture_output=True, text=True,
+            )
+            if got.returncode != 0:
+                tail = (got.stderr.strip() or got.stdout.strip()).splitlines()[-1:]
+                raise Unavailable(f"debootstrap {SUITE} failed: {' '.join(tail)}")
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(building, target)
+        finally:
+            if building.exists():
+                shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+def build_wheels(into: Path, cache: Path = CACHE_DIR) -> None:
+    """The project's wheel and its dependencies' (from a cached wheelhouse) in ``into``."""
+    house = cache / f"wheelhouse-cp{CONTAINER_PYTHON[0]}{CONTAINER_PYTHON[1]}"
+    house.mkdir(parents=True, exist_ok=True)
+    into.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{house.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        got = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(into), str(REPO)],
+            capture_output=True, text=True, timeout=600,
+        )
+        if got.returncode != 0:
+            raise Unavailable("pip wheel of the project failed: " + got.stderr.strip()[-500:])
+        got = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--find-links", str(house), "-w", str(house),
+             *map(str, into.glob("ksmtuned_py-*.whl"))],
+            capture_output=True, text=True, timeout=600,
+        )
+        if got.returncode != 0:
+            raise Unavailable("pip wheel of the dependencies failed: " + got.stderr.strip()[-500:])
+        for wheel in house.glob("*.whl"):
+            if not wheel.name.startswith("ksmtuned_py-"):
+                shutil.copy2(wheel, into)
+        for stale in house.glob("ksmtuned_py-*.whl"):
+            stale.unlink()
+
+
+def skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to boot a systemd-nspawn container"
+    for tool in ("debootstrap", "systemd-nspawn", "nsenter", "mount", "umount"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (packages debootstrap, systemd-container, util-linux)"
+    if sys.version_info[:2] != CONTAINER_PYTHON:
+        return (f"host Python {sys.version_info[0]}.{sys.version_info[1]} cannot build wheels for "
+                f"the container's Python {CONTAINER_PYTHON[0]}.{CONTAINER_PYTHON[1]}")
+    return None
+
+
+# --- one booted container -------------------------------------------------------------
+
+class Container:
+    """A booted container: ``sh()`` runs a command inside; ``close()`` powers it off."""
+
+    def __init__(self, base: Path, rootfs: Path, wheels: Path):
+        self.base = base
+        self.lower = rootfs
+        self.root = base / "merged"
+        self.ksm = base / "ksm"
+        self.wheels = wheels
+        self.name = f"ksmtuned-py-test-{os.getpid()}"
+        self.nspawn: subprocess.Popen | None = None
+        self.pid1: int | None = None
+        self.overlay = False
+        self.console = open(base / "console.log", "w")
+
+    def ksm_knobs(self) -> dict[str, str]:
+        return {p.name: p.read_text().strip() for p in self.ksm.iterdir()}
+
+    def set_knobs(self, **values: object) -> None:
+        for name, value in values.items():
+            (self.ksm / name).write_text(f"{value}\n")
+
+    def _root_fs(self) -> None:
+        for d in ("upper", "work", "merged"):
+            (self.base / d).mkdir()
+        got = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={self.lower},upperdir={self.base / 'upper'},workdir={self.base / 'work'}",
+             str(self.root)], capture_output=True, text=True)
+        if got.returncode == 0:
+            self.overlay = True
+        else:  # no overlayfs here: a private copy instead
+            self.root.rmdir()
+            subprocess.run(["cp", "-a", "--reflink=auto", str(self.lower), str(self.root)], check=True)
+
+    def boot(self) -> None:
+        self._root_fs()
+        self.ksm.mkdir()
+        self.set_knobs(**INITIAL_KNOBS)
+        self.nspawn = subprocess.Popen(
+            ["systemd-nspawn", "-D", str(self.root), "-M", self.name, "--register=no",
+             "--keep-unit", "--private-network", "-b",
+             f"--bind={self.ksm}:{SCRATCH_IN}", f"--bind-ro={self.wheels}:/mnt/wheels"],
+            stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while self.pid1 is None:
+            if self.nspawn.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("container did not boot: " + self.console_text())
+            self.pid1 = self._find_pid1()
+            time.sleep(0.1)
+        # nspawn mounts its read-only sysfs over /sys/kernel after applying
+        # --bind, which would hide a scratch directory bound straight onto
+        # /sys/kernel/mm/ksm: mount it there in the container's namespace now.
+        got = subprocess.run(["nsenter", "-t", str(self.pid1), "-m", "--", "mount", "--bind",
+                              SCRATCH_IN, "/sys/kernel/mm/ksm"], capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr
+        (self.ksm / "scratch-marker").write_text("scratch\n")
+        seen = self.sh("cat /sys/kernel/mm/ksm/scratch-marker /sys/kernel/mm/ksm/pages_to_scan",
+                       check=False)
+        assert seen.stdout == "scratch\n100\n", f"the scratch KSM is not in place: {seen}"
+        (self.ksm / "scratch-marker").unlink()
+        # Until the manager's socket is up, systemctl only fails to connect.
+        while True:
+            got = self.sh("systemctl is-system-running --wait", check=False, timeout=90)
+            state = got.stdout.strip()
+            if state or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert state in ("running", "degraded"), f"{state!r} {got.stderr}\n" + self.sh(
+            "systemctl --failed --no-pager", check=False).stdout
+
+    def _find_pid1(self) -> int | None:
+        """The container's systemd: the nspawn process's descendant named systemd."""
+        todo = [self.nspawn.pid]
+        while todo:
+            pid = todo.pop(0)
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                try:
+                    if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                        return child
+                except OSError:
+                    continue
+                todo.append(child)
+        return None
+
+    def console_text(self) -> str:
+        self.console.flush()
+        return (self.base / "console.log").read_text()[-3000:]
+
+    def sh(self, command: str, check: bool = True, timeout: float = 120,
+           input: str | None = None) -> subprocess.CompletedProcess:
+        """Run ``command`` with /bin/sh inside the container, with a clean environment."""
+        got = subprocess.run(
+            ["nsenter", "-t", str(self.pid1), "-a", "--", "/usr/bin/env", "-i", f"PATH={PATH}",
+             "LANG=C.UTF-8", "SYSTEMD_PAGER=", "/bin/sh", "-c", command],
+            capture_output=True, text=True, timeout=timeout, input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and got.returncode != 0:
+            raise AssertionError(f"in the container: {command!r} exited {got.returncode}\n"
+                                 f"{got.stdout}{got.stderr}")
+        return got
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, unit: str, *match: str) -> list[dict]:
+        out = self.sh(f"journalctl -u {unit} -o json --no-pager {' '.join(match)}").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def close(self) -> list[str]:
+        """Power off (always), then unmount; returns the problems found while cleaning up."""
+        problems: list[str] = []
+        if self.nspawn is not None:
+            if self.nspawn.poll() is None and self.pid1 is not None:
+                got = subprocess.run(
+                    ["nsenter", "-t", str(self.pid1), "-a", "--", "systemctl", "poweroff"],
+                    capture_output=True, text=True, timeout=30)
+                if got.returncode != 0:
+                    # No manager socket (yet): SIGRTMIN+4 asks systemd to power off.
+                    problems.append(f"systemctl poweroff failed: {got.stderr.strip()}")
+                    os.kill(self.pid1, signal.SIGRTMIN + 4)
+                try:
+                    self.nspawn.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    problems.append("the container did not power off within 60 s: killed")
+            if self.nspawn.poll() is None:
+                os.killpg(self.nspawn.pid, signal.SIGKILL)
+                self.nspawn.wait()
+        self.console.close()
+        if self.overlay:
+            subprocess.run(["umount", str(self.root)], capture_output=True)
+        mounts = Path("/proc/self/mountinfo").read_text()
+        leftover = [line.split()[4] for line in mounts.splitlines()
+                    if line.split()[4].startswith(str(self.base))]
+        if leftover:
+            problems.append(f"mounts left behind: {leftover}")
+            for path in reversed(leftover):
+                subprocess.run(["umount", "-l", path], capture_output=True)
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    root = os.readlink(proc / "root")
+                except OSError:
+                    continue
+                if root.startswith(str(self.root)):
+                    problems.append(f"process {proc.name} left behind in the container's root")
+        return problems
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory):
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("container")
+    try:
+        rootfs = cached_rootfs()
+        build_wheels(base / "wheels")
+    except Unavailable as err:
+        pytest.skip(str(err))
+    c = Container(base, rootfs, base / "wheels")
+    try:
+        c.boot()
+        c.sh(f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --no-index "
+             f"--find-links /mnt/wheels ksmtuned-py", timeout=300)
+        c.sh(f"{VENV}/bin/ksmtuned-py install")
+        c.sh("systemctl daemon-reload")
+        yield c
+    finally:
+        problems = c.close()
+        assert not problems, problems
+
+
+# --- the checks (in order: they share one container) ----------------------------------
+
+def _write_config(c: Container, text: str) -> None:
+    (c.root / "etc/ksmtuned.conf").write_text(text)
+
+
+def _sleep_for(c: Container, sleep_msec: int) -> int:
+    """sleep_millisecs the daemon computes for the container's MemTotal."""
+    total = int(next(line.split()[1] for line in c.sh("cat /proc/meminfo").stdout.splitlines()
+                     if line.startswith("MemTotal:")))
+    return max(10, sleep_msec * 16 * 1024 * 1024 // total)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+# An hour between cycles: every cycle seen here was asked for (reload, retune).
+# THRES_COEF=200 puts thres above the free memory, so each cycle starts KSM and boosts.
+GOOD_CONFIG = "KSM_MONITOR_INTERVAL=3600\nKSM_THRES_COEF=200\nKSM_SLEEP_MSEC=100\n"
+
+
+def test_installed_units_verify_clean_inside(container: Container):
+    c = container
+    unit = (c.root / "etc/systemd/system/ksmtuned-py.service").read_text()
+    assert f"ExecStart={VENV}/bin/ksmtuned-py run\n" in unit
+    out = c.sh("systemd-analyze verify --man=no /etc/systemd/system/ksmtuned-py.service "
+               "/etc/systemd/system/ksmtuned-py-ksm.service 2>&1")
+    assert out.stdout == ""
+
+
+def test_start_is_active_running_with_ready_status(container: Container):
+    c = container
+    _write_config(c, GOOD_CONFIG)
+    c.sh("systemctl start ksmtuned-py")
+    props = c.show("ksmtuned-py", "ActiveState", "SubState", "StatusText", "MainPID", "Type")
+    assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify")
+    assert props["StatusText"].startswith("ready: total "), props
+    assert props["StatusText"].endswith("first cycle in 3600s"), props
+    # Requires= started the oneshot, which switched KSM on.
+    ksm = c.show("ksmtuned-py-ksm", "ActiveState", "SubState")
+    assert (ksm["ActiveState"], ksm["SubState"]) == ("active", "exited")
+    assert c.ksm_knobs()["run"] == "1"
+    assert c.sh("cat /run/ksmtune.pid").stdout.strip() == props["MainPID"]
+    # No cycle yet: the knobs the daemon decides are as the test left them.
+    assert c.ksm_knobs()["pages_to_scan"] == "100"
+
+
+def test_reload_rereads_config_and_retunes(container: Container):
+    c = container
+    _write_config(c, GOOD_CONFIG.replace("KSM_SLEEP_MSEC=100", "KSM_SLEEP_MSEC=200"))
+    pid = c.show("ksmtuned-py", "MainPID")["MainPID"]
+    c.sh("systemctl reload ksmtuned-py")
+    expected_sleep = str(_sleep_for(c, 200))
+    _wait(lambda: c.ksm_knobs()["sleep_millisecs"] == expected_sleep, 20, "the retune after reload")
+    knobs = c.ksm_knobs()
+    assert (knobs["run"], knobs["pages_to_scan"]) == ("1", "300")
+    props = c.show("ksmtuned-py", "ActiveState", "SubState", "StatusText", "MainPID")
+    assert props["MainPID"] == pid and props["SubState"] == "running"
+    _wait(lambda: c.show("ksmtuned-py", "StatusText")["StatusText"].startswith(
+        f"running: pages_to_scan=300 sleep={expected_sleep}ms"), 10, "the cycle's status text")
+
+
+def test_journal_has_structured_decision_fields(container: Container):
+    c = container
+    entries = c.journal("ksmtuned-py", "KSM_DECISION=start")
+    assert entries, c.sh("journalctl -u ksmtuned-py --no-pager").stdout
+    e = entries[-1]
+    assert e["KSM_NPAGES"] == "300"
+    assert e["KSM_SLEEP"] == str(_sleep_for(c, 200))
+    assert int(e["KSM_THRES"]) > int(e["KSM_FREE"])
+    assert e["KSM_COMMITTED"] == "0"
+    assert e["SYSLOG_IDENTIFIER"] == "ksmtuned-py"
+    assert e["_SYSTEMD_UNIT"] == "ksmtuned-py.service"
+    assert e["PRIORITY"] == "6"
+    assert c.journal("ksmtuned-py", "KSM_DECISION=stop") == []
+
+
+def test_libvirt_hook_retunes_the_running_daemon(container: Container):
+    c = container
+    c.set_knobs(pages_to_scan=7)
+    hook = "/etc/libvirt/hooks/qemu.d/ksmtuned-py"
+    t0 = time.monotonic()
+    got = c.sh(f"{hook} guest1 started begin -", input=DOMAIN_XML)
+    assert time.monotonic() - t0 < 5
+    assert (got.stdout, got.stderr) == ("", "")
+    # The daemon's npages was 300: this cycle boosts it to 600.
+    _wait(lambda: c.ksm_knobs()["pages_to_scan"] == "600", 20, "the hook's retune")
+
+
+def test_broken_config_fails_the_unit_with_the_error_in_the_journal(container: Container):
+    c = container
+    _write_config(c, "KSM_MONITOR_INTERVAL=60\nKSM_SLEEP_MSEC=$(reboot)\n")
+    got = c.sh("systemctl restart ksmtuned-py", check=False)
+    assert got.returncode != 0
+    props = c.show("ksmtuned-py", "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+    assert (props["ActiveState"], props["Result"], props["ExecMainStatus"]) == (
+        "failed", "exit-code", "78")
+    assert props["NRestarts"] == "0"  # RestartPreventExitStatus=78: not retried
+    log = c.sh("journalctl -u ksmtuned-py --no-pager -o cat").stdout
+    assert "/etc/ksmtuned.conf:2" in log, log
+    c.sh("systemctl reset-failed ksmtuned-py")
+
+
+def test_watchdog_restarts_a_hung_daemon(container: Container):
+    c = container
+    _write_config(c, GOOD_CONFIG)
+    dropin = c.root / "etc/systemd/system/ksmtuned-py.service.d"
+    dropin.mkdir(exist_ok=True)
+    (dropin / "watchdog.conf").write_text(
+        "[Service]\nWatchdogSec=2\nTimeoutAbortSec=2\nRestartSec=1\n")
+    try:
+        c.sh("systemctl daemon-reload && systemctl start ksmtuned-py")
+        before = c.show("ksmtuned-py", "MainPID", "NRestarts", "WatchdogUSec")
+        assert before["WatchdogUSec"] == "2s"
+        time.sleep(3)  # fed: still the same process
+        assert c.show("ksmtuned-py", "MainPID")["MainPID"] == before["MainPID"]
+        c.sh(f"kill -STOP {before['MainPID']}")
+
+        def restarted() -> bool:
+            now = c.show("ksmtuned-py", "MainPID", "NRestarts", "SubState")
+            return (now["SubState"] == "running" and now["MainPID"] not in ("0", before["MainPID"])
+                    and int(now["NRestarts"]) == int(before["NRestarts"]) + 1)
+
+        _wait(restarted, 30, "the watchdog restart")
+        log = c.sh("journalctl -u ksmtuned-py --no-pager").stdout
+        assert "Watchdog timeout" in log, log
+    finally:
+        shutil.rmtree(dropin)
+        c.sh("systemctl daemon-reload")
+
+
+def test_stop_exits_cleanly(container: Container):
+    c = container
+    c.sh("systemctl restart ksmtuned-py")
+    knobs = c.ksm_knobs()
+    c.sh("systemctl stop ksmtuned-py")
+    props = c.show("ksmtuned-py", "ActiveState", "Result", "ExecMainStatus", "ExecMainCode")
+    assert (props["ActiveState"], props["Result"], props["ExecMainStatus"]) == (
+        "inactive", "success", "0")
+    assert c.sh("test -e /run/ksmtune.pid", check=False).returncode == 1
+    assert c.ksm_knobs() == knobs  # KSM left as it is
+    log = c.sh("journalctl -u ksmtuned-py --no-pager -o cat").stdout
+    assert "stopped; KSM left as it is" in log
+    # The hook with no daemon: exit 0, nothing changes.
+    c.sh("/etc/libvirt/hooks/qemu.d/ksmtuned-py guest1 stopped end -", input=DOMAIN_XML)
+    time.sleep(2)
+    assert c.ksm_knobs() == knobs
+    # Stopping the oneshot switches KSM off, as ksm.service does.
+    c.sh("systemctl stop ksmtuned-py-ksm")
+    assert c.ksm_knobs()["run"] == "0"
