@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -45,6 +45,8 @@ __all__ = [
     "Touch",
     "Event",
     "Scenario",
+    "machine_memory_bytes",
+    "resolve_page_range",
     "load_scenario",
     "load_yaml",
     "parse_event",
@@ -446,7 +448,10 @@ def _parse_process(
         raise c.fail(_join(where, "name"), f"must not contain '/', newlines or NUL bytes, got {name!r}")
     cmdline = _parse_cmdline(c, raw.get("cmdline"), _join(where, "cmdline"), name)
     has_id = "id" in raw
-    pid_id = c.integer(raw["id"], _join(where, "id"), minimum=0) if has_id else (default_id if default_id is not None else -1)
+    if has_id:
+        pid_id = c.integer(raw["id"], _join(where, "id"), minimum=0)
+    else:
+        pid_id = default_id if default_id is not None else -1
     if start is None:
         start = c.duration(raw.get("start", 0), _join(where, "start"))
     exit_at = None
@@ -454,7 +459,8 @@ def _parse_process(
         exit_at = c.duration(raw["exit"], _join(where, "exit"))
         if exit_at <= start:
             raise c.fail(
-                _join(where, "exit"), f"must be after the start ({format_duration(start)}), got {format_duration(exit_at)}"
+                _join(where, "exit"),
+                f"must be after the start ({format_duration(start)}), got {format_duration(exit_at)}",
             )
     mergeable_all = c.boolean(raw.get("mergeable_all", False), _join(where, "mergeable_all"))
     regions_raw = raw.get("regions", [])
@@ -608,7 +614,8 @@ def _build_timeline(c: _Checker, host: HostSpec, processes: list[ProcessSpec], e
                     p.where,
                     f"starting process {p.id} at {format_duration(at)} brings the guests' resident memory to "
                     f"{resident} pages ({describe_size(resident * PAGE_SIZE)}), more than the host has for them "
-                    f"({describe_size(budget)} = host.memory {describe_size(host.memory)} - host.used {describe_size(host.used)})",
+                    f"({describe_size(budget)} = host.memory {describe_size(host.memory)}"
+                    f" - host.used {describe_size(host.used)})",
                 )
         elif isinstance(action, ExitProcess):
             p = live.pop(action.id, None)
@@ -695,8 +702,6 @@ def _claim_id(c: _Checker, seen: dict[int, str], pid_id: int, where: str) -> Non
 
 
 def _with_id(spec: ProcessSpec, pid_id: int) -> ProcessSpec:
-    from dataclasses import replace
-
     return replace(spec, id=pid_id)
 
 

@@ -24,8 +24,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Iterable
 
 from sysfs_emu.host import MemorySnapshot, meminfo_text
 from sysfs_emu.kernel import Kernel
@@ -261,7 +259,17 @@ class Simulation:
         ev = parse_event(event, "event", now=self.now)
         if ev.at != self.now and "at" in event:
             raise SimulationError(f"event: at: apply() runs an event now ({format_duration(self.now)}); leave out 'at'")
-        self._apply_event(self._resolve(ev))
+        ev = self._resolve(ev)
+        self._apply_event(ev)
+        if isinstance(ev.action, StartProcess) and ev.action.process.exit is not None:
+            self._schedule(Event(ev.action.process.exit, ExitProcess(ev.action.process.id), "start.exit"))
+
+    def _schedule(self, ev: Event) -> None:
+        """Add an event to the pending timeline, after those already due at the same time."""
+        i = self._next
+        while i < len(self._timeline) and self._timeline[i].at <= ev.at:
+            i += 1
+        self._timeline.insert(i, ev)
 
     def _resolve(self, ev: Event) -> Event:
         """The reference checks load_scenario does on the timeline, against the live table.
@@ -277,12 +285,12 @@ class Simulation:
                     pid_id += 1
                 action = StartProcess(replace(p, id=pid_id, where="start"))
             elif p.id in self._used_ids:
-                raise SimulationError(f"event: start.id: id {p.id} is already used by another process of this simulation")
+                raise SimulationError(
+                    f"event: start.id: id {p.id} is already used by another process of this simulation"
+                )
             pid = self.scenario.host.pid_base + action.process.id
             if pid >= PID_MAX:
                 raise SimulationError(f"event: start.id: host.pid_base + id must be < {PID_MAX}, got {pid}")
-            if action.process.exit is not None:
-                raise SimulationError("event: start.exit: not allowed in an event given to apply(); send an exit event later")
         elif isinstance(action, ExitProcess):
             if action.id not in self._live:
                 raise SimulationError(f"event: exit: no process with id {action.id} is running")
@@ -369,8 +377,8 @@ class Simulation:
         if after > before and after > self._guest_budget_pages():
             kind = "rewrite" if isinstance(action, Rewrite) else "touch"
             raise SimulationError(
-                f"{self._place(ev)}{kind}: at {format_duration(self.now)} the guests need {describe_size(after * PAGE_SIZE)}, "
-                f"more than the host has for them ({describe_size(self._guest_budget_pages() * PAGE_SIZE)}): "
+                f"{self._place(ev)}{kind}: at {format_duration(self.now)} the guests need "
+                f"{describe_size(after * PAGE_SIZE)}, more than the host has for them ({describe_size(self._guest_budget_pages() * PAGE_SIZE)}): "
                 "out of memory"
             )
 

@@ -14,7 +14,6 @@ from sysfs_emu.scenario import (
     ExitProcess,
     Fill,
     Rewrite,
-    StartProcess,
     SysfsWrite,
     load_scenario,
     load_yaml,

@@ -192,6 +192,13 @@ def test_apply_runs_events_now():
     assert (new.id, new.pid, new.start_time) == (2, 1002, 5.0)
     sim.apply({"at": 5, "exit": 0})  # 'at' may be given if it is now
     assert [p.id for p in sim.processes] == [1, 2]
+    # a process started with an exit time (scenario time) goes away then
+    sim.apply({"start": {"name": "brief", "id": 10, "exit": 8}})
+    assert sim.next_event_time == 8.0
+    sim.advance(2.5)
+    assert [p.id for p in sim.processes] == [1, 2, 10]
+    sim.advance(0.5)
+    assert [p.id for p in sim.processes] == [1, 2] and sim.now == 8.0
 
 
 @pytest.mark.parametrize(
@@ -204,8 +211,7 @@ def test_apply_runs_events_now():
         ({"rewrite": {"process": 0, "first": 2000, "pages": 100, "fill": "zero"}},
          "event: rewrite.pages: first + pages = 2100 is past the end of region 0 (2048 pages)"),
         ({"start": {"name": "x", "id": 1}}, "event: start.id: id 1 is already used by another process of this simulation"),
-        ({"start": {"name": "x", "exit": 10}},
-         "event: start.exit: not allowed in an event given to apply(); send an exit event later"),
+        ({"start": {"name": "x", "exit": 0}}, "event: start.exit: must be after the start (0s), got 0s"),
         ({"at": 3, "exit": 0}, "event: at: apply() runs an event now (0s); leave out 'at'"),
         ({"sysfs": {"max_page_sharing": 0}}, "event: sysfs.max_page_sharing: at 0s the kernel refuses '0': EINVAL (Invalid argument)"),
         ({"sysfs": {"run": 1}, "exit": 0}, "event: needs exactly one of sysfs, start, exit, rewrite, touch, got sysfs, exit"),
