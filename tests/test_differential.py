@@ -97,6 +97,11 @@ def test_retune_command_against_the_pidfile():
     _run_driver("retune", _prerequisites(), timeout=120)
 
 
+def test_interval_and_sigusr1_timing():
+    """First cycle one interval after start; SIGUSR1 cycles at once and restarts the interval."""
+    _run_driver("timing", _prerequisites(), timeout=120)
+
+
 # --------------------------------------------------------------------------- driver side
 
 class Mismatch(Exception):
@@ -289,7 +294,8 @@ class Driver:
             scratch.reset_ksm()
             scratch.reset_run()
             scratch.write_conf(conf)
-            scratch.debug_to_stdout = "LOGFILE=" not in conf
+            logfiles = re.findall(r"^LOGFILE=(.*)$", conf, re.M)
+            scratch.debug_to_stdout = not (logfiles and logfiles[-1].strip())
             with open(scratch.stdout, "w") as out, open(scratch.stderr, "w") as err:
                 proc = nsharness.start_in_namespace(scratch, argv, env=env, stdout=out, stderr=err)
             daemons.append(Daemon(name, scratch, proc))
@@ -409,7 +415,7 @@ class Driver:
         thres = ref_thres(total, params)
         print(f"round {index} ({kind}): params {params} env {env} total {total} thres {thres} "
               f"committed {committed}{' (exact pivot)' if exact else ''}"
-              f"{'' if 'LOGFILE=' in conf else ', DEBUG to stdout'}", flush=True)
+              f"{'' if 'LOGFILE=/' in conf else ', DEBUG to stdout'}", flush=True)
         daemons: list[Daemon] = []
         context = ""
         try:
@@ -452,12 +458,70 @@ class Driver:
         finally:
             self.stop_daemons(daemons)
 
+    def timing_round(self, scratches: list[Scratch], interval: float = 2.0) -> None:
+        """Cycles come one interval after start, at once on SIGUSR1, then one interval after the signal."""
+        self.stop_all_guests()
+        self.start_guest(4096)
+        conf = f"KSM_MONITOR_INTERVAL={interval:g}\nDEBUG=1\nLOGFILE=/run/ksmtuned.log\n"
+        total = self.committed() * 2
+        daemons: list[Daemon] = []
+        context = "start"
+        try:
+            for s in scratches:
+                s.write_meminfo(nsharness.meminfo_text(total, total // 2, 0, 0))
+            launched = time.monotonic()
+            daemons = self.start_daemons(conf, {}, scratches)
+            self.compare_lines(daemons, "start lines")
+
+            def cycle_times(limit: float) -> list[float]:
+                times = []
+                for d in daemons:
+                    nsharness.wait_until(lambda: self.cycle_done(d), limit, f"{d.name}'s cycle")
+                    times.append(time.monotonic())
+                self.compare_lines(daemons, context)
+                self.compare_knobs(daemons)
+                return times
+
+            context = "first cycle, one interval after start"
+            first = cycle_times(interval + 5)
+            for d, t in zip(daemons, first):
+                if not interval - 0.2 <= t - launched <= interval + 1.5:
+                    raise Mismatch(f"{d.name}: first cycle {t - launched:.2f} s after launch, "
+                                   f"expected about {interval:g} s")
+            time.sleep(max(0.0, max(first) + interval / 2 - time.monotonic()))
+            context = "SIGUSR1 half an interval later"
+            self.wait_ref_idle(daemons[0])
+            signalled = time.monotonic()
+            for d in daemons:
+                self.signal_trigger(d)
+            at_once = cycle_times(5)
+            for d, t in zip(daemons, at_once):
+                if t - signalled > 0.6:
+                    raise Mismatch(f"{d.name}: SIGUSR1 cycle came {t - signalled:.2f} s after the signal")
+            context = "next cycle, one interval after the signal"
+            following = cycle_times(interval + 5)
+            for d, t in zip(daemons, following):
+                if not interval - 0.2 <= t - signalled <= interval + 0.6:
+                    raise Mismatch(f"{d.name}: next cycle {t - signalled:.2f} s after the SIGUSR1, expected "
+                                   f"about {interval:g} s (the signal restarts the interval)")
+            print("timing: first cycles " + ", ".join(f"{t - launched:.2f}" for t in first)
+                  + " s after launch; after SIGUSR1 " + ", ".join(f"{t - signalled:.2f}" for t in at_once)
+                  + " s; next " + ", ".join(f"{t - signalled:.2f}" for t in following)
+                  + " s after the signal (reference, ksmtuned-py)", flush=True)
+        except (Mismatch, TimeoutError) as exc:
+            self.failures.append(f"timing, {context}: {exc}")
+            print("MISMATCH " + self.failures[-1], flush=True)
+        finally:
+            self.stop_daemons(daemons)
+
     def run(self, mode: str, rounds: int, steps: int) -> int:
         scratches = [Scratch.create(self.workdir / name) for name in ("reference", "ksmtuned-py")]
         kinds = ["defaults", "random", "const", "min-above-max", "negative"]
         try:
             if mode == "retune":
                 self.round(0, "random", steps, self.retune_trigger, scratches)
+            elif mode == "timing":
+                self.timing_round(scratches)
             else:
                 for index in range(rounds):
                     kind = kinds[index] if index < len(kinds) else self.rng.choice(kinds)
@@ -483,7 +547,7 @@ class Driver:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["steps", "retune"], required=True)
+    parser.add_argument("--mode", choices=["steps", "retune", "timing"], required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--reference", type=Path, required=True)
     args = parser.parse_args()
