@@ -34,7 +34,9 @@ VENV = "/opt/ksmtuned-py"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INITIAL_KNOBS = {"run": "0", "pages_to_scan": "100", "sleep_millisecs": "20", "pages_shared": "0",
                  "pages_sharing": "0", "pages_unshared": "0", "pages_volatile": "0",
-                 "full_scans": "0", "general_profit": "0"}
+                 "full_scans": "0", "general_profit": "0",
+                 # As on kernels before 2.6.33: the oneshot sets it from /etc/default/ksm.
+                 "max_kernel_pages": "0"}
 SCRATCH_IN = "/mnt/ksm"  # where nspawn binds the scratch KSM files inside
 DOMAIN_XML = "<domain type='kvm'><name>guest1</name></domain>\n"
 
@@ -335,7 +337,14 @@ def test_installed_units_verify_clean_inside(container: Container):
 def test_start_is_active_running_with_ready_status(container: Container):
     c = container
     _write_config(c, GOOD_CONFIG)
+    (c.root / "etc/default/ksm").write_text("KSM_MAX_KERNEL_PAGES=12345\n")
+    # A stand-in for the reference's unit: Conflicts= must stop it.
+    (c.root / "etc/systemd/system/ksmtuned.service").write_text(
+        "[Service]\nExecStart=/bin/sleep infinity\n")
+    c.sh("systemctl daemon-reload && systemctl start ksmtuned.service")
     c.sh("systemctl start ksmtuned-py")
+    assert c.show("ksmtuned", "ActiveState")["ActiveState"] == "inactive"
+    assert c.ksm_knobs()["max_kernel_pages"] == "12345"
     props = c.show("ksmtuned-py", "ActiveState", "SubState", "StatusText", "MainPID", "Type")
     assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify")
     assert props["StatusText"].startswith("ready: total "), props
