@@ -254,6 +254,10 @@ class Container:
             if self.nspawn.poll() is None:
                 os.killpg(self.nspawn.pid, signal.SIGKILL)
                 self.nspawn.wait()
+        # nspawn removes its propagation directory on a clean exit only.
+        propagate = Path("/run/systemd/nspawn/propagate") / self.name
+        if propagate.is_dir() and not os.path.ismount(propagate):
+            shutil.rmtree(propagate, ignore_errors=True)
         self.console.close()
         if self.overlay:
             subprocess.run(["umount", str(self.root)], capture_output=True)
