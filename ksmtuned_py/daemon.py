@@ -93,13 +93,22 @@ class Daemon:
 
     def setup(self) -> None:
         """Read the configuration and the host; UserError when the daemon cannot run."""
+        self.load_config()
+        self.start_tuning()
+
+    def load_config(self) -> None:
+        """Read and check the configuration and that the kernel has KSM."""
         cfg = configmod.load(self.config_path, self._env())
         configmod.log_warnings(cfg)
         self.knobs.check()
         self.config = cfg
-        self.debug = DebugLog(cfg.debug, cfg.logfile)
         self._apply_config(cfg)
-        self._retune()
+
+    def start_tuning(self) -> None:
+        """Open the debug log and compute the tuning (the first debug lines)."""
+        mem = read_meminfo(self.root)
+        self.debug = DebugLog(self.config.debug, self.config.logfile)
+        self._retune(mem)
 
     def _apply_config(self, cfg: configmod.Config) -> None:
         old = self.scanner
@@ -107,9 +116,10 @@ class Daemon:
             self.scanner = GuestScanner(self.root, cfg.process_regex, cfg.memory_metric)
         self._config_listeners = config_listeners(cfg, self.root)
 
-    def _retune(self) -> None:
+    def _retune(self, mem=None) -> None:
         """Recompute total, sleep and thres from MemTotal; npages starts at 0."""
-        mem = read_meminfo(self.root)
+        if mem is None:
+            mem = read_meminfo(self.root)
         self.tuner = Tuner(Params.from_config(self.config), mem.total)
         self.debug.write(*self.tuner.tuning.debug_lines())
 
@@ -252,10 +262,12 @@ class Daemon:
         # Handlers first: a SIGUSR1 sent as soon as the pidfile appears must not kill us.
         old = self._install_signals()
         try:
-            self.setup()
+            self.load_config()
+            # The lock before any debug line: a refused second instance writes nothing.
             self.pidfile = Pidfile(self.config.pidfile)
             self.pidfile.acquire()
             try:
+                self.start_tuning()
                 log.info(
                     "started: interval %gs, total %d kB, thres %d kB, sleep %dms",
                     self.config.monitor_interval,

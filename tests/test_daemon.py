@@ -129,6 +129,9 @@ class DaemonProcess:
         wait_for(lambda: self.host.pidfile.exists() and self.host.pidfile.read_text().strip() == str(self.pid)
                  or self.proc.poll() is not None)
         assert self.proc.poll() is None, self.finish()
+        if f"LOGFILE={self.host.logfile}" in self.host.conf.read_text():
+            # the start-up debug lines follow the pidfile
+            wait_for(lambda: any(x.startswith("thres ") for x in self.host.debug_lines()))
         return self
 
     def send(self, sig: int) -> None:
@@ -318,8 +321,10 @@ def test_sigterm_and_sigint_exit_0_leaving_ksm_as_is(host, daemons, sig):
 
 def test_a_second_instance_is_refused(host, daemons):
     first = daemons(host).wait_ready()
+    log = host.logfile.read_text()
     second = daemons(host)
     assert second.proc.wait(timeout=10) == 1
+    assert host.logfile.read_text() == log  # the refused instance wrote no debug line
     second.finish()
     assert second.stderr.splitlines()[-1] == (
         f"ksmtuned-py: another ksmtuned-py is already running (pid {first.pid}, {host.pidfile} is locked)"
