@@ -185,6 +185,23 @@ def test_same_value_written_again_is_still_checked(tree, sim, caplog):
     assert any("pages_to_scan: write" in r.getMessage() and "EINVAL" in r.getMessage() for r in caplog.records)
 
 
+def test_process_numbers_follow_ksmd(tree, sim):
+    """ksm_merging_pages and ksm_stat of each process catch up with ksmd's merging within a few ticks."""
+    root = tree.root
+    sim.advance(20.0)
+
+    def caught_up():
+        tree.sync()
+        return all(read(root / "proc" / str(p.pid) / "ksm_stat") == p.ksm_stat_text() and
+                   read(root / "proc" / str(p.pid) / "ksm_merging_pages") == f"{p.ksm_merging_pages}\n"
+                   for p in sim.processes)
+
+    wait_for(caught_up, timeout=5, what="the process files to follow ksmd")
+    merging = [int(read(root / "proc" / str(p.pid) / "ksm_merging_pages")) for p in sim.processes]
+    assert merging[0] > 0 and merging[1] > 0  # the two guests share their OS image
+    assert merging[2] == 0  # sshd's memory is not mergeable
+
+
 def test_processes_come_and_go(tree, sim):
     root = tree.root
     first = sim.processes[0]
