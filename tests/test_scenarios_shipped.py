@@ -65,3 +65,44 @@ def test_idle_and_volatile_scenarios_load():
     sim = Simulation.from_yaml(shipped_scenarios()["volatile-guest"])
     sim.advance(120)
     assert int(sim.kernel.read_attr("pages_volatile")) > 0
+
+
+def _rows(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line[:2].isdigit()]
+
+
+def test_simulate_prints_each_decision_and_the_saving(tmp_path):
+    r = cli("simulate", "demo", "--duration", "8m")
+    assert r.returncode == 0, r.stderr
+    rows = _rows(r.stdout)
+    assert [row.split()[0] for row in rows] == [f"00:0{m}:00" for m in range(1, 9)]
+    # Guests 2 and 3 leave enough free memory; with the fourth up the rule starts KSM and boosts.
+    assert "stop" in rows[0] and "stop" in rows[1]
+    assert "start, boost: pages_to_scan 300, sleep 53 ms" in rows[2]
+    assert "start, boost: pages_to_scan 600, sleep 53 ms" in rows[3]
+    assert rows[-1].split()[-2:] == ["1014.4", "MiB"]  # the four OS images and empty pages merged
+    summary = r.stdout.splitlines()[-1]
+    assert summary.startswith("after 00:08:00: KSM saves 1014.4 MiB")
+    # Other settings, other decisions: a bigger boost.
+    conf = tmp_path / "ksmtuned.conf"
+    conf.write_text("KSM_NPAGES_BOOST=1000\nKSM_MONITOR_INTERVAL=120\n")
+    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf))
+    rows = _rows(r.stdout)
+    assert [row.split()[0] for row in rows] == ["00:02:00", "00:04:00", "00:06:00", "00:08:00"]
+    assert "start, boost: pages_to_scan 1000," in rows[1]
+
+
+def test_simulate_json_and_errors(tmp_path):
+    r = cli("simulate", "demo", "--duration", "3m", "--json")
+    import json
+
+    cycles = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [c["action"] for c in cycles] == ["stop", "stop", "start"]
+    assert cycles[2]["pages_to_scan"] == 300 and cycles[2]["run"] == 1
+    bad = tmp_path / "bad.conf"
+    bad.write_text("KSM_NPAGES_BOOST=$(reboot)\n")
+    r = cli("simulate", "demo", "--config", str(bad))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"sysfs-emu: error: {bad}:1")
+    r = cli("simulate", "demo", "--config", str(tmp_path / "none.conf"))
+    assert r.returncode == 1 and r.stderr == f"sysfs-emu: error: no config file {tmp_path / 'none.conf'}\n"
