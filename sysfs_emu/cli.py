@@ -145,19 +145,28 @@ def run(scenario, root, speed, duration, clean, verbose):
     if not speed > 0 or speed != speed or speed == float("inf"):
         raise CliError(f"--speed must be a positive number, got {speed}")
     seconds = _duration(duration)
-    sim, name = load_simulation(scenario)
-    server = Server(sim, root, speed=speed, duration=seconds, clean=clean, scenario_name=name)
+    server = None
+    stop_early = []
 
     def on_signal(signum, frame):
         log.info("%s received, stopping", signal.Signals(signum).name)
-        server.stop()
+        if server is not None:
+            server.stop()
+        else:
+            stop_early.append(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    sim, name = load_simulation(scenario)
+    if stop_early:
+        raise SystemExit(0)
+    server = Server(sim, root, speed=speed, duration=seconds, clean=clean, scenario_name=name)
     try:
         server.run()
     except ServeError as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot keep the tree under {root}: {exc.strerror}: {exc.filename}") from None
     log.info("stopped at simulated time %.1fs; tree %s", sim.now, "removed" if clean else f"left in {root}")
 
 

@@ -246,8 +246,10 @@ class Tree:
                 self._written.pop(rel)  # forces the rewrite below
             else:
                 after = kernel.read_attr(name).rstrip("\n")
-                log.info("%s: %r written by another program (was %r, now %r)",
-                         rel, data.decode(errors="replace"), before, after)
+                # A knob rewritten with its own value (as ksmtuned does every cycle) is not news.
+                level = logging.INFO if after != before else logging.DEBUG
+                log.log(level, "%s: %r written by another program (was %r, now %r)",
+                        rel, data.decode(errors="replace"), before, after)
                 self._written.pop(rel)
                 changed.append(name)
         if changed or any(f"{KSM_DIR}/{n}" not in self._written for n in KSM_ATTRS):
