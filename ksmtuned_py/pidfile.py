@@ -23,6 +23,16 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def is_reference_ksmtuned(pid: int) -> bool:
+    """Whether ``pid`` runs the original bash ksmtuned (which writes but never locks the pidfile)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(os.path.basename(arg) == b"ksmtuned" for arg in argv[:2])
+
+
 class Pidfile:
     """Holds an fcntl lock on the pidfile for the life of the daemon."""
 
@@ -51,6 +61,16 @@ class Pidfile:
             raise PidfileError(
                 f"another ksmtuned-py is already running ({who}{self.path} is locked)"
             ) from None
+        try:
+            old = _read_pid(fd)
+        except OSError:
+            old = None
+        if old and old != os.getpid() and is_reference_ksmtuned(old):
+            os.close(fd)
+            raise PidfileError(
+                f"the original ksmtuned is running (pid {old}, {self.path}); "
+                "stop it first (systemctl disable --now ksmtuned)"
+            )
         try:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -87,6 +107,12 @@ def running_pid(path: str) -> int:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise NotRunning(f"cannot check the pidfile {path}: {e.strerror}") from None
         else:
+            pid = _read_pid(fd)
+            if pid and is_reference_ksmtuned(pid):
+                raise NotRunning(
+                    f"{path} belongs to the original ksmtuned (pid {pid}), not ksmtuned-py; "
+                    f"retune it with: kill -USR1 {pid}"
+                )
             raise NotRunning(f"no ksmtuned-py daemon is running: {path} is stale (not locked)")
         pid = _read_pid(fd)
         if pid is None:

@@ -563,3 +563,30 @@ def test_reload_in_process_applies_new_keys_and_keeps_the_pidfile(host, caplog):
     daemon.reload()
     assert daemon.cycle().total_kb == 2000000
     daemon.debug.close()
+
+
+def test_the_original_ksmtuned_holding_the_pidfile_is_not_taken_over(host, daemons, tmp_path):
+    """The bash ksmtuned writes PIDFILE without a lock: do not run two tuners at once."""
+    script = tmp_path / "ksmtuned"
+    script.write_text("sleep 60\n")
+    fake = subprocess.Popen(["bash", str(script)])  # shows in ps as the original does
+    try:
+        host.pidfile.write_text(f"{fake.pid}\n")
+        d = daemons(host)
+        assert d.proc.wait(timeout=10) == 1
+        d.finish()
+        assert d.stderr.splitlines()[-1] == (
+            f"ksmtuned-py: the original ksmtuned is running (pid {fake.pid}, {host.pidfile}); "
+            "stop it first (systemctl disable --now ksmtuned)"
+        )
+        r = subprocess.run([*ksmtuned_py(), "--config", str(host.conf), "retune"],
+                           capture_output=True, text=True)
+        assert r.returncode == 1
+        assert r.stderr == (
+            f"ksmtuned-py: {host.pidfile} belongs to the original ksmtuned (pid {fake.pid}), "
+            f"not ksmtuned-py; retune it with: kill -USR1 {fake.pid}\n"
+        )
+        assert host.pidfile.read_text() == f"{fake.pid}\n"  # left as it was
+    finally:
+        fake.kill()
+        fake.wait()
