@@ -90,9 +90,20 @@ def default_exec() -> str:
     return SHIPPED_EXEC
 
 
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and missing parents as 0755, whatever the umask."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        d.mkdir()
+        d.chmod(0o755)
+
+
 def _write_atomic(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
     """Write ``data`` to ``path`` via a temporary file; False when it exists and not ``replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:

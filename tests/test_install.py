@@ -107,3 +107,14 @@ def test_warns_when_the_sandbox_would_hide_the_program():
     assert install.hidden_by_sandbox("/home/admin/venv/bin/ksmtuned-py") == [
         "/home/admin/venv/bin/ksmtuned-py"]
     assert install.hidden_by_sandbox("/opt/nowhere/ksmtuned-py") == []
+
+
+def test_modes_do_not_depend_on_the_umask(tmp_path: Path):
+    got = subprocess.run(
+        ["sh", "-c", 'umask 077 && exec "$0" install --destdir "$1" --exec /usr/bin/ksmtuned-py',
+         str(KSMTUNED_PY), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    for rel, (mode, _) in EXPECTED.items():
+        assert stat.S_IMODE((tmp_path / rel).stat().st_mode) == mode, rel
+    for d in ("etc", "etc/systemd/system", "etc/libvirt/hooks/qemu.d", "etc/logrotate.d"):
+        assert stat.S_IMODE((tmp_path / d).stat().st_mode) == 0o755, d

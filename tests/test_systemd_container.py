@@ -60,6 +60,8 @@ def cached_rootfs(cache: Path = CACHE_DIR) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "usr/lib/systemd/systemd").exists():
             return target
+        for stale in cache.glob(f".rootfs-{SUITE}-*"):  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
         building = Path(tempfile.mkdtemp(prefix=f".rootfs-{SUITE}-", dir=cache))
         try:
             got = subprocess.run(
