@@ -157,7 +157,7 @@ def _scan_value(line: str, start: int, path: str, lineno: int) -> tuple[str, int
             i += 1
         elif c in "$`;&|<>()\0":
             fail(_value_problem(c, line[i + 1:i + 2]))
-        elif c == "~" and i == start:
+        elif c == "~" and (i == start or line[i - 1] == ":"):
             fail("'~' (tilde expansion) is not supported", "expected a full path")
         else:
             out.append(c)

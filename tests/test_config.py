@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -316,3 +319,47 @@ def test_every_documented_example_in_the_shipped_config_is_valid(tmp_path):
         cfg = load(path, environ={})
         key = example.split("=", 1)[0]
         assert cfg.warnings == [] and key in KEYS
+
+
+# --- property: what the parser accepts, bash reads the same way ----------------------------------
+
+_NAMES = ["K1", "K2", "KSM_X"]
+_word_piece = st.one_of(
+    st.sampled_from(["a", "1", "-5", "/p", "#", "$", "x$", "~", ":~", "=", "{a,b}", "*", "!", "[x]", "%", "+"]),
+    st.text(alphabet="ab $`\\\"'#;:~=*!", max_size=6).map(lambda t: "'" + t.replace("'", "") + "'"),
+    st.text(alphabet="ab $`\\'#;:~=*!", max_size=6).map(lambda t: '"' + t.replace('"', "") + '"'),
+    st.sampled_from(["\\ ", "\\$", "\\'", '\\"', "\\\\", "\\a"]),
+)
+_line = st.one_of(
+    st.builds(
+        lambda exp, name, pieces, tail: f"{exp}{name}={''.join(pieces)}{tail}",
+        st.sampled_from(["", "export ", "  "]),
+        st.sampled_from(_NAMES),
+        st.lists(_word_piece, max_size=4),
+        st.sampled_from(["", " # c", "\t#", "  "]),
+    ),
+    st.sampled_from(["", "# x", "   "]),
+)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_line, min_size=1, max_size=6))
+def test_what_parses_is_what_bash_would_set(tmp_path_factory, lines):
+    text = "\n".join(lines) + "\n"
+    try:
+        assignments = parse_text(text, "f")
+    except ConfigError:
+        return
+    # Only text the parser accepted (assignments, nothing executable) is given to bash.
+    path = tmp_path_factory.mktemp("bash") / "k.conf"
+    path.write_text(text)
+    out = subprocess.run(
+        ["env", "-i", "bash", "--noprofile", "--norc", "-c",
+         '. "$1" && for k in K1 K2 KSM_X; do printf "%s=%s\\0" "$k" "${!k-<unset>}"; done', "_", str(path)],
+        capture_output=True, check=True,
+    ).stdout.decode()
+    ours = {name: "<unset>" for name in _NAMES}
+    for a in assignments:
+        ours[a.key] = a.value
+    assert out.split("\0")[:-1] == [f"{k}={v}" for k, v in ours.items()]
