@@ -404,3 +404,23 @@ def test_console_script_is_installed():
     assert Path(SYSFS_EMU).exists(), f"{SYSFS_EMU} missing: reinstall the project"
     assert subprocess.run([SYSFS_EMU, "--help"], capture_output=True).returncode == 0
     assert sys.executable
+
+
+def test_pgrep_finds_the_simulated_guests(tree, sim):
+    """procps pgrep, with the tree bind-mounted over /proc in a private mount namespace."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("pgrep") is None:
+        pytest.skip("needs root, unshare and pgrep")
+    sim.advance(3.0)  # the second guest starts at 2s
+    tree.sync(force=True)
+    script = (f"mount --bind {tree.root / 'proc'} /proc && pgrep -l qemu && echo -- "
+              "&& pgrep -f 'qemu-system.*-enable-kvm' && echo -- && pgrep -x sshd")
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    guests = [p.pid for p in sim.processes if p.name.startswith("qemu")]
+    sshd = [p.pid for p in sim.processes if p.name == "sshd"]
+    assert r.stdout.split("--\n") == [
+        "".join(f"{pid} qemu-system-x86\n" for pid in guests),
+        "".join(f"{pid}\n" for pid in guests),
+        "".join(f"{pid}\n" for pid in sshd),
+    ]
