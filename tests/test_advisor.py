@@ -77,7 +77,9 @@ def test_too_slow_with_steady_history_grows_by_the_target_ratio():
     # F = 10*100/20 = 50; D = 20*100/20 = 100 -> (70*100 + 30*100)/100 = 100
     # P' = 1000*100/50 = 2000, *100/100 = 2000; K = 1000/5 = 200: band [2000, 14000]
     advice = advise(1000, 20, 5, 20, 100, target_scan_time=10, max_cpu=70, max_pages_to_scan=30000)
-    assert advice == Advice(scan_time=20, cpu_percent=5, factor=50, change=100, per_page_cost=200, pages_to_scan=2000)
+    assert advice == Advice(
+        scan_time=20, cpu_percent=5, factor=50, change=100, per_page_cost=200, pages_to_scan=2000
+    )
 
 
 def test_too_fast_with_busy_cpu_shrinks():
@@ -179,7 +181,9 @@ def test_sequence_first_scan_then_too_slow_then_too_fast():
     # P' = 599*100/500 = 119 -> *48/100 = 57; K = 599/50 = 11: band [110, 770] -> 110.
     adv.start_scan(151.0, kernel)
     assert adv.on_full_scan(153.9, 11.0, kernel) == 110
-    assert adv.last == Advice(scan_time=2, cpu_percent=50, factor=500, change=48, per_page_cost=11, pages_to_scan=110)
+    assert adv.last == Advice(
+        scan_time=2, cpu_percent=50, factor=500, change=48, per_page_cost=11, pages_to_scan=110
+    )
     assert (adv.ctx.scan_time, adv.ctx.change, adv.ctx.cpu_time_ns) == (2, 48, 11 * SEC)
 
 
