@@ -360,6 +360,7 @@ def test_start_is_active_running_with_ready_status(container: Container):
     assert (ksm["ActiveState"], ksm["SubState"]) == ("active", "exited")
     assert c.ksm_knobs()["run"] == "1"
     assert c.sh("cat /run/ksmtune.pid").stdout.strip() == props["MainPID"]
+    assert c.sh("stat -c %a /run/ksmtune.pid").stdout.strip() == "644"  # as the reference's
     # No cycle yet: the knobs the daemon decides are as the test left them.
     assert c.ksm_knobs()["pages_to_scan"] == "100"
 
