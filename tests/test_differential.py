@@ -169,16 +169,30 @@ class Driver:
         self.guests = []  # tests.guests.StandInGuest
         self.coverage = Coverage()
         self.failures: list[str] = []
+        self.decoys = []
         # KSMTUNED_PY_DIFF_CANDIDATE replaces `ksmtuned-py run`, e.g. by the reference
         # itself to check the harness (it must then find no difference).
         self.candidate = shlex.split(os.environ.get("KSMTUNED_PY_DIFF_CANDIDATE", "")) or [str(DAEMON), "run"]
 
     # ---- guests
     def start_guest(self, resident_kib: int) -> None:
+        """A guest both rules count: command line qemu-system-*...-enable-kvm, a qemu name."""
         from tests.guests import start_guest
 
-        self.guests.append(start_guest(resident_kib=resident_kib, extra_args=(
-            "-name", f"guest{len(self.guests)}", "-m", "1024", "-enable-kvm")))
+        name = f"vm{self.rng.randrange(1000)}"
+        comm = self.rng.choice(["qemu-system-x86", "qemu-kvm", f"qemu:{name}"])
+        self.guests.append(start_guest(comm=comm, resident_kib=resident_kib, extra_args=(
+            "-name", name, "-m", "1024", "-enable-kvm")))
+
+    def start_decoys(self) -> None:
+        """Processes neither rule counts: qemu tools, and qemu-system without KVM named otherwise."""
+        from tests.guests import start_guest
+
+        self.decoys = [
+            start_guest(comm="qemu-img", argv0="qemu-img", resident_kib=4096, extra_args=("convert", "-O", "raw")),
+            start_guest(comm="qemu-nbd", argv0="/usr/bin/qemu-nbd", resident_kib=0,
+                        extra_args=("-enable-kvm",)),
+        ]
 
     def stop_guest(self, index: int) -> None:
         self.guests.pop(index).stop()
@@ -518,6 +532,7 @@ class Driver:
         scratches = [Scratch.create(self.workdir / name) for name in ("reference", "ksmtuned-py")]
         kinds = ["defaults", "random", "const", "min-above-max", "negative"]
         try:
+            self.start_decoys()
             if mode == "retune":
                 self.round(0, "random", steps, self.retune_trigger, scratches)
             elif mode == "timing":
@@ -528,6 +543,8 @@ class Driver:
                     self.round(index, kind, steps, self.signal_trigger, scratches)
         finally:
             self.stop_all_guests()
+            for decoy in self.decoys:
+                decoy.stop()
         print(f"coverage: {self.coverage.counts}")
         if mode == "steps" and rounds >= 5 and steps >= 10 and not self.failures:
             # The first five rounds are built to take these branches; a run that
