@@ -328,7 +328,10 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 # An hour between cycles: every cycle seen here was asked for (reload, retune).
 # THRES_COEF=200 puts thres above the free memory, so each cycle starts KSM and boosts.
-GOOD_CONFIG = "KSM_MONITOR_INTERVAL=3600\nKSM_THRES_COEF=200\nKSM_SLEEP_MSEC=100\n"
+# The debug log and the metrics go where the sandbox lets the daemon write.
+PROM_DIR = "/var/lib/prometheus/node-exporter"
+GOOD_CONFIG = ("KSM_MONITOR_INTERVAL=3600\nKSM_THRES_COEF=200\nKSM_SLEEP_MSEC=100\n"
+               f"DEBUG=1\nLOGFILE=/var/log/ksmtuned\nKSM_METRICS_TEXTFILE={PROM_DIR}\n")
 
 
 def test_installed_units_verify_clean_inside(container: Container):
@@ -343,6 +346,7 @@ def test_installed_units_verify_clean_inside(container: Container):
 def test_start_is_active_running_with_ready_status(container: Container):
     c = container
     _write_config(c, GOOD_CONFIG)
+    (c.root / PROM_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (c.root / "etc/default/ksm").write_text("KSM_MAX_KERNEL_PAGES=12345\n")
     # A stand-in for the reference's unit: Conflicts= must stop it.
     (c.root / "etc/systemd/system/ksmtuned.service").write_text(
@@ -378,6 +382,13 @@ def test_reload_rereads_config_and_retunes(container: Container):
     assert props["MainPID"] == pid and props["SubState"] == "running"
     _wait(lambda: c.show("ksmtuned-py", "StatusText")["StatusText"].startswith(
         f"running: pages_to_scan=300 sleep={expected_sleep}ms"), 10, "the cycle's status text")
+    # Inside the sandbox the daemon wrote its debug log and its metrics.
+    log = (c.root / "var/log/ksmtuned").read_text()
+    assert f": KSMCTL start 300 {expected_sleep}\n" in log, log
+    prom = (c.root / PROM_DIR.lstrip("/") / "ksmtuned-py.prom").read_text()
+    assert 'ksmtuned_decision{decision="boost"} 1\n' in prom
+    assert "ksmtuned_pages_to_scan 300\n" in prom
+    assert "metrics not written" not in c.sh("journalctl -u ksmtuned-py -o cat").stdout
 
 
 def test_journal_has_structured_decision_fields(container: Container):
