@@ -105,7 +105,7 @@ def run_isolated(argv: list[str], timeout: float, **kwargs) -> subprocess.Comple
     except subprocess.TimeoutExpired:
         proc.kill()  # --kill-child takes the namespace's first process, the kernel the rest
         out, err = proc.communicate()
-        raise
+        raise subprocess.TimeoutExpired(proc.args, timeout, output=out, stderr=err) from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -153,15 +153,19 @@ class Daemon:
             return ""
 
 
-@dataclass
 class Coverage:
-    counts: dict = field(default_factory=dict)
+    """How often the reference took each branch over the run."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
 
     def hit(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
 
 
 class Driver:
+    """Runs rounds (a config, then steps) of both daemons and collects the differences."""
+
     def __init__(self, seed: int, reference: Path, workdir: Path):
         self.rng = random.Random(seed)
         self.reference = reference
