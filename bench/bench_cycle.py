@@ -152,7 +152,7 @@ def inside(args) -> int:
                    for i in range(args.guests)]
     benches: list[Bench] = []
     try:
-        with stand_in_guests(*guests_spec), tempfile.TemporaryDirectory(prefix="ksmtuned-bench-") as tmp:
+        with stand_in_guests(*guests_spec), tempfile.TemporaryDirectory(dir="/tmp", prefix="ksmtuned-bench-") as tmp:
             conf = "KSM_MONITOR_INTERVAL=3600\n"
             if args.debug:
                 conf += "DEBUG=1\nLOGFILE=/run/ksmtuned.log\n"

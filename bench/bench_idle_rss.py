@@ -9,7 +9,7 @@ host's real process list, and prints the figures and the heaviest imports
 As root the daemon runs in a private mount namespace over scratch copies of
 /etc/ksmtuned.conf, /proc/meminfo, /sys/kernel/mm/ksm and /run (it never
 touches the real KSM knobs); otherwise against a --root tree in a temporary
-directory. Usage: .venv/bin/python bench/bench_idle_rss.py [--cycles N]
+directory. Usage: .venv/bin/python bench/bench_idle_rss.py [--cycles N] [--processes N]
 """
 
 from __future__ import annotations
@@ -102,14 +102,20 @@ def start_daemon(tmp: Path) -> tuple[subprocess.Popen, Scratch | None, Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=5, help="SIGUSR1 cycles before the second reading")
+    parser.add_argument("--processes", type=int, default=1000,
+                        help="processes on the host during the cycles (sleeps are started up to this count)")
     args = parser.parse_args()
     if not DAEMON.exists():
         print(f"{DAEMON} missing: install the project into the venv first", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="ksmtuned-rss-") as tmp_name:
+    filler: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="ksmtuned-rss-") as tmp_name:
         tmp = Path(tmp_name)
         proc, scratch, log = start_daemon(tmp)
         try:
+            present = sum(1 for e in os.listdir("/proc") if e.isdigit())
+            for _ in range(max(args.processes - present, 0)):  # so the scanner's cache is full-sized
+                filler.append(subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL))
             def lines() -> int:
                 return len(log.read_text().splitlines()) if log.exists() else 0
 
@@ -131,6 +137,10 @@ def main() -> int:
             print(f"idle after {args.cycles} cycles over {processes} processes: {figures(proc.pid)}")
         finally:
             nsharness.kill_group(proc)
+            for p in filler:
+                p.kill()
+            for p in filler:
+                p.wait()
     verdict = "under" if max(idle, after) < TARGET_KB else "OVER"
     print(f"target: VmRSS < {TARGET_KB // 1024} MB -> {verdict} "
           f"({max(idle, after) / 1024:.1f} MB)")

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import subprocess
-
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +191,9 @@ class Scratch:
 
     @classmethod
     def create(cls, base: Path) -> "Scratch":
+        resolved = str(base.resolve())
+        if any(resolved == p or resolved.startswith(p + "/") for p in COVERED_PATHS):
+            raise ValueError(f"scratch directory {base} lies under a path it will be mounted over")
         scratch = cls(base)
         for d in (base / "ksm", base / "run", base / "etc-upper", base / "etc-work"):
             d.mkdir(parents=True, exist_ok=True)

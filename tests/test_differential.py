@@ -578,7 +578,7 @@ def main() -> int:
     rounds = int(os.environ.get("KSMTUNED_PY_DIFF_ROUNDS", 5))
     steps = int(os.environ.get("KSMTUNED_PY_DIFF_STEPS", 15 if args.mode == "steps" else 5))
     print(f"seed {args.seed}, {rounds if args.mode == 'steps' else 1} round(s) x {steps} steps", flush=True)
-    with tempfile.TemporaryDirectory(prefix="ksmtuned-diff-") as tmp:
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="ksmtuned-diff-") as tmp:
         return Driver(args.seed, args.reference, Path(tmp)).run(args.mode, rounds, steps)
 
 
