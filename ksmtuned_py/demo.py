@@ -12,6 +12,7 @@ removes the temporary directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import TextIO
 
@@ -185,7 +185,10 @@ def run_demo(opts=None, *, scenario: str = "demo", speed: float = DEFAULT_SPEED,
     """Run the demo; returns the exit status (0 when stopped by Ctrl-C or the limits)."""
     demo = _Demo(scenario, speed, interval, cycles, duration, out or sys.stdout)
     previous = signal.getsignal(signal.SIGTERM)
-    interrupted = False
+    # The simulator's own log (knob writes, lag notes) would interleave with the table.
+    emu_log = logging.getLogger("sysfs_emu")
+    emu_level = emu_log.level
+    emu_log.setLevel(logging.ERROR)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -196,8 +199,7 @@ def run_demo(opts=None, *, scenario: str = "demo", speed: float = DEFAULT_SPEED,
         demo.start_host()
         demo.start_daemon()
         status = demo.follow()
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt:  # Ctrl-C: the normal way to end the demo
         status = 0
     finally:
         try:
@@ -206,17 +208,17 @@ def run_demo(opts=None, *, scenario: str = "demo", speed: float = DEFAULT_SPEED,
             demo.stop()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
+        emu_log.setLevel(emu_level)
     if demo.error is not None and not isinstance(demo.error, KeyboardInterrupt):
         demo.say(f"ksmtuned-py demo: the simulated host failed: {demo.error}")
         return 1
-    demo.say("" if not interrupted else "")
-    sharing_text = f"{demo.decisions} decisions shown" if demo.decisions else "no decision shown"
-    demo.say(f"Demo ended ({sharing_text}); the temporary host was removed.")
+    demo.say()
+    shown = f"{demo.decisions} decisions shown" if demo.decisions else "no decision shown"
+    demo.say(f"Demo ended ({shown}); the temporary host was removed.")
     if status not in (0, -signal.SIGTERM):
         return status
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    time.sleep(0)
     raise SystemExit(run_demo())

@@ -28,7 +28,8 @@ from sysfs_emu.tree import STATE_DIR, Tree, TreeError
 log = logging.getLogger(__name__)
 
 TICK = 0.1  # wall seconds between two looks at the tree
-MAX_LAG = 1.0  # wall seconds the simulation may fall behind before it stops catching up
+MAX_LAG = 2.0  # wall seconds the simulation may fall behind before it stops catching up
+MIN_STEP = 0.001  # simulated seconds: the least a tick advances
 
 
 class ServeError(Exception):
@@ -127,6 +128,7 @@ class Server:
         self.events_dir = _state_dir(self.root) / "events"
         self.achieved_speed: float | None = None
         self._lag_warned = False
+        self._chunk: float | None = None  # simulated seconds per advance() call
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -159,52 +161,64 @@ class Server:
         sim = self.sim
         end = None if self.duration is None else sim.now + self.duration
         wall0, sim0 = time.monotonic(), sim.now
-        rate: float | None = None  # simulated seconds advance() manages per wall second
         while not self.stop_event.is_set():
             started = time.monotonic()
-            self.tree.apply_writes()
-            self._control()
+            written = bool(self.tree.apply_writes())
+            if self._control() or written:
+                self._chunk = None  # new settings or guests: ksmd's cost may have jumped
             target = sim0 + (started - wall0) * self.speed
             if end is not None:
                 target = min(target, end)
-            step = target - sim.now
-            if step > 0:
-                cap = self.speed * self.tick
-                if rate is not None:
-                    cap = max(cap, rate * self.tick)
-                if step > cap:
-                    step = cap
-                t = time.monotonic()
-                sim.advance(step)
-                took = time.monotonic() - t
-                if took > 0:
-                    now_rate = step / took
-                    rate = now_rate if rate is None else 0.7 * rate + 0.3 * now_rate
-                # Too far behind: stop owing time, run as fast as this machine can.
-                if target - sim.now > self.speed * MAX_LAG:
-                    self._note_lag(rate)
-                    wall0, sim0 = time.monotonic(), sim.now
+            self._advance_until(target, started + self.tick)
+            # Too far behind: stop owing time, run as fast as this machine can.
+            if target - sim.now > self.speed * MAX_LAG:
+                self._note_lag((sim.now - sim0) / max(time.monotonic() - wall0, 1e-9))
+                wall0, sim0 = time.monotonic(), sim.now
             self.tree.sync()
             self._write_state()
             if end is not None and sim.now >= end:
                 break
             self.stop_event.wait(max(0.0, self.tick - (time.monotonic() - started)))
 
+    def _advance_until(self, target: float, deadline: float) -> None:
+        """Advance toward ``target`` in chunks sized to take about a quarter tick each, until ``deadline``.
+
+        ksmd's cost per simulated second varies a thousandfold with its settings and
+        with how much it merges, so the chunk adapts to the last one's wall time: a
+        burst of merging stalls the tree for at most about one chunk.
+        """
+        sim = self.sim
+        if self._chunk is None:
+            self._chunk = max(self.speed * self.tick / 64, MIN_STEP)
+        while sim.now < target:
+            chunk = min(self._chunk, target - sim.now)
+            t = time.monotonic()
+            sim.advance(chunk)
+            took = time.monotonic() - t
+            if chunk == self._chunk:
+                if took < self.tick / 8:
+                    self._chunk *= 2
+                elif took > self.tick / 2:
+                    self._chunk = max(self._chunk / 4, MIN_STEP)
+            if time.monotonic() >= deadline:
+                break
+
     def _note_lag(self, rate: float | None) -> None:
         self.achieved_speed = rate
         if not self._lag_warned:
             self._lag_warned = True
-            log.warning("the simulation cannot keep up with --speed %g on this machine "
-                        "(about %.3gx): simulated time now runs as fast as it can",
+            log.warning("ksmd's work at these settings is more than this machine can simulate at "
+                        "--speed %g (about %.3gx now): simulated time runs as fast as it can",
                         self.speed, rate or 0.0)
 
     # --- control queue -------------------------------------------------------------------
 
-    def _control(self) -> None:
+    def _control(self) -> bool:
+        """Apply queued events; True when there were any."""
         try:
             names = sorted(n for n in os.listdir(self.events_dir) if n.endswith(".yaml"))
         except FileNotFoundError:
-            return
+            return False
         for name in names:
             path = self.events_dir / name
             try:
@@ -216,6 +230,7 @@ class Server:
             tmp = self.events_dir / f".{name}.result.tmp"
             tmp.write_text(result + "\n")
             os.replace(tmp, self.events_dir / (name[: -len(".yaml")] + ".result"))
+        return bool(names)
 
     def apply_event_text(self, text: str) -> str:
         """Apply one event given as YAML; return ``ok`` or ``error: ...``."""
