@@ -149,6 +149,8 @@ class Tree:
                 raise TreeError(f"{path} exists and was not made by sysfs-emu; use an empty directory")
         for rel in wanted:
             path = self.root / rel
+            if path.is_symlink():
+                raise TreeError(f"{path} is a symbolic link; sysfs-emu only writes into directories it can trust")
             if os.path.lexists(path) and not path.is_dir():
                 raise TreeError(f"{path} exists and is not a directory; use an empty directory")
         # Process directories an earlier run left behind are stale: drop them.

@@ -424,3 +424,14 @@ def test_pgrep_finds_the_simulated_guests(tree, sim):
         "".join(f"{pid}\n" for pid in guests),
         "".join(f"{pid}\n" for pid in sshd),
     ]
+
+
+def test_refuses_a_symlinked_proc(sim, tmp_path):
+    root = tmp_path / "host"
+    root.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "proc").symlink_to(elsewhere)
+    with pytest.raises(TreeError, match="proc is a symbolic link"):
+        Tree(sim, root).create()
+    assert os.listdir(elsewhere) == []
