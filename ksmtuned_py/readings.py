@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# A process that is not a guest is re-checked while it is this young (seconds):
-# launchers such as libvirt fork first and exec qemu a moment later, which
-# changes the name but not the pid or the start time.
-YOUNG_SECONDS = 300.0
+# A process that is not a guest is read again until it has been seen at least
+# this old (seconds): launchers such as libvirt fork first and exec qemu a moment
+# later, which changes the name but not the pid or the start time.  After that,
+# it is not read again while its pid and /proc entry stay the same.
+YOUNG_SECONDS = 60.0
 
 
 class ReadingError(UserError):
@@ -94,6 +95,7 @@ class _Entry:
     ino: int
     start: int  # start time in clock ticks after boot
     guest: bool
+    settled: bool  # was at least YOUNG_SECONDS old when read: no exec expected any more
 
 
 @dataclass
@@ -194,9 +196,8 @@ class GuestScanner:
             log.warning("cannot list %s: %s", self.proc, e.strerror)
             return []
         uptime = self._uptime()
-        young_tick = None
-        if uptime is not None:
-            young_tick = (uptime - YOUNG_SECONDS) * CLOCK_TICKS
+        # Processes started after this tick are still young (None: no uptime, all settled).
+        young_tick = None if uptime is None else (uptime - YOUNG_SECONDS) * CLOCK_TICKS
         seen: set[int] = set()
         guests: list[Guest] = []
         for entry in entries:
@@ -210,12 +211,7 @@ class GuestScanner:
             except OSError:
                 continue
             cached = self._cache.get(pid)
-            if (
-                cached is not None
-                and cached.ino == ino
-                and not cached.guest
-                and not (young_tick is not None and cached.start > young_tick)
-            ):
+            if cached is not None and cached.ino == ino and not cached.guest and cached.settled:
                 continue  # known not to be a guest, and old enough to stay so
             stat = self._read_stat(pid)
             if stat is None:
@@ -224,7 +220,8 @@ class GuestScanner:
             comm, start, rss = stat
             # Guests are re-checked every cycle: a guest may exec something else.
             guest = self._is_guest(comm)
-            self._cache[pid] = _Entry(ino, start, guest)
+            settled = young_tick is None or start <= young_tick
+            self._cache[pid] = _Entry(ino, start, guest, settled)
             if not guest:
                 continue
             kb = self._vmrss_kb(pid, rss)

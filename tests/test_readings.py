@@ -11,6 +11,7 @@ import pytest
 
 from ksmtuned_py.readings import (
     CLOCK_TICKS,
+    YOUNG_SECONDS,
     GuestScanner,
     MemInfo,
     ReadingError,
@@ -235,11 +236,20 @@ def test_young_processes_are_rechecked_until_they_settle(tmp_path):
     (root / "proc" / "uptime").write_text(f"{uptime:.2f} 5.00\n")
     young = int((uptime - 10) * CLOCK_TICKS)  # started 10 s ago
     fake_process(root, 20, "rpc-libvirtd", young, 1)
+    fake_process(root, 21, "bash", young, 1)
     scanner = GuestScanner(root)
     assert scanner.scan() == []
+    assert scanner.stats.stat_reads == 2
     fake_process(root, 20, "qemu-system-x86", young, 300)  # after exec
     assert [g.pid for g in scanner.scan()] == [20]
-    assert scanner.stats.stat_reads == 2
+    assert scanner.stats.stat_reads == 4  # both young: both read again
+    # Time passes: once seen at YOUNG_SECONDS or older, a non-guest settles.
+    (root / "proc" / "uptime").write_text(f"{uptime + YOUNG_SECONDS:.2f} 5.00\n")
+    scanner.scan()
+    assert scanner.stats.stat_reads == 6
+    scanner.scan()
+    scanner.scan()
+    assert scanner.stats.stat_reads == 8  # only the guest is read each cycle now
 
 
 def test_exited_pids_leave_the_cache(tmp_path):
