@@ -146,7 +146,8 @@ class Server:
                 raise ServeError(f"{self.root} is not writable: {exc.strerror}: {exc.filename}") from None
             self._write_state()
             self.ready_event.set()
-            log.info("serving %s under %s at %gx", self.scenario_name, self.root, self.speed)
+            log.info("serving %s under %s at %gx; try: ksmtuned-py --root %s status",
+                     self.scenario_name, self.root, self.speed, self.root)
             self._loop()
         finally:
             if self.clean:
