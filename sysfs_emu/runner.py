@@ -137,6 +137,8 @@ class Server:
         """Serve until stopped or ``duration`` simulated seconds have passed."""
         self.lock.acquire()
         try:
+            # state.json appears once the tree is ready; an earlier run's must not say so.
+            (_state_dir(self.root) / "state.json").unlink(missing_ok=True)
             try:
                 self.tree.create()
                 self.events_dir.mkdir(exist_ok=True)

@@ -139,7 +139,9 @@ class Tree:
 
     def create(self) -> None:
         """Make the directories and every file; clear what an earlier run left."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # The scratch directory holds only half-made files of an earlier run that died.
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.tmp_dir.mkdir(parents=True)
         previous = Manifest.load(self.manifest.path)
         wanted = [*BASE_DIRS]
         files = [f"{KSM_DIR}/{name}" for name in KSM_ATTRS] + [f"proc/{n}" for n in HOST_PROC_FILES]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -62,9 +63,14 @@ def served(root: Path, *args: str, stderr_path: Path | None = None):
     proc = subprocess.Popen([SYSFS_EMU, "run", *args, "--root", str(root)],
                             stdout=subprocess.DEVNULL, stderr=err)
     try:
-        # state.json is written once the whole tree is in place.
-        wait_for(lambda: (root / ".sysfs-emu/state.json").exists() or proc.poll() is not None,
-                 what="the tree to appear")
+        # state.json (with this run's pid) is written once the whole tree is in place.
+        def ready():
+            try:
+                return json.loads((root / ".sysfs-emu/state.json").read_text())["pid"] == proc.pid
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait_for(lambda: ready() or proc.poll() is not None, what="the tree to appear")
         if proc.poll() is not None:
             raise AssertionError(f"sysfs-emu exited with {proc.returncode}")
         yield proc

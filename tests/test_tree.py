@@ -435,3 +435,17 @@ def test_refuses_a_symlinked_proc(sim, tmp_path):
     with pytest.raises(TreeError, match="proc is a symbolic link"):
         Tree(sim, root).create()
     assert os.listdir(elsewhere) == []
+
+
+def test_a_killed_run_is_taken_over_by_the_next(tmp_path):
+    """SIGKILL leaves the tree, the lock file and maybe scratch files; the next run starts cleanly."""
+    root = tmp_path / "host"
+    with served(root, "demo", "--speed", "60") as first:
+        first.kill()
+        first.wait()
+        (root / ".sysfs-emu/tmp/f1").write_text("half")
+    with served(root, "demo", "--speed", "60") as second:
+        assert read(root / ".sysfs-emu/lock").strip() == str(second.pid)
+        wait_for(lambda: (root / "proc/1000/comm").exists(), what="the first guest")
+        assert not (root / ".sysfs-emu/tmp/f1").exists()
+    assert second.returncode == 0
