@@ -129,6 +129,7 @@ class GuestScanner:
         from ksmtuned_py.config import UPSTREAM_PROCESS_REGEX
 
         self.proc = Path(root, "proc")
+        self._proc = str(self.proc)
         self.pattern = re.compile(regex if regex is not None else UPSTREAM_PROCESS_REGEX)
         self.metric = metric
         self._cache: dict[int, _Entry] = {}
@@ -144,9 +145,13 @@ class GuestScanner:
     def _read_stat(self, pid: int) -> tuple[str, int, int] | None:
         self.stats.stat_reads += 1
         try:
-            with open(self.proc / str(pid) / "stat", "rb") as f:
-                text = f.read().decode("utf-8", errors="replace")
-            return parse_stat(text)
+            # os-level calls: this runs for every new process, keep it cheap
+            fd = os.open(f"{self._proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 4096)
+            finally:
+                os.close(fd)
+            return parse_stat(data.decode("utf-8", errors="replace"))
         except (OSError, ValueError, IndexError):
             self.stats.vanished += 1
             return None
