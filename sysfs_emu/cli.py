@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -161,13 +162,17 @@ def run(scenario, root, speed, duration, clean, verbose):
     if stop_early:
         raise SystemExit(0)
     server = Server(sim, root, speed=speed, duration=seconds, clean=clean, scenario_name=name)
+    started, sim_start = time.monotonic(), sim.now
     try:
         server.run()
     except ServeError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot keep the tree under {root}: {exc.strerror}: {exc.filename}") from None
-    log.info("stopped at simulated time %.1fs; tree %s", sim.now, "removed" if clean else f"left in {root}")
+    wall = time.monotonic() - started
+    pace = f", {(sim.now - sim_start) / wall:.3g}x on average" if wall > 0 else ""
+    log.info("stopped at simulated time %.1fs after %.1fs%s; tree %s", sim.now, wall, pace,
+             "removed" if clean else f"left in {root}")
 
 
 @main.command()
@@ -240,8 +245,6 @@ def event(event, root, timeout):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per cycle.")
 def simulate(scenario, config_path, duration, as_json):
     """Drive ksmtuned-py's decision over SCENARIO in simulated time; print each decision and the saving."""
-    import time
-
     from ksmtuned_py import config as configmod
     from ksmtuned_py.errors import UserError
     from sysfs_emu.simulate import Simulate
