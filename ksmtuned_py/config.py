@@ -97,7 +97,9 @@ def _literal_dollar(nxt: str) -> bool:
     return nxt == "" or not (nxt.isascii() and (nxt.isalnum() or nxt in "_{([#?@*!$-'\""))
 
 
-def _scan_value(line: str, start: int, path: str, lineno: int) -> tuple[str, int]:
+def _scan_value(
+    line: str, start: int, path: str, lineno: int, exported: bool = False
+) -> tuple[str, int]:
     """Read one shell word starting at ``start``; return (value, index after it)."""
     out: list[str] = []
     i, n = start, len(line)
@@ -157,6 +159,9 @@ def _scan_value(line: str, start: int, path: str, lineno: int) -> tuple[str, int
             i += 1
         elif c in "$`;&|<>()\0":
             fail(_value_problem(c, line[i + 1:i + 2]))
+        elif c == "{" and exported:
+            # `export` takes ordinary words: bash would brace-expand K={a,b} into two
+            fail("an unquoted '{' after export is not supported", "expected the value in quotes")
         elif c == "~" and (i == start or line[i - 1] == ":"):
             fail("'~' (tilde expansion) is not supported", "expected a full path")
         else:
@@ -173,6 +178,7 @@ def _parse_line(line: str, path: str, lineno: int) -> Assignment | None:
     if i >= n or line[i] == "#":
         return None
     m = _EXPORT.match(line, i)
+    exported = m is not None
     if m:
         i = m.end()
     m = _NAME.match(line, i)
@@ -187,7 +193,7 @@ def _parse_line(line: str, path: str, lineno: int) -> Assignment | None:
                 )
         raise ConfigError(f"{_SYNTAX}, found {found!r}", path, lineno)
     key = m.group()
-    value, i = _scan_value(line, m.end() + 1, path, lineno)
+    value, i = _scan_value(line, m.end() + 1, path, lineno, exported)
     while i < n and line[i] in _BLANK:
         i += 1
     if i < n and line[i] != "#":

@@ -119,6 +119,11 @@ def test_the_shipped_config_is_all_defaults():
         ("LOGFILE='/var/log", "f:3: unterminated single quote; expected a closing ' on the same line"),
         ('LOGFILE="/var/log', 'f:3: unterminated double quote; expected a closing " on the same line'),
         ("LOGFILE=~/log", "f:3: '~' (tilde expansion) is not supported; expected a full path"),
+        ("LOGFILE=/a:~/log", "f:3: '~' (tilde expansion) is not supported; expected a full path"),
+        (
+            "export KSM_PROCESS_REGEX=^qemu-{kvm,x}$",
+            "f:3: an unquoted '{' after export is not supported; expected the value in quotes",
+        ),
         (
             "KSM_NPAGES_MAX+=1",
             "f:3: expected KEY=value, export KEY=value, a # comment or a blank line, "
