@@ -214,3 +214,31 @@ def _pte_kb(vsz_pages: int) -> int:
 def _escape_name(name: str) -> str:
     """status escapes backslash and newline in Name as the kernel does."""
     return name.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A process's memory as ``smaps_rollup`` sums it, in kB (all anonymous memory)."""
+
+    rss: int
+    pss: int
+    private_dirty: int  # pages only this process maps (not merged)
+    shared_clean: int  # KSM pages mapped more than once
+    private_clean: int  # KSM pages this entry alone maps
+    ksm: int  # entries mapping a KSM page
+
+
+def smaps_rollup_text(r: Rollup, vsz_pages: int, page_size: int = 4096) -> str:
+    """``/proc/PID/smaps_rollup`` with Linux 6.18's lines: ``Key:`` in 16 columns, value in 8, `` kB``."""
+    end = _STACK_TOP + 0x21000
+    start = min(_START_CODE, end - vsz_pages * page_size)
+    head = f"{start:08x}-{end:08x} ---p 00000000 00:00 0".ljust(73) + "[rollup]"
+    values = [
+        ("Rss", r.rss), ("Pss", r.pss), ("Pss_Dirty", min(r.pss, r.private_dirty)), ("Pss_Anon", r.pss),
+        ("Pss_File", 0), ("Pss_Shmem", 0), ("Shared_Clean", r.shared_clean), ("Shared_Dirty", 0),
+        ("Private_Clean", r.private_clean), ("Private_Dirty", r.private_dirty), ("Referenced", r.rss),
+        ("Anonymous", r.rss), ("KSM", r.ksm), ("LazyFree", 0), ("AnonHugePages", 0), ("ShmemPmdMapped", 0),
+        ("FilePmdMapped", 0), ("Shared_Hugetlb", 0), ("Private_Hugetlb", 0), ("Swap", 0), ("SwapPss", 0),
+        ("Locked", 0),
+    ]
+    return head + "\n" + "".join(f"{k + ':':<16}{v:8d} kB\n" for k, v in values)

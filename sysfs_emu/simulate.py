@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from ksmtuned_py.decision import START, Params, Tuner
+from sysfs_emu.tree import _rollup
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,16 @@ class Simulate:
         else:
             free = mem["MemFree"] + mem["Buffers"] + mem["Cached"]
         guests = [p for p in self.sim.processes if self.pattern.search(p.name)]
-        committed = sum(p.rss_pages * p.page_size // 1024 for p in guests)
+        committed = sum(self._guest_kb(p) for p in guests)
         return free, committed, len(guests)
+
+    def _guest_kb(self, proc) -> int:
+        """RSS in kB (the reference), or PSS with KSM_MEMORY_METRIC=pss, as the daemon reads them."""
+        if self.config.memory_metric == "pss":
+            rollup = _rollup(getattr(self.sim, "memory", None), proc.pid)
+            if rollup is not None:
+                return rollup.pss
+        return proc.rss_pages * proc.page_size // 1024
 
     def _write(self, name: str, value: int) -> bool:
         try:

@@ -23,6 +23,8 @@ import logging
 import os
 import shutil
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +39,7 @@ STATE_DIR = ".sysfs-emu"
 # The files of /sys/kernel/mm/ksm on Linux 6.18 and whether each can be written (0644) or not (0444).
 KSM_ATTRS: dict[str, bool] = {name: name in TUNABLES for name in FILES}
 
-PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages")
+PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages", "smaps_rollup")
 HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg")
 # Directories the tree needs, parents first.
 BASE_DIRS = ("proc", "sys", "sys/kernel", "sys/kernel/mm", KSM_DIR)
@@ -56,9 +58,10 @@ class _ProcView:
     page_size: int
     ksm_stat_text: str
     ksm_merging_pages: int
+    rollup: procfs.Rollup | None = None
 
     @classmethod
-    def of(cls, proc) -> "_ProcView":
+    def of(cls, proc, memory=None) -> "_ProcView":
         stats = proc.ksm_stats() if hasattr(proc, "ksm_stats") else None
         return cls(
             pid=proc.pid, name=proc.name, cmdline=tuple(proc.cmdline), start_time=proc.start_time,
@@ -66,7 +69,35 @@ class _ProcView:
             page_size=getattr(proc, "page_size", 4096),
             ksm_stat_text=stats.ksm_stat_text() if stats is not None else proc.ksm_stat_text(),
             ksm_merging_pages=int(stats.ksm_merging_pages) if stats is not None else int(proc.ksm_merging_pages),
+            rollup=_rollup(memory, proc.pid) if memory is not None else None,
         )
+
+
+def _rollup(memory, pid: int) -> procfs.Rollup | None:
+    """Rss and Pss of a process from the memory model: a KSM page counts 1/mapcount to each mapper."""
+    try:
+        from sysfs_emu.memory import MAPPED, ZERO
+
+        idx = memory.process_slots(pid)
+        flags = memory.pages.flags[idx]
+        kpage = memory.pages.kpage[idx]
+        mapcount = memory.nodes.mapcount
+    except (AttributeError, ImportError, LookupError, ValueError):
+        return None
+    resident = ((flags & MAPPED) != 0) & ((flags & ZERO) == 0)
+    merged = resident & (kpage >= 0)
+    plain = int((resident & ~merged).sum())
+    counts = np.maximum(mapcount[kpage[merged]], 1)
+    kb = 4  # page size in kB
+    shared = int((counts > 1).sum())
+    return procfs.Rollup(
+        rss=int(resident.sum()) * kb,
+        pss=int(plain * 4096 + (4096 / counts).sum()) // 1024,
+        private_dirty=plain * kb,
+        shared_clean=shared * kb,
+        private_clean=(int(merged.sum()) - shared) * kb,
+        ksm=int(merged.sum()) * kb,
+    )
 
 
 class TreeError(Exception):
@@ -293,7 +324,7 @@ class Tree:
             changed = True
         for pid, proc in live.items():
             if pid not in self._pids:
-                changed |= self._add_pid_dir(proc, self._proc_texts(_ProcView.of(proc)))
+                changed |= self._add_pid_dir(proc, self._proc_texts(self._view(proc)))
         if changed:
             self.manifest.pids = sorted(self._pids)
             self.manifest.save()
@@ -305,7 +336,7 @@ class Tree:
             return
         for pid, proc in live.items():
             if pid in self._pids:
-                for fname, data in self._proc_texts(_ProcView.of(proc)).items():
+                for fname, data in self._proc_texts(self._view(proc)).items():
                     self._put(f"proc/{pid}/{fname}", data, 0o444)
         self._proc_key = key
         self._next_proc_refresh = now + 4 * (time.monotonic() - now)
@@ -319,10 +350,13 @@ class Tree:
         except AttributeError:
             return None
 
+    def _view(self, proc) -> _ProcView:
+        return _ProcView.of(proc, getattr(self.sim, "memory", None))
+
     def _proc_texts(self, proc: "_ProcView") -> dict[str, bytes]:
         hwm = max(self._hwm.get(proc.pid, 0), proc.rss_pages)
         self._hwm[proc.pid] = hwm
-        return {
+        texts = {
             "comm": procfs.comm_text(proc.name).encode(),
             "cmdline": procfs.cmdline_bytes(list(proc.cmdline)),
             "stat": procfs.stat_text(proc).encode(),
@@ -331,6 +365,9 @@ class Tree:
             "ksm_stat": proc.ksm_stat_text.encode(),
             "ksm_merging_pages": f"{proc.ksm_merging_pages}\n".encode(),
         }
+        if proc.rollup is not None:
+            texts["smaps_rollup"] = procfs.smaps_rollup_text(proc.rollup, proc.vsz_pages, proc.page_size).encode()
+        return texts
 
     def _add_pid_dir(self, proc, texts: dict[str, bytes]) -> bool:
         """Build ``proc/PID`` aside and rename it into place, so it appears complete."""

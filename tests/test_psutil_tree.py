@@ -65,3 +65,21 @@ def test_psutil_sees_processes_exit(procfs):
         handle.memory_info()
     with pytest.raises(psutil.NoSuchProcess):
         psutil.Process(guest.pid).memory_info()
+
+
+def test_psutil_pss_counts_each_ksm_page_once_over_its_mappers(procfs):
+    sim, tree = procfs
+    sim.advance(30.0)  # the two guests' OS images merge
+    tree.sync(force=True)
+    total_pss = 0
+    for p in sim.processes:
+        full = psutil.Process(p.pid).memory_full_info()
+        assert full.rss == p.rss_pages * 4096
+        total_pss += full.pss
+        if p.ksm_merging_pages:
+            assert full.pss < full.rss  # merged pages are shared: their cost is split
+            assert full.uss < full.rss
+        else:
+            assert full.pss == full.uss == full.rss
+    # Each physical page is counted once over all processes (to a kB per process of rounding).
+    assert abs(total_pss // 1024 - sim.memory.physical_pages() * 4) <= len(sim.processes)

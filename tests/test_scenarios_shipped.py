@@ -106,3 +106,14 @@ def test_simulate_json_and_errors(tmp_path):
     assert r.stderr.startswith(f"sysfs-emu: error: {bad}:1")
     r = cli("simulate", "demo", "--config", str(tmp_path / "none.conf"))
     assert r.returncode == 1 and r.stderr == f"sysfs-emu: error: no config file {tmp_path / 'none.conf'}\n"
+
+
+def test_simulate_with_pss_stops_ksm_once_merging_relieves_the_pressure(tmp_path):
+    conf = tmp_path / "ksmtuned.conf"
+    conf.write_text("KSM_MEMORY_METRIC=pss\n")
+    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf))
+    assert r.returncode == 0, r.stderr
+    rows = _rows(r.stdout)
+    assert "start, boost: pages_to_scan 300" in rows[2]
+    # Once the OS images are merged the guests' PSS falls, committed + thres < total: stop.
+    assert "stop" in rows[-1] and rows[-1].split()[2:4] != rows[2].split()[2:4]

@@ -89,6 +89,10 @@ def test_proc_layout_matches_the_real_kernel(tree, sim):
     our_keys = [line.split(":")[0] for line in read(d / "status").splitlines()]
     assert our_keys == real_keys
     assert len(Path("/proc/self/statm").read_text().split()) == len(read(d / "statm").split())
+    real_rollup = [line.split(":")[0] for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]]
+    ours_rollup = read(d / "smaps_rollup").splitlines()
+    assert [line.split(":")[0] for line in ours_rollup[1:]] == real_rollup
+    assert ours_rollup[0].index("[rollup]") == Path("/proc/self/smaps_rollup").read_text().index("[rollup]")
     real_ksm = [line.split()[0] for line in Path("/proc/self/ksm_stat").read_text().splitlines()]
     assert [line.split()[0] for line in read(d / "ksm_stat").splitlines()] == real_ksm
     # Host files psutil and the daemon read.
