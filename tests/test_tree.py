@@ -130,7 +130,7 @@ def test_readers_never_see_a_partial_file(tree, sim):
     t = threading.Thread(target=reader)
     t.start()
     try:
-        for _ in range(200):
+        for _ in range(100):
             sim.advance(0.5)
             tree.sync()
     finally:
