@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -267,14 +268,14 @@ def test_second_sysfs_emu_on_the_same_root_is_refused(tmp_path):
         assert first.poll() is None
 
 
-def test_sigterm_stops_cleanly_and_leaves_the_tree(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_stop_cleanly_and_leave_the_tree(tmp_path, sig):
     root = tmp_path / "host"
     log = tmp_path / "err"
     with served(root, "--speed", "10", stderr_path=log) as proc:
-        pass
-    assert proc.returncode == 0
+        assert stop(proc, sig) == 0
     assert (root / KSM / "run").exists() and (root / "proc/meminfo").exists()
-    assert "SIGTERM received, stopping" in log.read_text()
+    assert f"{sig.name} received, stopping" in log.read_text()
     assert "Traceback" not in log.read_text()
 
 
