@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from sysfs_emu.scenario import SysfsEmuError
 from sysfs_emu.tree import STATE_DIR, Tree, TreeError
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,10 @@ class Server:
             self.ready_event.set()
             log.info("serving %s under %s at %gx; try: ksmtuned-py --root %s status",
                      self.scenario_name, self.root, self.speed, self.root)
-            self._loop()
+            try:
+                self._loop()
+            except SysfsEmuError as exc:  # e.g. a scenario event that runs out of memory
+                raise ServeError(f"the simulation stopped at {self.sim.now:.1f}s: {exc}") from None
         finally:
             if self.clean:
                 self.tree.remove()

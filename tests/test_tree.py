@@ -454,3 +454,19 @@ def test_a_killed_run_is_taken_over_by_the_next(tmp_path):
         wait_for(lambda: (root / "proc/1000/comm").exists(), what="the first guest")
         assert not (root / ".sysfs-emu/tmp/f1").exists()
     assert second.returncode == 0
+
+
+def test_a_simulation_error_while_running_is_one_line(tmp_path):
+    scenario = tmp_path / "oom.yaml"
+    scenario.write_text(
+        "host: {memory: 64MiB}\n"
+        "processes:\n"
+        "  - {name: qemu-kvm, regions: [{pages: 20000, fill: zero, lazy: true}]}\n"
+        "events:\n"
+        "  - {at: 1s, rewrite: {process: 0, region: 0, fill: unique}}\n"
+    )
+    r = cli("run", str(scenario), "--root", str(tmp_path / "host"), "--speed", "10", timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith("sysfs-emu: error: the simulation stopped at 1.0s: ")
+    assert last.endswith("out of memory")
