@@ -85,6 +85,8 @@ class _Demo:
                 self.server.run()
             except BaseException as exc:  # reported by the main thread
                 self.error = exc
+                if self.daemon is not None and self.daemon.poll() is None:
+                    self.daemon.terminate()  # ends follow(): nothing left to show
 
         self.thread = threading.Thread(target=serve, name="sysfs-emu", daemon=True)
         self.thread.start()
