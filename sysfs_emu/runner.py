@@ -90,6 +90,25 @@ class RootLock:
         self._fd = None
 
 
+def filesystem_type(path: str | os.PathLike) -> str | None:
+    """The type of the file system holding ``path`` (from /proc/self/mounts), or None."""
+    target = os.path.realpath(path)
+    best, kind = "", None
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        return None
+    return kind
+
+
 def holder_pid(root: Path) -> int | None:
     """The pid of the sysfs-emu serving ``root``, or None when none does."""
     path = _state_dir(root) / "lock"
@@ -149,6 +168,10 @@ class Server:
                 raise ServeError(f"{self.root} is not writable: {exc.strerror}: {exc.filename}") from None
             self._write_state()
             self.ready_event.set()
+            kind = filesystem_type(self.root)
+            if kind not in (None, "tmpfs", "ramfs"):
+                log.info("%s is on %s: every changed file is replaced each tick, which a tmpfs "
+                         "(e.g. /dev/shm) does far faster", self.root, kind)
             log.info("serving %s under %s at %gx; try: ksmtuned-py --root %s status",
                      self.scenario_name, self.root, self.speed, self.root)
             try:

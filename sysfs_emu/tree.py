@@ -100,6 +100,14 @@ def _rollup(memory, pid: int) -> procfs.Rollup | None:
     )
 
 
+def _shown(data: bytes, limit: int = 40) -> str:
+    """A written value for the log: its repr, cut (with its length) when long."""
+    text = data.decode(errors="replace")
+    if len(data) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(data)} bytes)"
+
+
 class TreeError(Exception):
     """The tree cannot be created under this root; the message says why."""
 
@@ -275,16 +283,16 @@ class Tree:
             except OSError as exc:
                 code = errno.errorcode.get(exc.errno, str(exc.errno))
                 log.warning(
-                    "%s: write %r refused with %s (%s); value restored to %r",
-                    rel, data.decode(errors="replace"), code, os.strerror(exc.errno or 0), before,
+                    "%s: write %s refused with %s (%s); value restored to %r",
+                    rel, _shown(data), code, os.strerror(exc.errno or 0), kernel.read_attr(name).rstrip("\n"),
                 )
                 self._written.pop(rel)  # forces the rewrite below
             else:
                 after = kernel.read_attr(name).rstrip("\n")
                 # A knob rewritten with its own value (as ksmtuned does every cycle) is not news.
                 level = logging.INFO if after != before else logging.DEBUG
-                log.log(level, "%s: %r written by another program (was %r, now %r)",
-                        rel, data.decode(errors="replace"), before, after)
+                log.log(level, "%s: %s written by another program (was %r, now %r)",
+                        rel, _shown(data), before, after)
                 self._written.pop(rel)
                 changed.append(name)
         if changed or any(f"{KSM_DIR}/{n}" not in self._written for n in KSM_ATTRS):
