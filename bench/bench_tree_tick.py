@@ -34,10 +34,11 @@ def main() -> None:
     ap.add_argument("scenario", nargs="?", default="datacenter-day")
     ap.add_argument("--at", default="6h", help="simulated time to advance to first")
     ap.add_argument("-n", type=int, default=50)
+    ap.add_argument("--dir", default=None, help="where to build the tree (default: the system's temp dir)")
     args = ap.parse_args()
     sim = Simulation.from_yaml(shipped_scenarios()[args.scenario])
     sim.advance(parse_duration(args.at))
-    root = tempfile.mkdtemp(prefix="bench-tree-")
+    root = tempfile.mkdtemp(prefix="bench-tree-", dir=args.dir)
     try:
         tree = Tree(sim, root)
         tree.create()
@@ -54,7 +55,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.scenario} at {args.at}: {len(sim.processes)} processes")
+    print(f"{args.scenario} at {args.at}: {len(sim.processes)} processes, tree in {root}")
     print(f"idle tick (no change)          {idle:8.2f} ms")
     print(f"tick while ksmd scans          {scanning:8.2f} ms  (advance 0.1 s + sync)")
     print(f"forced refresh of every proc/  {forced:8.2f} ms")
