@@ -527,3 +527,15 @@ def test_writes_through_the_files_answer_like_the_real_kernel(fast_tmp, caplog):
             assert len(warnings) == 1 and f"refused with {row['errname']} (" in warnings[0], row
         else:
             assert warnings == [], row
+
+
+def test_speed_paces_simulated_time_against_the_wall_clock(tmp_path):
+    """--speed 20 --duration 30s: 30 simulated seconds take 1.5 s, never less."""
+    import time
+
+    started = time.monotonic()
+    r = cli("run", "idle-host", "--root", str(tmp_path / "host"), "--speed", "20", "--duration", "30s", "--clean")
+    wall = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    assert "stopped at simulated time 30.0s after 1." in r.stderr
+    assert 1.5 <= wall < 8
