@@ -537,5 +537,8 @@ def test_speed_paces_simulated_time_against_the_wall_clock(tmp_path):
     r = cli("run", "idle-host", "--root", str(tmp_path / "host"), "--speed", "20", "--duration", "30s", "--clean")
     wall = time.monotonic() - started
     assert r.returncode == 0, r.stderr
-    assert "stopped at simulated time 30.0s after 1." in r.stderr
-    assert 1.5 <= wall < 8
+    import re
+
+    served_for = float(re.search(r"stopped at simulated time 30\.0s after (\d+\.\d)s", r.stderr).group(1))
+    assert 1.4 <= served_for < 4  # 1.5 s, to a tick, on a machine that keeps up
+    assert wall >= 1.5
