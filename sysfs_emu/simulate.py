@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from ksmtuned_py.decision import START, Params, Tuner
-from sysfs_emu.tree import _rollup
+from sysfs_emu import procstats
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,9 @@ class Simulate:
     def _guest_kb(self, proc) -> int:
         """RSS in kB (the reference), or PSS with KSM_MEMORY_METRIC=pss, as the daemon reads them."""
         if self.config.memory_metric == "pss":
-            rollup = _rollup(getattr(self.sim, "memory", None), proc.pid)
-            if rollup is not None:
-                return rollup.pss
+            fast = procstats.numbers(getattr(self.sim, "memory", None), proc.pid)
+            if fast is not None:
+                return fast.rollup.pss
         return proc.rss_pages * proc.page_size // 1024
 
     def _write(self, name: str, value: int) -> bool:

@@ -23,12 +23,10 @@ import logging
 import os
 import shutil
 import time
-
-import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sysfs_emu import procfs
+from sysfs_emu import procfs, procstats
 from sysfs_emu.kernel import FILES, TUNABLES
 
 log = logging.getLogger(__name__)
@@ -62,42 +60,17 @@ class _ProcView:
 
     @classmethod
     def of(cls, proc, memory=None) -> "_ProcView":
-        stats = proc.ksm_stats() if hasattr(proc, "ksm_stats") else None
+        fast = procstats.numbers(memory, proc.pid) if memory is not None else None
+        if fast is not None:
+            rss, stat_text, merging, rollup = fast.rss_pages, fast.ksm_stat_text, fast.ksm_merging_pages, fast.rollup
+        else:
+            stats = proc.ksm_stats()
+            rss, stat_text, merging, rollup = proc.rss_pages, stats.ksm_stat_text(), stats.ksm_merging_pages, None
         return cls(
             pid=proc.pid, name=proc.name, cmdline=tuple(proc.cmdline), start_time=proc.start_time,
-            rss_pages=int(proc.rss_pages), vsz_pages=int(proc.vsz_pages),
-            page_size=getattr(proc, "page_size", 4096),
-            ksm_stat_text=stats.ksm_stat_text() if stats is not None else proc.ksm_stat_text(),
-            ksm_merging_pages=int(stats.ksm_merging_pages) if stats is not None else int(proc.ksm_merging_pages),
-            rollup=_rollup(memory, proc.pid) if memory is not None else None,
+            rss_pages=int(rss), vsz_pages=int(proc.vsz_pages), page_size=getattr(proc, "page_size", 4096),
+            ksm_stat_text=stat_text, ksm_merging_pages=int(merging), rollup=rollup,
         )
-
-
-def _rollup(memory, pid: int) -> procfs.Rollup | None:
-    """Rss and Pss of a process from the memory model: a KSM page counts 1/mapcount to each mapper."""
-    try:
-        from sysfs_emu.memory import MAPPED, ZERO
-
-        idx = memory.process_slots(pid)
-        flags = memory.pages.flags[idx]
-        kpage = memory.pages.kpage[idx]
-        mapcount = memory.nodes.mapcount
-    except (AttributeError, ImportError, LookupError, ValueError):
-        return None
-    resident = ((flags & MAPPED) != 0) & ((flags & ZERO) == 0)
-    merged = resident & (kpage >= 0)
-    plain = int((resident & ~merged).sum())
-    counts = np.maximum(mapcount[kpage[merged]], 1)
-    kb = 4  # page size in kB
-    shared = int((counts > 1).sum())
-    return procfs.Rollup(
-        rss=int(resident.sum()) * kb,
-        pss=int(plain * 4096 + (4096 / counts).sum()) // 1024,
-        private_dirty=plain * kb,
-        shared_clean=shared * kb,
-        private_clean=(int(merged.sum()) - shared) * kb,
-        ksm=int(merged.sum()) * kb,
-    )
 
 
 def _shown(data: bytes, limit: int = 40) -> str:

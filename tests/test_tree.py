@@ -542,3 +542,26 @@ def test_speed_paces_simulated_time_against_the_wall_clock(tmp_path):
     served_for = float(re.search(r"stopped at simulated time 30\.0s after (\d+\.\d)s", r.stderr).group(1))
     assert 1.4 <= served_for < 4  # 1.5 s, to a tick, on a machine that keeps up
     assert wall >= 1.5
+
+
+@pytest.mark.parametrize("use_zero_pages", [0, 1])
+def test_fast_process_numbers_equal_the_simulations(use_zero_pages):
+    """The tree's one-pass numbers equal SimProcess.rss_pages and ksm_stats(), through merges and COW."""
+    from sysfs_emu import procstats
+
+    scenario = small_scenario()
+    scenario["ksm"] = {"use_zero_pages": use_zero_pages, "max_page_sharing": 3, **scenario["ksm"]}
+    scenario["processes"][0]["regions"].append({"pages": 700, "fill": "zero"})
+    scenario["processes"][1]["mergeable_all"] = True
+    sim = Simulation(scenario)
+    for step in range(4):
+        sim.advance(8.0)
+        if step == 2:
+            sim.apply({"rewrite": {"process": 0, "region": 0, "first": 0, "pages": 500, "fill": "unique"}})
+        for p in sim.processes:
+            fast = procstats.numbers(sim.memory, p.pid)
+            assert fast is not None
+            assert fast.rss_pages == p.rss_pages
+            assert fast.ksm_stat_text == p.ksm_stat_text()
+            assert fast.ksm_merging_pages == p.ksm_merging_pages
+    assert any(p.ksm_merging_pages for p in sim.processes)
