@@ -565,3 +565,21 @@ def test_fast_process_numbers_equal_the_simulations(use_zero_pages):
             assert fast.ksm_stat_text == p.ksm_stat_text()
             assert fast.ksm_merging_pages == p.ksm_merging_pages
     assert any(p.ksm_merging_pages for p in sim.processes)
+
+
+def test_event_from_a_file_and_bad_event_text(tmp_path):
+    root = tmp_path / "host"
+    event = tmp_path / "guest.yaml"
+    event.write_text("start:\n  name: qemu-system-x86\n  id: 3\n  regions: [{pages: 10, fill: zero}]\n")
+    with served(root, "--speed", "5"):
+        ok = cli("event", "--root", str(root), f"@{event}")
+        assert ok.returncode == 0 and ok.stdout == "ok\n", ok.stderr
+        assert read(root / "proc/1003/comm") == "qemu-system-x86\n"
+        bad = cli("event", "--root", str(root), "start: {name: x")
+        assert bad.returncode == 1 and bad.stderr.startswith("sysfs-emu: error: the event is not valid YAML: ")
+        assert len(bad.stderr.splitlines()) == 1
+        unknown = cli("event", "--root", str(root), "reboot: now")
+        assert unknown.returncode == 1 and len(unknown.stderr.splitlines()) == 1
+        assert "reboot: unknown key" in unknown.stderr
+        missing = cli("event", "--root", str(root), f"@{tmp_path / 'none.yaml'}")
+        assert missing.stderr == f"sysfs-emu: error: cannot read {tmp_path / 'none.yaml'}: No such file or directory\n"
