@@ -940,6 +940,22 @@ class Ksmd:
             wake += (batches - 1) * period
         return wake
 
+    def _idle_scans(self, end: float, until_full_scans: int | None) -> None:
+        """Nothing to visit: every batch is an empty full scan until something changes."""
+        t = self.next_wake
+        if t is None or t > end:
+            return
+        period = self._after(t, 1, 0.0) - t
+        n = int((end - t) / period) + 1
+        if until_full_scans is not None:
+            n = min(n, max(until_full_scans - self.seqnr, 0))
+        if n <= 0:
+            return
+        self.seqnr += n
+        self.cpu_time += n * self.cost.batch
+        self.next_wake = t + n * period
+        self.clock = t + (n - 1) * period
+
     def full_scan_time(self, candidates: int) -> float:
         """Model: seconds one full scan of ``candidates`` unchanging, unmergeable pages takes."""
         pts = max(int(self.kernel.pages_to_scan), 1)
@@ -1001,3 +1017,5 @@ class Ksmd:
                 if until_full_scans is not None and self.seqnr >= until_full_scans:
                     self.clock = min(max(scan_end, self.clock), end)
                     return self.clock - start
+                if work.visits == 0 and work.skipped == 0 and self.kernel.advisor_mode == "none":
+                    self._idle_scans(end, until_full_scans)

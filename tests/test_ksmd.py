@@ -1,0 +1,298 @@
+"""The simulated ksmd's rules, with exact counters for small hand-worked cases (no real kernel)."""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import numpy as np
+import pytest
+
+from sysfs_emu.kernel import Kernel
+from sysfs_emu.ksmd import TICK, Ksmd, msecs_to_jiffies
+from sysfs_emu.memory import Memory
+
+
+def make(vectorise: bool = True, **attrs):
+    kernel = Kernel()
+    memory = Memory()
+    ksmd = Ksmd(kernel, memory, vectorise=vectorise)
+    assert kernel.engine is ksmd
+    settings = {"pages_to_scan": 100000, "sleep_millisecs": 0, **attrs}
+    for name, value in settings.items():
+        kernel.write_attr(name, str(value))
+    return kernel, memory, ksmd
+
+
+def scans(kernel, ksmd, n: int) -> dict[str, int]:
+    kernel.write_attr("run", "1")
+    ksmd.advance(3600, until_full_scans=ksmd.seqnr + n)
+    return ksmd.counters()
+
+
+def core(c: dict[str, int]) -> tuple:
+    return tuple(c[k] for k in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
+                                "ksm_zero_pages", "stable_node_chains", "stable_node_dups", "general_profit"))
+
+
+def test_merging_needs_two_passes():
+    kernel, memory, ksmd = make()
+    memory.add_region(1, [5, 5, 9])
+    c = scans(kernel, ksmd, 1)
+    assert core(c) == (0, 0, 0, 3, 0, 0, 0, -3 * 64)
+    c = scans(kernel, ksmd, 1)
+    # the two 5s make one KSM page; 9 waits in the unstable tree
+    assert core(c) == (1, 1, 1, 0, 0, 0, 0, 4096 - 3 * 64)
+    assert c["pages_scanned"] == 6 and c["full_scans"] == 2
+
+
+def test_pool_shared_by_three_processes():
+    kernel, memory, ksmd = make()
+    for pid in (1, 2, 3):
+        memory.add_region(pid, np.arange(100, 150))
+    c = scans(kernel, ksmd, 2)
+    assert core(c) == (50, 100, 0, 0, 0, 0, 0, 100 * 4096 - 150 * 64)
+    stat = memory.process_stats(2)
+    assert stat.ksm_stat_text() == (
+        "ksm_rmap_items 50\nksm_zero_pages 0\nksm_merging_pages 50\n"
+        f"ksm_process_profit {50 * 4096 - 50 * 64}\nksm_merge_any: no\nksm_mergeable: yes\n"
+    )
+    # merging frees memory but not resident size
+    assert memory.rss_pages(2) == 50
+    assert memory.physical_pages() == 50
+
+
+def test_max_page_sharing_chains_duplicates():
+    kernel, memory, ksmd = make()
+    memory.add_region(1, np.full(600, 7))
+    c = scans(kernel, ksmd, 2)
+    # 256 + 256 + 88 sharers: three KSM pages chained under one content
+    assert core(c) == (3, 597, 0, 0, 0, 1, 3, 597 * 4096 - 600 * 64)
+    assert memory.physical_pages() == 3
+
+
+@pytest.mark.parametrize("limit,expect", [(2, (5, 5, 0, 0, 0, 1, 5)), (3, (3, 6, 1, 0, 0, 1, 3)), (5, (2, 8, 0, 0, 0, 1, 2))])
+def test_small_max_page_sharing(limit, expect):
+    kernel, memory, ksmd = make(max_page_sharing=limit)
+    memory.add_region(1, np.full(10, 3))
+    c = scans(kernel, ksmd, 2)
+    rmap = memory.rmap_items
+    assert core(c)[:7] == expect
+    assert c["general_profit"] == expect[1] * 4096 - rmap * 64
+
+
+def test_zero_pages_use_zero_pages():
+    kernel, memory, ksmd = make(use_zero_pages=1)
+    memory.add_region(1, np.zeros(10, dtype=np.int64))
+    c = scans(kernel, ksmd, 2)
+    # mapped to the zero page; the rmap items linger until the next scan passes
+    assert core(c) == (0, 0, 0, 10, 10, 0, 0, 10 * 4096 - 10 * 64)
+    assert memory.rss_pages(1) == 0 and memory.physical_pages() == 0
+    c = scans(kernel, ksmd, 1)
+    assert core(c) == (0, 0, 0, 0, 10, 0, 0, 10 * 4096)
+    assert memory.process_stats(1).ksm_zero_pages == 10
+    # a write to a zero page gives the process its own page back
+    memory.write_pages(0, 0, [0, 0])
+    assert ksmd.counters()["ksm_zero_pages"] == 8
+    assert memory.rss_pages(1) == 2
+
+
+def test_zero_pages_without_use_zero_pages_merge_like_any_content():
+    kernel, memory, ksmd = make()
+    memory.add_region(1, np.zeros(10, dtype=np.int64))
+    c = scans(kernel, ksmd, 2)
+    assert core(c) == (1, 9, 0, 0, 0, 0, 0, 9 * 4096 - 10 * 64)
+
+
+def test_copy_on_write_break_is_seen_at_the_next_visit():
+    kernel, memory, ksmd = make()
+    r1 = memory.add_region(1, np.arange(10, 20))
+    memory.add_region(2, np.arange(10, 20))
+    c = scans(kernel, ksmd, 2)
+    assert core(c)[:4] == (10, 10, 0, 0)
+    before = memory.physical_pages()
+    memory.write_pages(r1, 0, memory.new_contents(4))
+    assert memory.physical_pages() == before + 4
+    assert core(ksmd.counters())[:4] == (10, 10, 0, 0)  # ksmd has not looked yet
+    c = scans(kernel, ksmd, 1)
+    assert core(c)[:4] == (10, 6, 0, 4)  # KSM pages live on with one mapper
+    c = scans(kernel, ksmd, 1)
+    assert core(c)[:4] == (10, 6, 4, 0)
+
+
+def test_ksm_page_freed_when_last_mapper_writes():
+    kernel, memory, ksmd = make()
+    r1 = memory.add_region(1, [10])
+    r2 = memory.add_region(2, [10])
+    scans(kernel, ksmd, 2)
+    memory.write_pages(r1, 0, [11])
+    memory.write_pages(r2, 0, [12])
+    assert memory.physical_pages() == 2
+    c = scans(kernel, ksmd, 1)
+    assert core(c)[:4] == (0, 0, 0, 2)
+
+
+def test_run_2_unmerges_everything_and_resets_full_scans():
+    kernel, memory, ksmd = make(use_zero_pages=1)
+    memory.add_region(1, [1, 1, 1, 0, 0, 4])
+    scans(kernel, ksmd, 3)
+    kernel.write_attr("run", "2")
+    c = ksmd.counters()
+    assert core(c) == (0, 0, 0, 0, 0, 0, 0, 0)
+    assert c["full_scans"] == 0 and c["pages_scanned"] == 6 + 6 + 4  # the zero pages are not candidates in scan 3
+    assert memory.physical_pages() == 6 and memory.rss_pages(1) == 6
+
+
+def test_busy_refuses_max_page_sharing_while_shared():
+    kernel, memory, ksmd = make()
+    memory.add_region(1, [1, 1])
+    scans(kernel, ksmd, 2)
+    with pytest.raises(OSError) as err:
+        kernel.write_attr("max_page_sharing", "10")
+    assert err.value.errno == errno.EBUSY
+    kernel.write_attr("run", "2")
+    kernel.write_attr("max_page_sharing", "10")
+    assert kernel.read_attr("max_page_sharing") == "10\n"
+
+
+def test_smart_scan_skip_schedule():
+    kernel, memory, ksmd = make()
+    memory.add_region(1, [42])  # never merges
+    skipped = []
+    for _ in range(14):
+        skipped.append(scans(kernel, ksmd, 1)["pages_skipped"])
+    # ages 3.. allow 1, 2, 4, 8 skips between visits
+    assert skipped == [0, 0, 0, 0, 1, 1, 2, 3, 3, 4, 5, 6, 7, 7]
+    assert ksmd.pages_scanned == 14 - 7
+
+
+def test_smart_scan_off_visits_every_page():
+    kernel, memory, ksmd = make(smart_scan=0)
+    memory.add_region(1, [42])
+    c = scans(kernel, ksmd, 14)
+    assert c["pages_skipped"] == 0 and c["pages_scanned"] == 14
+
+
+def test_exit_leaves_rmap_items_until_ksmd_passes():
+    kernel, memory, ksmd = make()
+    memory.add_region(1, np.arange(1, 5))
+    memory.add_region(2, np.arange(1, 5))
+    scans(kernel, ksmd, 2)
+    memory.remove_process(2)
+    # KSM pages are still mapped by process 1
+    assert core(ksmd.counters())[:2] == (4, 4)
+    c = scans(kernel, ksmd, 1)
+    assert core(c)[:4] == (4, 0, 0, 0)
+    assert memory.rmap_items == 4
+    assert 2 not in memory.processes
+
+
+def test_lazy_pages_are_not_candidates_until_faulted_in():
+    kernel, memory, ksmd = make()
+    r = memory.add_region(1, np.full(8, 3), mapped=False)
+    c = scans(kernel, ksmd, 2)
+    assert c["pages_scanned"] == 0 and memory.rss_pages(1) == 0
+    memory.fault_in(r, 0, 4)
+    c = scans(kernel, ksmd, 2)
+    assert core(c)[:2] == (1, 3) and memory.rss_pages(1) == 4
+
+
+def test_prctl_makes_every_region_mergeable():
+    kernel, memory, ksmd = make()
+    memory.add_process(1)
+    memory.set_process_mergeable(1)
+    memory.add_region(1, [2, 2], mergeable=False)
+    scans(kernel, ksmd, 2)
+    stat = memory.process_stats(1)
+    assert stat.ksm_merge_any and stat.ksm_merging_pages == 2
+
+
+def test_unmergeable_region_is_left_alone():
+    kernel, memory, ksmd = make()
+    memory.add_region(1, [2, 2], mergeable=False)
+    memory.add_region(2, [2, 2])
+    c = scans(kernel, ksmd, 2)
+    assert core(c)[:2] == (1, 1) and c["pages_scanned"] == 4
+
+
+def test_batch_period_follows_jiffies():
+    assert msecs_to_jiffies(20) == 5 and msecs_to_jiffies(10) == 3 and msecs_to_jiffies(1) == 1
+    kernel, memory, ksmd = make(pages_to_scan=100, sleep_millisecs=20, smart_scan=0)
+    memory.add_region(1, memory.new_contents(4000))
+    scans(kernel, ksmd, 3)
+    t0 = ksmd.clock
+    scans(kernel, ksmd, 1)
+    # 40 full batches plus the empty one that finds the end; each 5 + 1 ticks
+    assert ksmd.clock - t0 == pytest.approx(41 * 6 * TICK, rel=1e-6)
+    kernel.write_attr("sleep_millisecs", "10")
+    scans(kernel, ksmd, 1)
+    t0 = ksmd.clock
+    scans(kernel, ksmd, 1)
+    assert ksmd.clock - t0 == pytest.approx(41 * 4 * TICK, rel=1e-6)
+
+
+def test_advance_respects_time():
+    kernel, memory, ksmd = make(pages_to_scan=100, sleep_millisecs=20, smart_scan=0)
+    memory.add_region(1, memory.new_contents(1000))
+    kernel.write_attr("run", "1")
+    ksmd.advance(1.0)
+    # a wake-up every 24 ms from t=0: 42 batches of 100 pages (11 per full scan)
+    assert ksmd.pages_scanned == 42 * 100 - 3 * 100
+    assert ksmd.seqnr == 3
+    kernel.write_attr("run", "0")
+    ksmd.advance(10.0)
+    assert ksmd.seqnr == 3
+
+
+def test_advisor_scan_time_retunes_pages_to_scan():
+    kernel, memory, ksmd = make(pages_to_scan=100, sleep_millisecs=20, smart_scan=0)
+    kernel.write_attr("advisor_mode", "scan-time")
+    assert kernel.pages_to_scan == 500
+    memory.add_region(1, memory.new_contents(1000))
+    scans(kernel, ksmd, 1)
+    # scan time 1 s (rounded), cpu under 1 %: the lower cpu bound wins, 500 / 1 * 10
+    assert kernel.pages_to_scan == 5000
+
+
+def random_workload(seed: int, vectorise: bool):
+    rng = random.Random(seed)
+    settings = {
+        "max_page_sharing": rng.choice([2, 3, 5, 256]),
+        "use_zero_pages": rng.choice([0, 1]),
+        "smart_scan": rng.choice([0, 1]),
+        "pages_to_scan": rng.choice([7, 50, 100000]),
+        "sleep_millisecs": rng.choice([1, 20]),
+    }
+    kernel, memory, ksmd = make(vectorise, **settings)
+    regions = []
+    for pid in range(1, rng.randint(2, 5)):
+        for _ in range(rng.randint(1, 3)):
+            n = rng.randint(1, 60)
+            contents = [rng.choice([0, 1, 2, 3, rng.randint(4, 40), rng.randint(100, 10**6)]) for _ in range(n)]
+            regions.append((memory.add_region(pid, contents, mergeable=rng.random() < 0.85), n))
+    trace = []
+    kernel.write_attr("run", "1")
+    for step in range(12):
+        ksmd.advance(rng.choice([0.01, 0.05, 0.3, 2.0]))
+        trace.append(ksmd.counters())
+        action = rng.random()
+        if action < 0.3:
+            rid, n = rng.choice(regions)
+            if memory.regions[rid].alive:
+                first = rng.randrange(n)
+                k = rng.randint(1, n - first)
+                memory.write_pages(rid, first, [rng.choice([0, 1, 2, rng.randint(4, 40)]) for _ in range(k)])
+        elif action < 0.35:
+            pids = [p for p, proc in memory.processes.items() if proc.alive]
+            if len(pids) > 1:
+                memory.remove_process(rng.choice(pids))
+        elif action < 0.4:
+            kernel.write_attr("run", "2")
+            kernel.write_attr("run", "1")
+    stats = {pid: memory.process_stats(pid) for pid, proc in memory.processes.items() if proc.alive}
+    return trace, stats, memory.physical_pages()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_vectorised_equals_page_by_page(seed):
+    assert random_workload(seed, True) == random_workload(seed, False)
