@@ -1,0 +1,277 @@
+"""The simulated ksmd against the real one: the same workloads, the same counters, the same scan times.
+
+Each workload runs first on the real kernel (real processes with madvise'd
+memory, the real ksmd with a large ``pages_to_scan`` and ``sleep_millisecs``
+0, every reading taken after ``run`` is set to 0 so that all counters come from
+one quiet state at the end of a full scan), then in the simulator, which is
+taken to exactly the same number of full scans. Needs root and KSM; skipped
+otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sysfs_emu.kernel import Kernel
+from sysfs_emu.ksmd import Ksmd
+from sysfs_emu.memory import Memory
+from tests import realksm
+from tests.fidelity_workload import (
+    read_counter,
+    scan_intervals,
+    start_workload,
+    wait_full_scans,
+    workload_processes,
+)
+
+pytestmark = pytest.mark.realksm
+
+EXACT = ("pages_shared", "pages_sharing", "ksm_zero_pages", "stable_node_chains", "stable_node_dups", "general_profit")
+
+
+def pool(first: int, n: int) -> list[int]:
+    return list(range(1000 + first, 1000 + first + n))
+
+
+_unique_next = [100_000]
+
+
+def unique(n: int) -> list[int]:
+    start = _unique_next[0]
+    _unique_next[0] += n
+    return list(range(start, start + n))
+
+
+def foreign_mergeable() -> list[int]:
+    """Processes other than ours whose memory KSM scans (they would skew the global counters)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/ksm_stat"):
+        try:
+            if "ksm_mergeable: yes" in stat.read_text():
+                found.append(int(stat.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tuple[list[dict], list[int]]:
+    """Run ``plan`` on the real kernel; returns the readings and the full-scan count of each."""
+    realksm.write("run", 2)
+    realksm.write("run", 0)
+    settings = {"pages_to_scan": 100000, "sleep_millisecs": 0, "smart_scan": 1, "use_zero_pages": 0,
+                "max_page_sharing": 256, **knobs}
+    for name, value in settings.items():
+        realksm.write(name, value)
+    readings, marks = [], []
+    with workload_processes() as procs:
+        others = set(foreign_mergeable())
+        if others:
+            pytest.skip(f"other processes use KSM (pids {sorted(others)}): the global counters would not be ours")
+        for regions in processes:
+            procs.append(start_workload(regions))
+        for step in plan:
+            if step[0] == "scan":
+                target = read_counter("full_scans") + step[1]
+                realksm.write("run", 1)
+                try:
+                    wait_full_scans(target)
+                finally:
+                    realksm.write("run", 0)
+                marks.append(read_counter("full_scans"))
+            elif step[0] == "rewrite":
+                _, proc, region, first, contents = step
+                procs[proc].rewrite(region, first, contents)
+            elif step[0] == "run2":
+                realksm.write("run", 2)
+                realksm.write("run", 0)
+            elif step[0] == "read":
+                counters = {key: read_counter(key) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
+                stats = [Path(f"/proc/{p.pid}/ksm_stat").read_text() for p in procs]
+                readings.append({"counters": counters, "ksm_stat": stats})
+    return readings, marks
+
+
+def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: list[int]) -> list[dict]:
+    kernel = Kernel()
+    memory = Memory()
+    ksmd = Ksmd(kernel, memory)
+    settings = {"pages_to_scan": 100000, "sleep_millisecs": 0, **knobs}
+    for name, value in settings.items():
+        kernel.write_attr(name, str(value))
+    handles = []
+    for pid, regions in enumerate(processes, start=1):
+        handles.append([memory.add_region(pid, r["contents"], mergeable=r.get("mergeable", True)) for r in regions])
+    readings = []
+    marks = list(marks)
+    for step in plan:
+        if step[0] == "scan":
+            kernel.write_attr("run", "1")
+            ksmd.advance(3600, until_full_scans=marks.pop(0))
+            kernel.write_attr("run", "0")
+        elif step[0] == "rewrite":
+            _, proc, region, first, contents = step
+            memory.write_pages(handles[proc][region], first, contents)
+        elif step[0] == "run2":
+            kernel.write_attr("run", "2")
+            kernel.write_attr("run", "0")
+        elif step[0] == "read":
+            counters = {key: int(kernel.read_attr(key)) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
+            stats = [memory.process_stats(pid).ksm_stat_text() for pid in range(1, len(processes) + 1)]
+            readings.append({"counters": counters, "ksm_stat": stats})
+    return readings
+
+
+def check(real: list[dict], sim: list[dict]) -> None:
+    assert len(real) == len(sim)
+    for i, (r, s) in enumerate(zip(real, sim)):
+        rc, sc = r["counters"], s["counters"]
+        got = {k: sc[k] for k in EXACT + ("full_scans",)}
+        want = {k: rc[k] for k in EXACT + ("full_scans",)}
+        assert got == want, f"reading {i}"
+        assert sc["pages_unshared"] + sc["pages_volatile"] == rc["pages_unshared"] + rc["pages_volatile"], f"reading {i}"
+        assert s["ksm_stat"] == r["ksm_stat"], f"reading {i}: /proc/PID/ksm_stat"
+
+
+def scan_and_read(*counts: int) -> list[tuple]:
+    plan: list[tuple] = []
+    for n in counts:
+        plan += [("scan", n), ("read",)]
+    return plan
+
+
+WORKLOADS = {
+    "identical pages in one process, over max_page_sharing": (
+        [[{"contents": [7] * 600}]], {}, scan_and_read(1, 1, 2)),
+    "one pool in two processes": (
+        [[{"contents": pool(0, 800)}], [{"contents": pool(0, 800)}]], {}, scan_and_read(2, 2)),
+    "one pool in three processes": (
+        [[{"contents": pool(0, 500)}], [{"contents": pool(100, 500)}], [{"contents": pool(0, 300)}]],
+        {}, scan_and_read(2, 3)),
+    "unique pages": ([[{"contents": unique(1500)}]], {}, scan_and_read(1, 1, 4)),
+    "empty pages, use_zero_pages 0": ([[{"contents": [0] * 700}]], {"use_zero_pages": 0}, scan_and_read(2, 1)),
+    "empty pages, use_zero_pages 1": (
+        [[{"contents": [0] * 700}], [{"contents": [0] * 100 + pool(0, 100)}]], {"use_zero_pages": 1},
+        scan_and_read(1, 1, 1, 2)),
+    "pool, unique and empty pages across guests": (
+        [
+            [{"contents": pool(0, 400)}, {"contents": unique(300)}, {"contents": [0] * 200}],
+            [{"contents": pool(0, 300)}, {"contents": pool(0, 100), "mergeable": False}, {"contents": [0] * 100 + unique(50)}],
+            [{"contents": unique(100) + pool(200, 300) + [0] * 50 + [5] * 300}],
+        ],
+        {"use_zero_pages": 1}, scan_and_read(2, 1, 3)),
+    "max_page_sharing 2": (
+        [[{"contents": [9] * 41 + pool(0, 20)}], [{"contents": [9] * 10 + pool(0, 20)}]],
+        {"max_page_sharing": 2}, scan_and_read(2, 2)),
+    "max_page_sharing 3": (
+        [[{"contents": [9] * 50 + [0] * 20}], [{"contents": [9] * 7 + [0] * 9}]],
+        {"max_page_sharing": 3}, scan_and_read(2, 2)),
+    "max_page_sharing 5, three processes": (
+        [[{"contents": [9] * 23 + pool(0, 30)}], [{"contents": pool(0, 30) + [9] * 9}], [{"contents": pool(0, 30)}]],
+        {"max_page_sharing": 5}, scan_and_read(2, 3)),
+    "copy-on-write break after merging": (
+        [[{"contents": pool(0, 400) + [3] * 300}], [{"contents": pool(0, 400)}]],
+        {"max_page_sharing": 100},
+        scan_and_read(3)
+        + [("rewrite", 0, 0, 50, unique(100)), ("rewrite", 0, 0, 200, pool(300, 50)), ("rewrite", 0, 0, 420, unique(30)),
+           ("read",)]
+        + scan_and_read(1, 1, 3)),
+    # ksmd sleeping 20 ms between full scans lets the test stop it after an exact number of scans,
+    # so the states right after a merge (rmap items of zero pages still there, COW leftovers) are compared
+    "empty pages, use_zero_pages 1, every scan": (
+        [[{"contents": [0] * 300 + pool(0, 50)}], [{"contents": pool(0, 50) + [0] * 30}]],
+        {"use_zero_pages": 1, "sleep_millisecs": 20}, scan_and_read(1, 1, 1, 1)),
+    "copy-on-write break, every scan": (
+        [[{"contents": pool(0, 200) + [3] * 30}], [{"contents": pool(0, 200) + [3] * 5}]],
+        {"max_page_sharing": 16, "sleep_millisecs": 20},
+        scan_and_read(1, 1)
+        + [("rewrite", 0, 0, 0, unique(50)), ("rewrite", 1, 0, 0, unique(20)), ("rewrite", 0, 0, 210, [0] * 10)]
+        + scan_and_read(1, 1, 1)),
+    "run 2 unmerges everything": (
+        [[{"contents": pool(0, 300) + [0] * 100}], [{"contents": pool(0, 300) + [4] * 300}]],
+        {"use_zero_pages": 1},
+        scan_and_read(3) + [("run2",), ("read",)] + scan_and_read(2)),
+}
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_counters_match_the_real_kernel(real_ksm, name):
+    processes, knobs, plan = WORKLOADS[name]
+    real, marks = run_real(processes, knobs, plan)
+    if knobs.get("sleep_millisecs"):
+        counts = [step[1] for step in plan if step[0] == "scan"]
+        assert marks == list(np.cumsum(counts)), "the real ksmd did not stop after the planned full scans"
+    sim = run_sim(processes, knobs, plan, marks)
+    check(real, sim)
+
+
+# ---- time --------------------------------------------------------------------
+
+TIMING = [
+    # (pages, pages_to_scan, sleep_millisecs)
+    (4000, 100, 20),
+    (4000, 300, 20),
+    (4000, 100, 10),
+    (4000, 5000, 20),
+    (4000, 100000, 0),
+]
+
+
+def sim_scan_time(pages: int, pages_to_scan: int, sleep_ms: int, scans: int = 6) -> float:
+    kernel = Kernel()
+    memory = Memory()
+    ksmd = Ksmd(kernel, memory)
+    for name, value in (("smart_scan", 0), ("pages_to_scan", pages_to_scan), ("sleep_millisecs", sleep_ms), ("run", 1)):
+        kernel.write_attr(name, str(value))
+    memory.add_region(1, memory.new_contents(pages))
+    ksmd.advance(3600, until_full_scans=3)
+    times = []
+    for n in range(4, 4 + scans):
+        before = ksmd.clock
+        ksmd.advance(3600, until_full_scans=n)
+        times.append(ksmd.clock - before)
+    return statistics.median(times)
+
+
+def real_scan_time(pts: int, sleep_ms: int) -> float:
+    """The real ksmd's fastest full scan among a few (the machine is shared: load only ever adds delay)."""
+    realksm.write("pages_to_scan", pts)
+    realksm.write("sleep_millisecs", sleep_ms)
+    realksm.write("run", 1)
+    try:
+        intervals = scan_intervals(8, timeout=30)
+    finally:
+        realksm.write("run", 0)
+    return min(intervals[1:])
+
+
+def test_full_scan_time_matches_the_real_kernel(real_ksm):
+    """The model is of an unloaded machine, so it is compared with the real kernel's fastest scans,
+    re-measured (up to three rounds) while other load makes them slower than that."""
+    results = {}
+    with workload_processes() as procs:
+        realksm.write("run", 2)
+        realksm.write("run", 0)
+        if foreign_mergeable():
+            pytest.skip("other processes use KSM: the real scan would not be ours alone")
+        procs.append(start_workload([{"contents": unique(4000)}]))
+        realksm.write("smart_scan", 0)
+        for pages, pts, sleep_ms in TIMING:
+            sim = sim_scan_time(pages, pts, sleep_ms)
+            real = math.inf
+            for _ in range(3):
+                real = min(real, real_scan_time(pts, sleep_ms))
+                if abs(sim - real) <= 0.15 * real:
+                    break
+            results[(pts, sleep_ms)] = (real, sim)
+    table = {k: (round(r * 1000, 1), round(m * 1000, 1)) for k, (r, m) in results.items()}
+    for (pts, sleep_ms), (real, sim) in results.items():
+        assert sim == pytest.approx(real, rel=0.15), (
+            f"pages_to_scan={pts} sleep_millisecs={sleep_ms}: real {real * 1000:.1f} ms, "
+            f"simulated {sim * 1000:.1f} ms; all (real ms, simulated ms): {table}"
+        )
