@@ -308,7 +308,7 @@ def simulate(scenario, config_path, duration, as_json):
 def _clock(seconds: float) -> str:
     s = int(seconds)
     d, s = divmod(s, 86400)
-    return (f"{d}d" if d else "") + f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return (f"{d}d " if d else "") + f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 if __name__ == "__main__":  # pragma: no cover
