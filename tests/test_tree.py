@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -583,3 +584,28 @@ def test_event_from_a_file_and_bad_event_text(tmp_path):
         assert "reboot: unknown key" in unknown.stderr
         missing = cli("event", "--root", str(root), f"@{tmp_path / 'none.yaml'}")
         assert missing.stderr == f"sysfs-emu: error: cannot read {tmp_path / 'none.yaml'}: No such file or directory\n"
+
+
+def test_rapid_writes_end_on_the_last_value(fast_tmp):
+    """A writer hammering a knob while the emulator ticks: the last write wins, none is mangled."""
+    from sysfs_emu.runner import Server
+
+    sim = Simulation(small_scenario())
+    root = fast_tmp / "host"
+    server = Server(sim, root, speed=10, tick=0.02)
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        assert server.ready_event.wait(20)
+        seen = set()
+        for value in range(101, 400):
+            (root / KSM / "pages_to_scan").write_text(f"{value}\n")
+            seen.add(sim.kernel.pages_to_scan)
+        wait_for(lambda: sim.kernel.pages_to_scan == 399, timeout=5, what="the last write to apply")
+        time.sleep(0.1)
+        assert read(root / KSM / "pages_to_scan") == "399\n"
+        assert seen <= set(range(101, 400)) | {1000}  # only values written, or the scenario's 1000
+    finally:
+        server.stop()
+        thread.join(timeout=20)
+    assert not thread.is_alive()
