@@ -692,9 +692,9 @@ class Ksmd:
         par = SEQ if self.seqnr & 1 else np.uint8(0)
         # contents that appear more than once in this pass
         k = r.size
-        order = np.arange(k)
+        order = np.arange(k, dtype=np.int32)
         table = mem.unstable_of
-        old_u = table[cont].copy()
+        old_u = table[cont]
         table[cont] = order
         dup = table[cont] != order
         if dup.any():
@@ -709,9 +709,14 @@ class Ksmd:
         st = mem.stable_of[cont]
         # valid unstable tree partner from earlier in this full scan
         u = old_u
-        uu = np.where(u >= 0, u, 0)
-        uf = p.flags[uu]
-        valid_u = (u >= 0) & ((uf & UNSTABLE) != 0) & ((uf & SEQ) == par) & (p.content[uu] == cont) & ((uf & MAPPED) != 0)
+        valid_u = np.zeros(k, dtype=bool)
+        has_u = np.flatnonzero(u >= 0)
+        if has_u.size:
+            uu = u[has_u]
+            uf = p.flags[uu]
+            valid_u[has_u] = (
+                ((uf & (UNSTABLE | MAPPED)) == (UNSTABLE | MAPPED)) & ((uf & SEQ) == par) & (p.content[uu] == cont[has_u])
+            )
         single = ~dup & ~inseq
         # 1. unique so far: insert in the unstable tree
         ins = single & (st == NO_NODE) & ~valid_u
@@ -745,7 +750,7 @@ class Ksmd:
             cnt = nodes.count[pn]
             okay = nodes.alive[pn] & (nodes.mapcount[pn] > 0) & (cnt > 0) & (cnt < self.kernel.max_page_sharing)
             if okay.any():
-                self._merge_into(pr[okay], pn[okay], work)
+                self._merge_into(pr[okay], pn[okay], work, distinct=True)
             for s in pr[~okay]:
                 seq.append((int(s), 0, True))
         for s in r[single & (st < NO_NODE)]:
@@ -755,14 +760,17 @@ class Ksmd:
         if multi.any():
             self._groups(r[multi], cont[multi], st[multi], old_u[multi], valid_u[multi], inseq[multi], seq, work)
 
-    def _merge_into(self, slots: np.ndarray, node_ids: np.ndarray, work: _Work) -> None:
-        """Merge pages into KSM pages with room (each node at most once per call... or counted)."""
+    def _merge_into(self, slots: np.ndarray, node_ids: np.ndarray, work: _Work, distinct: bool = False) -> None:
+        """Merge pages into KSM pages that have room for them all."""
         mem = self.mem
         p = mem.pages
         nodes = mem.nodes
         p.kpage[slots] = node_ids
         p.rnode[slots] = node_ids
-        uniq, cnt = np.unique(node_ids, return_counts=True)
+        if distinct:
+            uniq, cnt = node_ids, 1
+        else:
+            uniq, cnt = np.unique(node_ids, return_counts=True)
         before = nodes.count[uniq]
         nodes.count[uniq] = before + cnt
         nodes.mapcount[uniq] += cnt
@@ -830,8 +838,94 @@ class Ksmd:
             self.pages_shared += new.size
             self.pages_sharing += int(tot.sum()) - new.size
             work.merges += int(tot.sum())
-        for s in r[slow[gid]]:
-            seq.append((int(s), 0, True))
+        for g in np.flatnonzero(slow):
+            members = r[starts[g] : starts[g] + sizes[g]]
+            if gseq[g] or not self._pattern(int(cont[starts[g]]), members, int(gst[g]), int(old_u[starts[g]]),
+                                            bool(gvalid[g]), work):
+                for s in members:
+                    seq.append((int(s), 0, True))
+
+    def _pattern(self, content: int, pages: np.ndarray, entry: int, u: int, u_valid: bool, work: _Work) -> bool:
+        """Many pages of one content in one pass, filling KSM pages ``max_page_sharing`` at a time.
+
+        Handles a content with no KSM page yet, with one plain KSM page, or with
+        a chain whose duplicates are all full but for its head, exactly as
+        page-by-page merging would; returns False (nothing done) otherwise.
+        """
+        mem = self.mem
+        p = mem.pages
+        nodes = mem.nodes
+        m = int(self.kernel.max_page_sharing)
+        fill_node, fill = -1, 0
+        chain_id = -1
+        if entry >= 0:
+            if not (nodes.alive[entry] and nodes.mapcount[entry] > 0 and nodes.count[entry] >= 1):
+                return False
+            fill_node, fill = entry, max(0, min(pages.size, m - int(nodes.count[entry])))
+        elif entry < NO_NODE:
+            chain_id = -entry - 2
+            dups = self.chains[chain_id]
+            if len(dups) < 2:
+                return False
+            d = np.array(dups)
+            if not (nodes.alive[d].all() and (nodes.mapcount[d] > 0).all() and (nodes.count[d[1:]] >= m).all()):
+                return False
+            head = int(d[0])
+            if nodes.count[head] < m:
+                # the head duplicate is the only one with room: every look-up picks it
+                if nodes.count[head] < 1:
+                    return False
+                fill_node, fill = head, min(pages.size, m - int(nodes.count[head]))
+            pj = msecs_to_jiffies(self.kernel.stable_node_chains_prune_millisecs)
+            if self._now_jiffies >= self.chain_prune[chain_id] + pj:
+                self.chain_prune[chain_id] = self._now_jiffies
+        if fill:
+            self._merge_into(pages[:fill], np.full(fill, fill_node, dtype=np.int32), work)
+        rest = pages[fill:]
+        seqs = np.concatenate([[u], rest]) if u_valid and rest.size else rest
+        if seqs.size == 0:
+            return True
+        nfull, tail = divmod(seqs.size, m)
+        sizes = [m] * nfull + ([tail] if tail >= 2 else [])
+        leftover = int(seqs[-1]) if tail == 1 else -1
+        if u_valid and rest.size:
+            p.flags[u] &= _CLEAR_UNSTABLE
+            self.pages_unshared -= 1
+        if sizes:
+            new = self._new_nodes(np.full(len(sizes), content, dtype=np.int64))
+            counts = np.array(sizes, dtype=np.int32)
+            merged = seqs[: int(counts.sum())]
+            owner = np.repeat(new, counts)
+            p.kpage[merged] = owner
+            p.rnode[merged] = owner
+            nodes.count[new] = counts
+            nodes.mapcount[new] = counts
+            mem.ksm_pages += new.size
+            mem.ksm_mapped += merged.size
+            self.pages_shared += new.size
+            self.pages_sharing += merged.size - new.size
+            work.merges += merged.size
+            heads = [int(x) for x in new[::-1]]
+            if chain_id >= 0:
+                self.chains[chain_id][:0] = heads
+                nodes.chain[new] = chain_id
+                self.stable_node_dups += len(heads)
+            elif fill_node >= 0 or len(heads) >= 2:
+                if fill_node >= 0:
+                    cid = self._make_chain(fill_node)
+                else:
+                    cid = self._make_chain(heads[-1])
+                    heads = heads[:-1]
+                self.chains[cid][:0] = heads
+                nodes.chain[np.array(heads, dtype=np.int64)] = cid
+                self.stable_node_dups += len(heads)
+            else:
+                mem.stable_of[content] = heads[0]
+        if leftover >= 0:
+            p.flags[leftover] |= UNSTABLE | (SEQ if self.seqnr & 1 else 0)
+            self.pages_unshared += 1
+            mem.unstable_of[content] = leftover
+        return True
 
     def _run_seq(self, seq, work: _Work) -> None:
         if not seq:
@@ -997,7 +1091,7 @@ class Ksmd:
                 return seconds
             period = self._after(1.0, 2, pts * self._cpv) - self._after(1.0, 1, pts * self._cpv)
             nb = 1 if period <= 0 else max(1, int((end - t) / period * 0.5))
-            nb = min(nb, max(1, 4_000_000 // pts))
+            nb = min(nb, max(1, 1_000_000 // pts))
             self._now_jiffies = int(t * HZ)
             self._batch_time = t
             unshared = self.pages_unshared

@@ -5,8 +5,8 @@ pages, and content 0 is the empty (all-zero) page. Fresh ids come from
 :meth:`Memory.new_contents`; small non-negative ids chosen by the caller work
 too (the content tables grow to the largest id seen).
 
-Every simulated page owns one slot in each per-page array (about 23 bytes in
-all); a process's regions are contiguous runs of slots, scanned in order. The
+Every simulated page owns one slot in each per-page array (19 bytes in
+all, plus 8 bytes per distinct content id); a process's regions are contiguous runs of slots, scanned in order. The
 arrays hold both the page table view (is the page mapped, is it the KSM zero
 page, which KSM page does it map) and ksmd's bookkeeping (the rmap item of the
 page: whether it exists, its checksum at the last scan, its place in the
@@ -101,7 +101,7 @@ class ProcessStats:
 
 def checksum(contents: np.ndarray) -> np.ndarray:
     """The page checksum ksmd compares between scans: never 0 (0 = no checksum yet)."""
-    return ((contents + 1) & 0xFFFFFFFF).astype(np.uint32)
+    return contents.astype(np.uint32) + np.uint32(1)
 
 
 class _Growable:
@@ -133,7 +133,7 @@ class _Growable:
 
 
 PAGE_ARRAYS = {
-    "content": (np.dtype(np.int64), 0),  # content id of the page mapped (or to be faulted in)
+    "content": (np.dtype(np.int32), 0),  # content id of the page mapped (or to be faulted in)
     "oldsum": (np.dtype(np.uint32), 0),  # rmap item's checksum at the last scan (0 = none)
     "kpage": (np.dtype(np.int32), NO_NODE),  # KSM page (stable node) this entry maps
     "rnode": (np.dtype(np.int32), NO_NODE),  # stable node the rmap item hangs off

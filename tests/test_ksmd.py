@@ -254,7 +254,7 @@ def test_advisor_scan_time_retunes_pages_to_scan():
     assert kernel.pages_to_scan == 5000
 
 
-def random_workload(seed: int, vectorise: bool):
+def random_workload(seed: int, vectorise: bool, steps: int = 12):
     rng = random.Random(seed)
     settings = {
         "max_page_sharing": rng.choice([2, 3, 5, 256]),
@@ -272,7 +272,7 @@ def random_workload(seed: int, vectorise: bool):
             regions.append((memory.add_region(pid, contents, mergeable=rng.random() < 0.85), n))
     trace = []
     kernel.write_attr("run", "1")
-    for step in range(12):
+    for step in range(steps):
         ksmd.advance(rng.choice([0.01, 0.05, 0.3, 2.0]))
         trace.append(ksmd.counters())
         action = rng.random()
