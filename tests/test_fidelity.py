@@ -10,7 +10,6 @@ otherwise.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from pathlib import Path
@@ -239,7 +238,7 @@ def sim_scan_time(pages: int, pages_to_scan: int, sleep_ms: int, scans: int = 6)
 
 
 def real_scan_time(pts: int, sleep_ms: int) -> float:
-    """The real ksmd's fastest full scan among a few (the machine is shared: load only ever adds delay)."""
+    """The real ksmd's median full-scan time over a few scans."""
     realksm.write("pages_to_scan", pts)
     realksm.write("sleep_millisecs", sleep_ms)
     realksm.write("run", 1)
@@ -247,12 +246,12 @@ def real_scan_time(pts: int, sleep_ms: int) -> float:
         intervals = scan_intervals(8, timeout=30)
     finally:
         realksm.write("run", 0)
-    return min(intervals[1:])
+    return statistics.median(intervals[1:])
 
 
 def test_full_scan_time_matches_the_real_kernel(real_ksm):
-    """The model is of an unloaded machine, so it is compared with the real kernel's fastest scans,
-    re-measured (up to three rounds) while other load makes them slower than that."""
+    """Side by side with the real kernel; the machine is shared, so a configuration whose
+    real timing is off (another load running) is measured again, up to three rounds."""
     results = {}
     with workload_processes() as procs:
         realksm.write("run", 2)
@@ -263,15 +262,15 @@ def test_full_scan_time_matches_the_real_kernel(real_ksm):
         realksm.write("smart_scan", 0)
         for pages, pts, sleep_ms in TIMING:
             sim = sim_scan_time(pages, pts, sleep_ms)
-            real = math.inf
+            rounds = []
             for _ in range(3):
-                real = min(real, real_scan_time(pts, sleep_ms))
-                if abs(sim - real) <= 0.15 * real:
+                rounds.append(real_scan_time(pts, sleep_ms))
+                if abs(sim - rounds[-1]) <= 0.15 * rounds[-1]:
                     break
-            results[(pts, sleep_ms)] = (real, sim)
-    table = {k: (round(r * 1000, 1), round(m * 1000, 1)) for k, (r, m) in results.items()}
-    for (pts, sleep_ms), (real, sim) in results.items():
-        assert sim == pytest.approx(real, rel=0.15), (
-            f"pages_to_scan={pts} sleep_millisecs={sleep_ms}: real {real * 1000:.1f} ms, "
-            f"simulated {sim * 1000:.1f} ms; all (real ms, simulated ms): {table}"
+            results[(pts, sleep_ms)] = (rounds, sim)
+    table = {k: ([round(r * 1000, 1) for r in rs], round(m * 1000, 1)) for k, (rs, m) in results.items()}
+    for (pts, sleep_ms), (rounds, sim) in results.items():
+        assert sim == pytest.approx(rounds[-1], rel=0.15), (
+            f"pages_to_scan={pts} sleep_millisecs={sleep_ms}: real {rounds[-1] * 1000:.1f} ms, "
+            f"simulated {sim * 1000:.1f} ms; all (real ms per round, simulated ms): {table}"
         )
