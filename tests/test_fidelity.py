@@ -89,9 +89,11 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
             elif step[0] == "run2":
                 realksm.write("run", 2)
                 realksm.write("run", 0)
+            elif step[0] == "exit":
+                procs[step[1]].stop()
             elif step[0] == "read":
                 counters = {key: read_counter(key) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
-                stats = [Path(f"/proc/{p.pid}/ksm_stat").read_text() for p in procs]
+                stats = [Path(f"/proc/{p.pid}/ksm_stat").read_text() for p in procs if p.process.poll() is None]
                 readings.append({"counters": counters, "ksm_stat": stats})
     return readings, marks
 
@@ -119,9 +121,12 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
         elif step[0] == "run2":
             kernel.write_attr("run", "2")
             kernel.write_attr("run", "0")
+        elif step[0] == "exit":
+            memory.remove_process(step[1] + 1)
         elif step[0] == "read":
             counters = {key: int(kernel.read_attr(key)) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
-            stats = [memory.process_stats(pid).ksm_stat_text() for pid in range(1, len(processes) + 1)]
+            live = [pid for pid in range(1, len(processes) + 1) if pid in memory.processes and memory.processes[pid].alive]
+            stats = [memory.process_stats(pid).ksm_stat_text() for pid in live]
             readings.append({"counters": counters, "ksm_stat": stats})
     return readings
 
@@ -191,6 +196,11 @@ WORKLOADS = {
         scan_and_read(1, 1)
         + [("rewrite", 0, 0, 0, unique(50)), ("rewrite", 1, 0, 0, unique(20)), ("rewrite", 0, 0, 210, [0] * 10)]
         + scan_and_read(1, 1, 1)),
+    "a guest exits after merging": (
+        [[{"contents": pool(0, 300) + [6] * 40}], [{"contents": pool(0, 300) + [6] * 40}],
+         [{"contents": pool(0, 150) + unique(50)}]],
+        {"max_page_sharing": 30, "sleep_millisecs": 20},
+        scan_and_read(2) + [("exit", 0), ("read",)] + scan_and_read(1, 1) + [("exit", 2), ("read",)] + scan_and_read(1, 1)),
     "run 2 unmerges everything": (
         [[{"contents": pool(0, 300) + [0] * 100}], [{"contents": pool(0, 300) + [4] * 300}]],
         {"use_zero_pages": 1},
