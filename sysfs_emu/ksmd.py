@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sysfs_emu.advisor import ScanTimeAdvisor
 from sysfs_emu.memory import (
     MAPPED,
     NO_NODE,
@@ -63,8 +64,6 @@ HEAD = -1  # the scan cursor sits on the list head: between full scans
 _SKIP_AGE = np.array([1 if a <= 3 else 2 if a <= 5 else 4 if a <= 8 else 8 for a in range(256)], dtype=np.uint8)
 _CLEAR_UNSTABLE = np.uint8(~(UNSTABLE | SEQ) & 0xFF)
 _CLEAR_ITEM = np.uint8(~(RMAP | UNSTABLE | SEQ) & 0xFF)
-EWMA_WEIGHT = 30
-ADVISOR_MIN_CPU = 10
 
 
 def msecs_to_jiffies(ms: int) -> int:
@@ -147,12 +146,7 @@ class Ksmd:
         self.cpu_time = 0.0
         self._cpv = 1e-6  # recent CPU seconds per visit, to size runs of batches
         self._now_jiffies = 0
-        # advisor (scan-time)
-        self._adv_start = 0.0
-        self._adv_cpu = 0.0
-        self._adv_scan_time = 0
-        self._adv_change = 0
-        self._scan_start_time = 0.0
+        self.advisor = ScanTimeAdvisor()  # advisor_mode scan-time
 
     # ---- engine interface ----------------------------------------------------
 
@@ -205,10 +199,7 @@ class Ksmd:
         del p
 
     def advisor_reset(self) -> None:
-        self._adv_start = 0.0
-        self._adv_cpu = 0.0
-        self._adv_scan_time = 0
-        self._adv_change = 0
+        self.advisor.reset()
 
     # ---- memory events -------------------------------------------------------
 
@@ -950,7 +941,7 @@ class Ksmd:
         if not self.slots:
             return work, False
         if self.cur == HEAD:
-            self._scan_start_time = self._batch_time
+            self.advisor.start_scan(self._batch_time, self.kernel)
             self.cur = 0
             self.region_pos = self.page_pos = 0
         while True:
@@ -987,29 +978,6 @@ class Ksmd:
                 self.cur = HEAD
                 self.seqnr += 1
                 return work, True
-
-    # ---- advisor -------------------------------------------------------------
-
-    def _scan_time_advisor(self, now: float) -> None:
-        """scan_time_advisor(): retune pages_to_scan after a full scan."""
-        k = self.kernel
-        scan_time = int((now - self._scan_start_time) * 1000) // 1000 or 1
-        cpu_ms = int((self.cpu_time - self._adv_cpu) * 1000)
-        cpu_percent = (cpu_ms * 100) // (scan_time * 1000) or 1
-        last = self._adv_scan_time or scan_time
-        factor = (k.advisor_target_scan_time * 100) // scan_time or 1
-        change = (scan_time * 100) // last or 1
-        change = ((100 - EWMA_WEIGHT) * self._adv_change + EWMA_WEIGHT * change) // 100
-        pages = k.pages_to_scan * 100 // factor
-        pages = pages * change // 100
-        per_page_cost = k.pages_to_scan // cpu_percent or 1
-        pages = min(pages, per_page_cost * k.advisor_max_cpu)
-        pages = max(pages, per_page_cost * ADVISOR_MIN_CPU)
-        pages = min(pages, k.advisor_max_pages_to_scan)
-        self._adv_change = change
-        self._adv_scan_time = scan_time
-        self._adv_cpu = self.cpu_time
-        k.pages_to_scan = int(pages) & 0xFFFFFFFF
 
     # ---- simulated time ------------------------------------------------------
 
@@ -1106,8 +1074,7 @@ class Ksmd:
             self.clock = t
             if ended:
                 scan_end = self._after(t, used - 1, per_batch) + per_batch
-                if self.kernel.advisor_mode == "scan-time":
-                    self._scan_time_advisor(scan_end)
+                self.advisor.on_full_scan(scan_end, self.cpu_time, self.kernel)
                 if until_full_scans is not None and self.seqnr >= until_full_scans:
                     self.clock = min(max(scan_end, self.clock), end)
                     return self.clock - start
