@@ -1024,15 +1024,27 @@ class Ksmd:
         self.next_wake = t + n * period
         self.clock = t + (n - 1) * period
 
-    def advance(self, seconds: float, until_full_scans: int | None = None) -> float:
+    def advance(
+        self, seconds: float, until_full_scans: int | None = None, until_pages_scanned: int | None = None
+    ) -> float:
         """Run ksmd for ``seconds`` of simulated time; returns the time actually advanced.
 
-        With ``until_full_scans`` it stops as soon as that many full scans are done.
+        With ``until_full_scans`` and/or ``until_pages_scanned`` it stops as soon
+        as both counters have reached those values (at a batch boundary, where
+        the real ksmd can be stopped).
         """
         start = self.clock
         end = start + seconds
+
+        def reached() -> bool:
+            if until_full_scans is None and until_pages_scanned is None:
+                return False
+            return (until_full_scans is None or self.seqnr >= until_full_scans) and (
+                until_pages_scanned is None or self.pages_scanned >= until_pages_scanned
+            )
+
         while True:
-            if until_full_scans is not None and self.seqnr >= until_full_scans:
+            if reached():
                 return self.clock - start
             if not self._should_run():
                 self.next_wake = None
@@ -1055,11 +1067,15 @@ class Ksmd:
             period = self._after(1.0, 2, pts * self._cpv) - self._after(1.0, 1, pts * self._cpv)
             nb = 1 if period <= 0 else max(1, int((end - t) / period * 0.5))
             nb = min(nb, max(1, 1_000_000 // pts))
+            budget = nb * pts
+            if until_pages_scanned is not None and self.pages_scanned < until_pages_scanned:
+                budget = min(budget, until_pages_scanned - self.pages_scanned)
             self._now_jiffies = int(t * HZ)
             self._batch_time = t
             unshared = self.pages_unshared
-            work, ended = self._scan(nb * pts)
-            used = work.visits // pts + 1 if ended else max(1, work.visits // pts)
+            whole = self.cur == HEAD  # this run of batches starts a full scan
+            work, ended = self._scan(budget)
+            used = work.visits // pts + 1 if ended else max(1, -(-work.visits // pts))
             secs = work.seconds(self.cost, unshared)
             # full batches carry pages_to_scan visits; the one that ends a full scan, the rest
             full = used - 1 if ended else used
@@ -1074,8 +1090,11 @@ class Ksmd:
             if ended:
                 scan_end = last_start + w_last + self.cost.batch
                 self.advisor.on_full_scan(scan_end, self.cpu_time, self.kernel)
-                if until_full_scans is not None and self.seqnr >= until_full_scans:
+                if reached():
                     self.clock = min(max(scan_end, self.clock), end)
                     return self.clock - start
-                if work.visits == 0 and work.skipped == 0 and self.kernel.advisor_mode == "none":
+                if whole and work.visits == 0 and work.skipped == 0 and self.kernel.advisor_mode == "none":
                     self._idle_scans(end, until_full_scans)
+            elif reached():
+                self.clock = min(last_start + w_last, end)
+                return self.clock - start

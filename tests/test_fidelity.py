@@ -59,8 +59,13 @@ def foreign_mergeable() -> list[int]:
     return found
 
 
-def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tuple[list[dict], list[int]]:
-    """Run ``plan`` on the real kernel; returns the readings and the full-scan count of each."""
+def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tuple[list[dict], list[tuple]]:
+    """Run ``plan`` on the real kernel; returns the readings and where ksmd stopped after each run.
+
+    Where ksmd stopped is (full_scans, pages_scanned): both only ever change
+    between two batches, which is also where writing 0 to ``run`` stops it.
+    pages_scanned and pages_skipped are counted from the start of the plan.
+    """
     realksm.write("run", 2)
     realksm.write("run", 0)
     settings = {"pages_to_scan": 100000, "sleep_millisecs": 0, "smart_scan": 1, "use_zero_pages": 0,
@@ -68,6 +73,11 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
     for name, value in settings.items():
         realksm.write(name, value)
     readings, marks = [], []
+    base = {"pages_scanned": read_counter("pages_scanned"), "pages_skipped": read_counter("pages_skipped")}
+
+    def position() -> tuple[int, int]:
+        return read_counter("full_scans"), read_counter("pages_scanned") - base["pages_scanned"]
+
     with workload_processes() as procs:
         others = set(foreign_mergeable())
         if others:
@@ -82,7 +92,14 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
                     wait_full_scans(target)
                 finally:
                     realksm.write("run", 0)
-                marks.append(read_counter("full_scans"))
+                marks.append(position())
+            elif step[0] == "pause":
+                realksm.write("run", 1)
+                try:
+                    time.sleep(step[1])
+                finally:
+                    realksm.write("run", 0)
+                marks.append(position())
             elif step[0] == "rewrite":
                 _, proc, region, first, contents = step
                 procs[proc].rewrite(region, first, contents)
@@ -93,12 +110,13 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
                 procs[step[1]].stop()
             elif step[0] == "read":
                 counters = {key: read_counter(key) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
+                counters.update({key: read_counter(key) - value for key, value in base.items()})
                 stats = [Path(f"/proc/{p.pid}/ksm_stat").read_text() for p in procs if p.process.poll() is None]
                 readings.append({"counters": counters, "ksm_stat": stats})
     return readings, marks
 
 
-def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: list[int]) -> list[dict]:
+def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: list[tuple]) -> list[dict]:
     kernel = Kernel()
     memory = Memory()
     ksmd = Ksmd(kernel, memory)
@@ -111,9 +129,10 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
     readings = []
     marks = list(marks)
     for step in plan:
-        if step[0] == "scan":
+        if step[0] in ("scan", "pause"):
+            full_scans, pages_scanned = marks.pop(0)
             kernel.write_attr("run", "1")
-            ksmd.advance(3600, until_full_scans=marks.pop(0))
+            ksmd.advance(3600, until_full_scans=full_scans, until_pages_scanned=pages_scanned)
             kernel.write_attr("run", "0")
         elif step[0] == "rewrite":
             _, proc, region, first, contents = step
@@ -124,7 +143,10 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
         elif step[0] == "exit":
             memory.remove_process(step[1] + 1)
         elif step[0] == "read":
-            counters = {key: int(kernel.read_attr(key)) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
+            counters = {
+                key: int(kernel.read_attr(key))
+                for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans", "pages_scanned", "pages_skipped")
+            }
             live = [pid for pid in range(1, len(processes) + 1) if pid in memory.processes and memory.processes[pid].alive]
             stats = [memory.process_stats(pid).ksm_stat_text() for pid in live]
             readings.append({"counters": counters, "ksm_stat": stats})
@@ -135,8 +157,9 @@ def check(real: list[dict], sim: list[dict]) -> None:
     assert len(real) == len(sim)
     for i, (r, s) in enumerate(zip(real, sim)):
         rc, sc = r["counters"], s["counters"]
-        got = {k: sc[k] for k in EXACT + ("full_scans",)}
-        want = {k: rc[k] for k in EXACT + ("full_scans",)}
+        keys = EXACT + ("full_scans", "pages_scanned", "pages_skipped")
+        got = {k: sc[k] for k in keys}
+        want = {k: rc[k] for k in keys}
         assert got == want, f"reading {i}"
         assert sc["pages_unshared"] + sc["pages_volatile"] == rc["pages_unshared"] + rc["pages_volatile"], f"reading {i}"
         assert s["ksm_stat"] == r["ksm_stat"], f"reading {i}: /proc/PID/ksm_stat"
@@ -201,6 +224,14 @@ WORKLOADS = {
          [{"contents": pool(0, 150) + unique(50)}]],
         {"max_page_sharing": 30, "sleep_millisecs": 20},
         scan_and_read(2) + [("exit", 0), ("read",)] + scan_and_read(1, 1) + [("exit", 2), ("read",)] + scan_and_read(1, 1)),
+    # stopped in the middle of full scans, after whatever number of batches of 64 pages
+    "stopped mid-scan, small batches": (
+        [[{"contents": pool(0, 200) + [0] * 30 + unique(40)}], [{"contents": unique(60) + pool(0, 150) + [2] * 30}],
+         [{"contents": [2] * 50 + pool(100, 100)}]],
+        {"pages_to_scan": 64, "sleep_millisecs": 20, "max_page_sharing": 20},
+        [("pause", 0.1), ("read",), ("pause", 0.25), ("read",), ("pause", 0.3), ("read",),
+         ("rewrite", 1, 0, 50, pool(0, 40)), ("rewrite", 2, 0, 0, [0] * 20), ("pause", 0.4), ("read",),
+         ("pause", 0.7), ("read",)]),
     "run 2 unmerges everything": (
         [[{"contents": pool(0, 300) + [0] * 100}], [{"contents": pool(0, 300) + [4] * 300}]],
         {"use_zero_pages": 1},
@@ -212,9 +243,9 @@ WORKLOADS = {
 def test_counters_match_the_real_kernel(real_ksm, name):
     processes, knobs, plan = WORKLOADS[name]
     real, marks = run_real(processes, knobs, plan)
-    if knobs.get("sleep_millisecs"):
+    if knobs.get("sleep_millisecs") and all(step[0] != "pause" for step in plan):
         counts = [step[1] for step in plan if step[0] == "scan"]
-        assert marks == list(np.cumsum(counts)), "the real ksmd did not stop after the planned full scans"
+        assert [m[0] for m in marks] == list(np.cumsum(counts)), "the real ksmd did not stop after the planned full scans"
     sim = run_sim(processes, knobs, plan, marks)
     check(real, sim)
 

@@ -296,3 +296,15 @@ def random_workload(seed: int, vectorise: bool, steps: int = 12):
 @pytest.mark.parametrize("seed", range(40))
 def test_vectorised_equals_page_by_page(seed):
     assert random_workload(seed, True) == random_workload(seed, False)
+
+
+def test_stop_at_a_batch_boundary_by_pages_scanned():
+    kernel, memory, ksmd = make()
+    memory.add_region(1, [42])
+    kernel.write_attr("run", "1")
+    # the page is visited in scans 1, 2, 3, 4, 6, 9 and 14: 7 visits end scan 14's last batch,
+    # but the end of the scan is only found by the next (empty) batch
+    ksmd.advance(3600, until_pages_scanned=7)
+    assert (ksmd.seqnr, ksmd.pages_scanned, ksmd.pages_skipped) == (13, 7, 7)
+    ksmd.advance(3600, until_full_scans=15, until_pages_scanned=7)
+    assert (ksmd.seqnr, ksmd.pages_scanned, ksmd.pages_skipped) == (15, 7, 8)
