@@ -36,6 +36,14 @@ Measured on Linux 6.18 (4000 unchanging pages): pages_to_scan 100 with
 sleep_millisecs 20 -> 41 x 6 ticks = 984 ms (real 988 ms), with 10 ms -> 41 x 4
 ticks = 656 ms (real 656 ms), 1000 pages with 20 ms -> 4 x 7 + 6 ticks = 136 ms
 (real 136 ms), sleep 0 -> 18.7 ms of work (real 18.2 ms).
+
+Known simplifications: a stale KSM page (all mappers gone) is pruned when its
+own content is looked up, when one of its rmap items is removed, by chain
+walks, run=2 and busy(); the kernel also prunes stale nodes any rb-tree walk
+happens to pass, which depends on the tree's shape. merge_across_nodes=0 is
+the same as 1 (one NUMA node). Within a run of batches handled in one pass,
+chain prune times use the time of its first batch and work is spread evenly
+over its full batches. The timing is that of an unloaded machine.
 """
 
 from __future__ import annotations
@@ -186,12 +194,10 @@ class Ksmd:
     def unmerge_all(self) -> None:
         """run=2: break every merge, free every rmap item and stable node, reset full_scans."""
         mem = self.mem
-        p = mem.pages
         for pid in list(self.slots):
             idx = mem.process_slots(pid)
-            proc = mem.processes[pid]
-            if proc.alive:
-                mem._unmap_ksm(idx)
+            if mem.processes[pid].alive:
+                mem._unmap_ksm(idx)  # break_ksm(): a private copy of every KSM / zero page
             self._drop_items(idx)
         for pid in list(self.slots):
             proc = mem.processes[pid]
@@ -202,7 +208,6 @@ class Ksmd:
         self.seqnr = 0
         self.cur = HEAD
         self.region_pos = self.page_pos = 0
-        del p
 
     def advisor_reset(self) -> None:
         self.advisor.reset()
