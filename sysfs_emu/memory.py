@@ -173,6 +173,11 @@ class Memory:
         self.rmap_items = 0
         self.listeners: list = []  # called with (event, pid) on process changes
 
+    def reserve(self, pages: int, contents: int = 0) -> None:
+        """Make room for ``pages`` pages (and ``contents`` content ids) at once, without growth slack."""
+        self.pages.reserve(pages, factor=1.0)
+        self._grow_tables(contents)
+
     # ---- contents ----------------------------------------------------------
 
     def new_contents(self, n: int) -> np.ndarray:
@@ -185,7 +190,7 @@ class Memory:
     def _grow_tables(self, n: int) -> None:
         if n <= len(self.stable_of):
             return
-        new = max(n, int(len(self.stable_of) * 1.25) + 16)
+        new = max(n, int(len(self.stable_of) * 1.25) + 16) if len(self.stable_of) else n
         for name in ("stable_of", "unstable_of"):
             old = getattr(self, name)
             arr = np.full(new, NO_NODE, dtype=np.int32)
@@ -393,7 +398,9 @@ class Memory:
         flags = self.pages.flags[idx]
         rmap = int(((flags & RMAP) != 0).sum())
         zero = int(((flags & ZERO) != 0).sum())
-        merging = int((self.pages.rnode[idx] >= 0).sum())
+        rnode = self.pages.rnode[idx]
+        rnode = rnode[rnode >= 0]
+        merging = int(self.nodes.alive[rnode].sum())  # items of a vanished KSM page no longer count
         mergeable = any(self.regions[r].mergeable for r in proc.regions)
         return ProcessStats(
             ksm_rmap_items=rmap,

@@ -308,3 +308,26 @@ def test_stop_at_a_batch_boundary_by_pages_scanned():
     assert (ksmd.seqnr, ksmd.pages_scanned, ksmd.pages_skipped) == (13, 7, 7)
     ksmd.advance(3600, until_full_scans=15, until_pages_scanned=7)
     assert (ksmd.seqnr, ksmd.pages_scanned, ksmd.pages_skipped) == (15, 7, 8)
+
+
+def test_vanished_ksm_page_leaves_the_other_sharers_stats():
+    kernel, memory, ksmd = make()
+    r1 = memory.add_region(1, [10, 11])
+    r2 = memory.add_region(2, [10, 11])
+    memory.add_region(3, [10])
+    scans(kernel, ksmd, 2)
+    assert memory.process_stats(3).ksm_merging_pages == 1
+    # every mapper of the KSM page for 10 writes: the page is freed
+    for r in (r1, r2):
+        memory.write_pages(r, 0, [20])
+    memory.write_pages(memory.processes[3].regions[0], 0, [21])
+    # one page only: process 1's rewritten page finds the KSM page gone
+    kernel.write_attr("pages_to_scan", "1")
+    ksmd.advance(3600, until_pages_scanned=ksmd.pages_scanned + 1)
+    assert core(ksmd.counters())[:2] == (1, 1)
+    assert memory.process_stats(3).ksm_merging_pages == 0  # its rmap item is not visited yet
+    kernel.write_attr("pages_to_scan", "100")
+    c = scans(kernel, ksmd, 1)
+    # the first rmap item removed finds the page gone and takes the node (and all its items) away
+    assert core(c)[:2] == (1, 1)
+    assert [memory.process_stats(pid).ksm_merging_pages for pid in (1, 2, 3)] == [1, 1, 0]
