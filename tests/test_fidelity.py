@@ -108,6 +108,8 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
                 realksm.write("run", 0)
             elif step[0] == "exit":
                 procs[step[1]].stop()
+            elif step[0] == "knob":
+                realksm.write(step[1], step[2])
             elif step[0] == "read":
                 counters = {key: read_counter(key) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
                 counters.update({key: read_counter(key) - value for key, value in base.items()})
@@ -142,6 +144,8 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
             kernel.write_attr("run", "0")
         elif step[0] == "exit":
             memory.remove_process(step[1] + 1)
+        elif step[0] == "knob":
+            kernel.write_attr(step[1], str(step[2]))
         elif step[0] == "read":
             counters = {
                 key: int(kernel.read_attr(key))
@@ -232,6 +236,14 @@ WORKLOADS = {
         [("pause", 0.1), ("read",), ("pause", 0.25), ("read",), ("pause", 0.3), ("read",),
          ("rewrite", 1, 0, 50, pool(0, 40)), ("rewrite", 2, 0, 0, [0] * 20), ("pause", 0.4), ("read",),
          ("pause", 0.7), ("read",)]),
+    "use_zero_pages switched on with empty pages already merged": (
+        [[{"contents": [0] * 300 + pool(0, 60)}], [{"contents": [0] * 40 + pool(0, 60)}]],
+        {"use_zero_pages": 0, "sleep_millisecs": 20},
+        scan_and_read(2)
+        + [("knob", "use_zero_pages", 1), ("rewrite", 0, 0, 0, unique(30)), ("rewrite", 1, 0, 0, [0] * 10)]
+        + scan_and_read(1, 1)
+        + [("rewrite", 0, 0, 0, [0] * 30), ("knob", "smart_scan", 0)]
+        + scan_and_read(1, 1, 1)),
     "run 2 unmerges everything": (
         [[{"contents": pool(0, 300) + [0] * 100}], [{"contents": pool(0, 300) + [4] * 300}]],
         {"use_zero_pages": 1},
