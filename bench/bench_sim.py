@@ -31,7 +31,6 @@ def build(pages: int, guests: int) -> tuple[Kernel, Memory, Ksmd]:
     ksmd = Ksmd(kernel, memory)
     per_guest = pages // guests
     pool_size = per_guest // 2
-    memory.reserve(pages, contents=1 + pool_size + guests * (per_guest * 4 // 10))
     pool = memory.new_contents(pool_size)
     rng = np.random.default_rng(1)
     for g in range(guests):

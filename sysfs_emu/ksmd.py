@@ -702,7 +702,6 @@ class Ksmd:
         if dup.any():
             table[cont[dup]] = -2
             dup = table[cont] == -2
-        table[cont] = old_u
         if seq_contents:
             sc = np.fromiter(seq_contents, dtype=np.int64)
             inseq = np.isin(cont, sc)
@@ -720,13 +719,13 @@ class Ksmd:
                 ((uf & (UNSTABLE | MAPPED)) == (UNSTABLE | MAPPED)) & ((uf & SEQ) == par) & (p.content[uu] == cont[has_u])
             )
         single = ~dup & ~inseq
-        # 1. unique so far: insert in the unstable tree
+        # 1. unique so far: insert in the unstable tree (and put back every other entry)
         ins = single & (st == NO_NODE) & ~valid_u
+        table[cont] = np.where(ins, r, old_u)
         if ins.any():
             ir = r[ins]
             p.flags[ir] |= UNSTABLE | par
             self.pages_unshared += ir.size
-            table[cont[ins]] = ir
         # 2. a partner in the unstable tree: a new KSM page for both
         two = single & (st == NO_NODE) & valid_u
         if two.any():
