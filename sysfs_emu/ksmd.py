@@ -555,9 +555,11 @@ class Ksmd:
         smart = bool(self.kernel.smart_scan)
         pos = start
         used = 0
+        window = max(2 * budget, 4096)
         while pos < stop and used < budget:
             left = budget - used
-            end = min(stop, pos + max(2 * left, 4096))
+            end = min(stop, pos + window)
+            window *= 4  # mostly skipped or unmapped pages here: look further at once
             f = p.flags[pos:end]
             cand = (f & (MAPPED | ZERO)) == MAPPED
             kp = p.kpage[pos:end]
