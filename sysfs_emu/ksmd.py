@@ -94,7 +94,7 @@ class CostModel:
     checksum: float = 1.0e-6  # visit whose checksum changed (or zero page merge)
     tree_base: float = 4.7e-6  # tree search + insert with 4096 pages in the unstable tree
     tree_per_level: float = 0.75e-6  # each doubling of the unstable tree
-    merge: float = 10e-6  # a merge into a KSM page
+    merge: float = 1.5e-6  # each page merged into a KSM page (write-protect, replace the mapping)
     batch: float = 2e-6  # per wake-up
 
     def tree(self, unshared: int) -> float:
@@ -1082,7 +1082,7 @@ class Ksmd:
             whole = self.cur == HEAD  # this run of batches starts a full scan
             work, ended = self._scan(budget)
             used = work.visits // pts + 1 if ended else max(1, -(-work.visits // pts))
-            secs = work.seconds(self.cost, unshared)
+            secs = work.seconds(self.cost, max(unshared, work.tree // 2))  # the tree fills up as it goes
             # full batches carry pages_to_scan visits; the one that ends a full scan, the rest
             full = used - 1 if ended else used
             w_full = secs * pts / work.visits if work.visits else 0.0
