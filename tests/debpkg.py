@@ -46,3 +46,17 @@ def unpacked(package: str, cache: Path = CACHE_DIR) -> Path:
         subprocess.run(["dpkg", "-x", str(debs[-1]), str(root)], check=True)
         (base / ".done").touch()
     return root
+
+
+def file_or_skip(package: str, relpath: str) -> Path:
+    """``relpath`` inside the unpacked ``package``; skips the calling test with the reason when unavailable."""
+    import pytest
+
+    try:
+        root = unpacked(package)
+    except Unavailable as err:
+        pytest.skip(str(err))
+    path = root / relpath
+    if not path.is_file():
+        pytest.skip(f"{path} missing from the unpacked {package} package")
+    return path

@@ -5,19 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import re
-import socket
 import stat
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ksmtuned_py import metrics
 from ksmtuned_py.errors import UserError
-from tests import debpkg
+from tests import nodeexporter
 
 SAMPLE = metrics.Sample(
     general_profit=-12288,
@@ -129,49 +126,16 @@ def test_read_ksm_counters_missing_files_are_none(tmp_path: Path):
 
 # --- the real node_exporter ---------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def node_exporter_bin() -> Path:
-    try:
-        root = debpkg.unpacked("prometheus-node-exporter")
-    except debpkg.Unavailable as err:
-        pytest.skip(str(err))
-    binary = root / "usr/bin/prometheus-node-exporter"
-    if not binary.is_file():
-        pytest.skip(f"{binary} missing from the unpacked package")
-    return binary
+    return nodeexporter.binary()
 
 
 def scrape_through_node_exporter(binary: Path, textfile_dir: Path) -> str:
-    """Start node_exporter on a free local port, fetch /metrics once, stop it."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(binary), "--collector.disable-defaults", "--collector.textfile",
-         f"--collector.textfile.directory={textfile_dir}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                    return resp.read().decode()
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        "node_exporter did not serve /metrics: " + proc.stderr.read().decode()[-2000:]
-                    ) from None
-                time.sleep(0.1)
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stderr.close()
+    """Start node_exporter reading ``textfile_dir``, fetch /metrics once, stop it."""
+    with nodeexporter.running(binary, "--collector.disable-defaults", "--collector.textfile",
+                              f"--collector.textfile.directory={textfile_dir}") as exporter:
+        return exporter.first
 
 
 def test_node_exporter_reads_our_textfile(node_exporter_bin: Path, tmp_path: Path):

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from sysfs_emu import Simulation
 from sysfs_emu.tree import KSM_DIR, Tree
-from tests import debpkg
-from tests.emutree import small_scenario, wait_for
+from tests import nodeexporter
+from tests.emutree import small_scenario
 
 # The files node_exporter 1.5's ksmd collector reads, and its metric for each.
 KSMD_METRICS = {
@@ -30,25 +27,7 @@ KSMD_METRICS = {
 
 @pytest.fixture(scope="module")
 def node_exporter() -> Path:
-    try:
-        root = debpkg.unpacked("prometheus-node-exporter")
-    except debpkg.Unavailable as e:
-        pytest.skip(str(e))
-    binary = root / "usr/bin/prometheus-node-exporter"
-    if not binary.exists():
-        pytest.skip(f"{binary} not in the package")
-    return binary
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
+    return nodeexporter.binary()
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -67,23 +46,11 @@ def test_ksmd_and_meminfo_collectors_read_every_metric(node_exporter, tmp_path):
     root.mkdir()
     tree = Tree(sim, root)
     tree.create()
-    port = _free_port()
-    log = open(tmp_path / "node_exporter.log", "wb")
-    proc = subprocess.Popen(
-        [str(node_exporter), f"--path.procfs={root / 'proc'}", f"--path.sysfs={root / 'sys'}",
-         "--collector.disable-defaults", "--collector.ksmd", "--collector.meminfo",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=log,
-    )
-    try:
-        def up():
-            try:
-                return _scrape(port)
-            except OSError:
-                return None
-
-        text = wait_for(up, what="node_exporter to answer")
-        samples = _samples(text)
+    log = tmp_path / "node_exporter.log"
+    with nodeexporter.running(node_exporter, f"--path.procfs={root / 'proc'}", f"--path.sysfs={root / 'sys'}",
+                              "--collector.disable-defaults", "--collector.ksmd", "--collector.meminfo",
+                              log=log) as exporter:
+        samples = _samples(exporter.first)
         assert samples['node_scrape_collector_success{collector="ksmd"}'] == 1
         assert samples['node_scrape_collector_success{collector="meminfo"}'] == 1
         for name, metric in KSMD_METRICS.items():
@@ -100,16 +67,8 @@ def test_ksmd_and_meminfo_collectors_read_every_metric(node_exporter, tmp_path):
         # The exporter follows the tree as the simulation moves on.
         sim.advance(30.0)
         tree.sync()
-        again = _samples(_scrape(port))
+        again = _samples(exporter.scrape())
         assert again["node_ksmd_pages_sharing"] == int(sim.kernel.read_attr("pages_sharing"))
         assert again["node_memory_MemFree_bytes"] == sim.meminfo_kb()["MemFree"] * 1024
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-    assert b"collector failed" not in (tmp_path / "node_exporter.log").read_bytes()
+    assert b"collector failed" not in log.read_bytes()
     assert KSM_DIR == "sys/kernel/mm/ksm"
