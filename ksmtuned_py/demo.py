@@ -24,6 +24,9 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from ksmtuned_py.report import human_bytes
+from sysfs_emu.units import format_clock
+
 DEFAULT_SPEED = 60.0
 DEFAULT_INTERVAL = 1.0
 _DEBUG_LINE = re.compile(r"^.*?\d{4}: (.*)$")
@@ -44,19 +47,6 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class _Demo:
@@ -164,8 +154,8 @@ class _Demo:
         guests = len([n for n in os.listdir(self.root / "proc") if n.isdigit()])
         committed = int(pending.get("committed", 0)) * 1024
         free = int(pending.get("free", 0)) * 1024
-        self.say(f"{_clock(self.sim.now):>8}  {guests:>6}  {_human(committed):>10}  {_human(free):>10}  "
-                 f"{decision:<40} {_human(sharing * 4096):>12}")
+        self.say(f"{format_clock(self.sim.now):>8}  {guests:>6}  {human_bytes(committed):>10}  "
+                 f"{human_bytes(free):>10}  {decision:<40} {human_bytes(sharing * 4096):>12}")
 
     def done(self) -> bool:
         if self.cycles is not None and self.decisions >= self.cycles:

@@ -248,7 +248,8 @@ def simulate(scenario, config_path, duration, as_json):
     from ksmtuned_py import config as configmod
     from ksmtuned_py.errors import UserError
     from sysfs_emu.simulate import Simulate
-    from sysfs_emu.snapshot import human_bytes
+    from ksmtuned_py.report import human_bytes
+    from sysfs_emu.units import format_clock
 
     seconds = _duration(duration)
     try:
@@ -261,7 +262,7 @@ def simulate(scenario, config_path, duration, as_json):
     run = Simulate(sim, config)
     where = config_path or "ksmtuned's defaults"
     if not as_json:
-        click.echo(f"simulating {name} for {_clock(seconds)} with the settings of {where} "
+        click.echo(f"simulating {name} for {format_clock(seconds)} with the settings of {where} "
                    f"(a decision every {run.interval:g} s)")
         click.echo(f"{'time':>8}  {'guests':>6}  {'committed':>10}  {'free':>10}  {'decision':<46} {'saved':>10}")
     started = time.monotonic()
@@ -281,7 +282,7 @@ def simulate(scenario, config_path, duration, as_json):
                 continue
             what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_ms} ms"
                     if c.action == "start" else "stop")
-            click.echo(f"{_clock(c.time):>8}  {c.guests:>6}  {human_bytes(c.committed_kb * 1024):>10}  "
+            click.echo(f"{format_clock(c.time):>8}  {c.guests:>6}  {human_bytes(c.committed_kb * 1024):>10}  "
                        f"{human_bytes(c.free_kb * 1024):>10}  {what:<46} {human_bytes(c.saved_bytes):>10}")
     except KeyboardInterrupt:
         raise CliError("interrupted") from None
@@ -297,18 +298,12 @@ def simulate(scenario, config_path, duration, as_json):
     if last is None:
         click.echo(f"no decision: --duration {duration} is shorter than the interval ({run.interval:g} s)")
         return
-    first = _clock(first_saving) if first_saving is not None else "never"
-    click.echo(f"after {_clock(last.time)}: KSM saves {human_bytes(last.saved_bytes)} "
+    first = format_clock(first_saving) if first_saving is not None else "never"
+    click.echo(f"after {format_clock(last.time)}: KSM saves {human_bytes(last.saved_bytes)} "
                f"(general_profit {human_bytes(last.general_profit)}); first saving at {first}; "
-               f"peak {human_bytes(peak[0])} at {_clock(peak[1])}; {wall:.1f} s of wall time")
+               f"peak {human_bytes(peak[0])} at {format_clock(peak[1])}; {wall:.1f} s of wall time")
     if run.advisor_noted:
         click.echo("note: advisor_mode is scan-time, so the kernel's advisor set pages_to_scan")
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    return (f"{d}d " if d else "") + f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 if __name__ == "__main__":  # pragma: no cover

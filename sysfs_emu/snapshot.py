@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ksmtuned_py.report import human_bytes
 from sysfs_emu.runner import holder_pid, read_state
 from sysfs_emu.tree import KSM_DIR
+from sysfs_emu.units import format_clock
 
 MEMINFO_KEYS = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached")
 
@@ -77,22 +79,6 @@ def _ksm_processes(root: Path, page_size: int) -> list[dict]:
     return found
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    d, rem = divmod(seconds, 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
-
-
 def format_snapshot(snap: dict) -> str:
     """The snapshot as a few aligned lines."""
     ksm = snap["ksm"]
@@ -100,7 +86,7 @@ def format_snapshot(snap: dict) -> str:
     lines = []
     sim = snap.get("simulation")
     if sim:
-        lines.append(f"simulation  {sim.get('scenario')} at {_clock(sim.get('now', 0))} simulated "
+        lines.append(f"simulation  {sim.get('scenario')} at {format_clock(sim.get('now', 0))} simulated "
                      f"(speed {sim.get('speed'):g}x, sysfs-emu pid {sim.get('pid')})")
 
     def get(name):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-__all__ = ["UnitError", "parse_size", "parse_duration", "format_size", "format_duration", "describe_size"]
+__all__ = ["UnitError", "parse_size", "parse_duration", "format_size", "format_duration", "format_clock", "describe_size"]
 
 
 class UnitError(ValueError):
@@ -153,6 +153,12 @@ def format_duration(seconds: float) -> str:
         secs = whole + frac
         parts.append(("%.9f" % secs).rstrip("0").rstrip(".") + "s" if frac else f"{whole}s")
     return "".join(parts)
+
+
+def format_clock(seconds: float) -> str:
+    """Simulated time on a clock, whole seconds: ``00:05:07``, ``1d 02:00:00``."""
+    d, s = divmod(int(seconds), 86400)
+    return (f"{d}d " if d else "") + f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def describe_size(nbytes: int) -> str:

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sysfs_emu.units import UnitError, format_duration, format_size, parse_duration, parse_size
+from ksmtuned_py.report import human_bytes
+from sysfs_emu.units import UnitError, format_clock, format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -132,6 +133,22 @@ def test_format_size(nbytes, text):
 )
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    "seconds, text", [(0, "00:00:00"), (59.9, "00:00:59"), (3725, "01:02:05"), (86399, "23:59:59"),
+                      (86400, "1d 00:00:00"), (2 * 86400 + 3600 + 61, "2d 01:01:01")]
+)
+def test_format_clock(seconds, text):
+    assert format_clock(seconds) == text
+
+
+@pytest.mark.parametrize(
+    "nbytes, text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1288490188, "1.2 GiB"),
+                     (-12288, "-12.0 KiB"), (5 * 1024**5, "5120.0 TiB")]
+)
+def test_human_bytes_shared_by_status_demo_snapshot_and_simulate(nbytes, text):
+    assert human_bytes(nbytes) == text
 
 
 @given(st.integers(min_value=0, max_value=2**60))
