@@ -57,7 +57,7 @@ def write(name: str, value: str | int | bytes) -> None:
         os.close(fd)
 
 
-def _selected(text: str) -> str:
+def selected_mode(text: str) -> str:
     """'[none] scan-time' -> 'none'."""
     return text[text.index("[") + 1 : text.index("]")]
 
@@ -68,7 +68,7 @@ def snapshot() -> dict[str, str]:
         path = KSM_DIR / name
         if path.exists():
             text = path.read_text().strip()
-            values[name] = _selected(text) if name == "advisor_mode" else text
+            values[name] = selected_mode(text) if name == "advisor_mode" else text
     return values
 
 

@@ -43,22 +43,8 @@ TABLE_PATH = ROOT / "tests" / "data" / "ksm_conformance.json"
 KSM_DIR = realksm.KSM_DIR
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-# Put-back order: advisor_mode first (it rewrites pages_to_scan), run last.
-RESET_ORDER = (
-    "advisor_mode",
-    "advisor_max_cpu",
-    "advisor_max_pages_to_scan",
-    "advisor_min_pages_to_scan",
-    "advisor_target_scan_time",
-    "max_page_sharing",
-    "merge_across_nodes",
-    "sleep_millisecs",
-    "smart_scan",
-    "stable_node_chains_prune_millisecs",
-    "use_zero_pages",
-    "pages_to_scan",
-    "run",
-)
+# Put-back order: the tests' restore order (advisor_mode first: it rewrites pages_to_scan), run last.
+RESET_ORDER = (*realksm.RESTORE_ORDER, "run")
 assert sorted(RESET_ORDER) == sorted(TUNABLES)
 
 # ---- inputs ------------------------------------------------------------------
@@ -251,10 +237,6 @@ def counters(target: Target) -> dict[str, int]:
     return {name: int(target.read(name)) for name in COUNTERS}
 
 
-def selected_mode(text: str) -> str:
-    return text[text.index("[") + 1 : text.index("]")]
-
-
 def reset(target: Target, defaults: dict[str, str]) -> None:
     """Put every tunable back to its default text."""
     current = tunables(target)
@@ -262,7 +244,7 @@ def reset(target: Target, defaults: dict[str, str]) -> None:
         if current[name] != defaults[name]:
             value = defaults[name].strip()
             if name == "advisor_mode":
-                value = selected_mode(value)
+                value = realksm.selected_mode(value)
             err, _ = target.write(name, value.encode())
             if err:
                 raise RuntimeError(f"cannot put {name} back to {value}: {os.strerror(err)}")
@@ -410,6 +392,18 @@ def run_sim(row: Row, counters_before: dict[str, int] | None, defaults: dict[str
     result.pop("counters_before", None)
     result.pop("counters_after", None)
     return result
+
+
+def sim_differences(rows: list[Row], answers: list[dict], defaults: dict[str, str]) -> list[str]:
+    """One line per row where the simulator answers otherwise than ``answers`` (live or recorded)."""
+    differ = []
+    for row, want in zip(rows, answers, strict=True):
+        got = run_sim(row, want.get("counters_before"), defaults)
+        want = {key: want[key] for key in got}
+        if got != want:
+            differ.append(f"{row.file} <- {row.input[:40]!r} setup={row.setup} state={row.state}:"
+                          f" real {want} sim {got}")
+    return differ
 
 
 # ---- table file ------------------------------------------------------------------
