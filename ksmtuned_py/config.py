@@ -232,8 +232,12 @@ _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_int(text: str) -> int:
-    """An integer as the reference's bash arithmetic reads it (decimal, 64-bit)."""
-    t = text.strip()
+    """An integer as the reference's bash arithmetic reads it (decimal, 64-bit).
+
+    Only the whitespace bash itself drops around an unquoted number (space, tab,
+    newline) is allowed: a carriage return or form feed breaks the reference's ``[ -lt ]``.
+    """
+    t = text.strip(" \t\n")
     if _OCTAL_LOOKING.fullmatch(t):
         raise ValueError("expected an integer without leading zeros (bash reads 0NN as octal)")
     if not _INT.fullmatch(t):

@@ -3,10 +3,18 @@
 Pure: no I/O, no clock, no globals.  All quantities are integers in kB except
 ``sleep`` (milliseconds) and ``npages`` (pages per scan).  Arithmetic wraps at
 64 bits and division truncates toward zero, like bash's ``$[ ]``.
+
+The numbers decide; the text is what is printed and written.  The reference
+copies some values with a plain assignment instead of ``$[ ]``: ``npages`` set
+to KSM_NPAGES_MIN or KSM_NPAGES_MAX when clamped, and ``thres`` set to
+KSM_THRES_CONST.  Those keep the configuration's spelling (``+64`` stays
+``+64``), so :class:`Params` carries the text of those three values and the
+results carry the text to print (``npages_text``, ``thres_text``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 _MASK = (1 << 64) - 1
@@ -22,6 +30,11 @@ def wrap(x: int) -> int:
     """x reduced to a signed 64-bit integer, as bash arithmetic overflows."""
     x &= _MASK
     return x - (1 << 64) if x & _SIGN else x
+
+
+def words(text: str) -> str:
+    """``text`` as an unquoted ``$var`` expands in ``echo $var``: split on IFS, joined by spaces."""
+    return " ".join(w for w in re.split("[ \t\n]+", text) if w)
 
 
 def div(a: int, b: int) -> int:
@@ -43,9 +56,18 @@ class Params:
     npages_max: int = 1250
     thres_coef: int = 20
     thres_const: int = 2048
+    # The values as written in the configuration ("" = the number's decimal text).
+    npages_min_text: str = ""
+    npages_max_text: str = ""
+    thres_const_text: str = ""
+
+    def text(self, name: str) -> str:
+        """The configured text of ``npages_min``, ``npages_max`` or ``thres_const``."""
+        return getattr(self, name + "_text") or str(getattr(self, name))
 
     @classmethod
     def from_config(cls, config) -> "Params":
+        texts = config.settings
         return cls(
             sleep_msec=config["KSM_SLEEP_MSEC"],
             npages_boost=config["KSM_NPAGES_BOOST"],
@@ -54,6 +76,9 @@ class Params:
             npages_max=config["KSM_NPAGES_MAX"],
             thres_coef=config["KSM_THRES_COEF"],
             thres_const=config["KSM_THRES_CONST"],
+            npages_min_text=texts["KSM_NPAGES_MIN"].text,
+            npages_max_text=texts["KSM_NPAGES_MAX"].text,
+            thres_const_text=texts["KSM_THRES_CONST"].text,
         )
 
 
@@ -64,6 +89,11 @@ class Tuning:
     total: int
     sleep: int
     thres: int
+    thres_text: str = ""  # as the reference holds it: KSM_THRES_CONST's text when that wins
+
+    def __post_init__(self):
+        if not self.thres_text:
+            object.__setattr__(self, "thres_text", str(self.thres))
 
     @classmethod
     def compute(cls, params: Params, total: int) -> "Tuning":
@@ -73,12 +103,14 @@ class Tuning:
         if sleep <= 10:
             sleep = 10
         thres = div(wrap(total * params.thres_coef), 100)
+        thres_text = str(thres)
         if params.thres_const > thres:
-            thres = params.thres_const
-        return cls(total=total, sleep=sleep, thres=thres)
+            thres, thres_text = params.thres_const, params.text("thres_const")
+        return cls(total=total, sleep=sleep, thres=thres, thres_text=thres_text)
 
     def debug_lines(self) -> list[str]:
-        return [f"total {self.total}", f"sleep {self.sleep}", f"thres {self.thres}"]
+        # `debug thres $thres`: unquoted, so the text is split into words
+        return [f"total {self.total}", f"sleep {self.sleep}", f"thres {words(self.thres_text)}"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +126,16 @@ class Decision:
     total: int
     level: str | None  # BOOST or DECAY on START, None on STOP
     previous_npages: int
+    # The text written to pages_to_scan and printed (``echo $npages``; MIN/MAX's text when clamped).
+    npages_text: str = ""
+    # thres as the reference prints it inside quotes (KSM_THRES_CONST's text when that wins).
+    thres_text: str = ""
+
+    def __post_init__(self):
+        if not self.npages_text:
+            object.__setattr__(self, "npages_text", str(self.npages))
+        if not self.thres_text:
+            object.__setattr__(self, "thres_text", str(self.thres))
 
     @property
     def load(self) -> int:
@@ -123,15 +165,15 @@ class Decision:
             return []
         lines = [f"{self.load} > {self.total}, start ksm"]
         if self.level == BOOST:
-            lines.append(f"{self.free} < {self.thres}, boost")
+            lines.append(f"{self.free} < {self.thres_text}, boost")
         else:
-            lines.append(f"{self.free} > {self.thres}, decay")
+            lines.append(f"{self.free} > {self.thres_text}, decay")
         return lines
 
     def debug_lines_after_write(self) -> list[str]:
         if self.action == STOP:
-            return [f"{self.load} < {self.total} and free > {self.thres}, stop ksm"]
-        return [f"KSMCTL start {self.npages} {self.sleep}"]
+            return [f"{self.load} < {self.total} and free > {self.thres_text}, stop ksm"]
+        return [f"KSMCTL start {self.npages_text} {self.sleep}"]
 
     def debug_lines(self) -> list[str]:
         """All lines of a cycle, including the ``committed C free F`` one."""
@@ -156,15 +198,19 @@ class Tuner:
         p = self.params
         before = self.npages
         if wrap(committed + t.thres) < t.total and free > t.thres:
-            return Decision(STOP, before, t.sleep, free, committed, t.thres, t.total, None, before)
+            return Decision(STOP, before, t.sleep, free, committed, t.thres, t.total, None, before,
+                            thres_text=t.thres_text)
         if free < t.thres:
             level, delta = BOOST, p.npages_boost
         else:
             level, delta = DECAY, p.npages_decay
         npages = wrap(before + delta)
+        text = str(npages)
+        # A clamp copies the configured text (npages=$KSM_NPAGES_MIN), echoed unquoted.
         if npages < p.npages_min:
-            npages = p.npages_min
+            npages, text = p.npages_min, words(p.text("npages_min"))
         elif npages > p.npages_max:
-            npages = p.npages_max
+            npages, text = p.npages_max, words(p.text("npages_max"))
         self.npages = npages
-        return Decision(START, npages, t.sleep, free, committed, t.thres, t.total, level, before)
+        return Decision(START, npages, t.sleep, free, committed, t.thres, t.total, level, before,
+                        npages_text=text, thres_text=t.thres_text)

@@ -54,7 +54,7 @@ def advisor_active(directory: Path) -> bool:
     return text is not None and "[scan-time]" in text
 
 
-def write_knob(directory: Path, name: str, value: int) -> None:
+def write_knob(directory: Path, name: str, value: int | str) -> None:
     """Write ``value`` followed by a newline, as ``echo VALUE > FILE`` does; OSError on failure."""
     fd = os.open(directory / name, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
@@ -97,7 +97,7 @@ class Knobs:
             self._advisor = active
         return active
 
-    def write(self, name: str, value: int) -> bool:
+    def write(self, name: str, value: int | str) -> bool:
         """Write one knob; log a failure once per change of value or error."""
         try:
             write_knob(self.dir, name, value)
@@ -118,7 +118,8 @@ class Knobs:
             return self.write("run", 0)
         ok = True
         if not self.advisor_active():
-            ok = self.write("pages_to_scan", decision.npages) and ok
+            # the text, as the reference echoes it (e.g. "+64" when clamped to KSM_NPAGES_MIN=+64)
+            ok = self.write("pages_to_scan", decision.npages_text) and ok
         ok = self.write("sleep_millisecs", decision.sleep) and ok
         ok = self.write("run", 1) and ok
         return ok

@@ -35,7 +35,7 @@ def _decide(cfg: configmod.Config, root: str, npages: int):
     free = mem.free_kb(cfg.free_metric)
     committed = sum(g.kb for g in guests)
     tuner = Tuner(Params.from_config(cfg), mem.total, npages=npages)
-    return mem, guests, tuner.decide(free, committed)
+    return tuner.tuning, guests, tuner.decide(free, committed)
 
 
 def collect(cfg: configmod.Config, root: str = "/") -> dict:
@@ -59,7 +59,7 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
     # The daemon's npages is not visible from outside; it equals pages_to_scan
     # after any cycle that started KSM, so the next decision starts from there.
     npages = ksm["pages_to_scan"] or 0
-    mem, guests, dec = _decide(cfg, root, npages)
+    tuning, guests, dec = _decide(cfg, root, npages)
     try:
         daemon = {"running": True, "pid": running_pid(cfg.pidfile), "pidfile": cfg.pidfile}
     except UserError as e:
@@ -69,7 +69,7 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
         "counters": counters,
         "saved": saved,
         "memory": {
-            "total_kb": mem.total,
+            "total_kb": tuning.total,
             "free_kb": dec.free,
             "free_metric": cfg.free_metric,
             "committed_kb": dec.committed,
@@ -135,16 +135,15 @@ def adjust_once(cfg: configmod.Config, root: str = "/", apply: bool = False) -> 
     """One decision now: the reference's debug lines, plus what was written. Returns (lines, ok)."""
     d = require_ksm(root)
     npages = read_int(d, "pages_to_scan") or 0
-    mem, guests, dec = _decide(cfg, root, npages)
-    lines = [f"total {mem.total}", f"sleep {dec.sleep}", f"thres {dec.thres}"]
-    lines += dec.debug_lines()
+    tuning, guests, dec = _decide(cfg, root, npages)
+    lines = tuning.debug_lines() + dec.debug_lines()
     if not apply:
         lines.append(f"dry run: nothing written (npages started from pages_to_scan {npages})")
         return lines, True
     knobs = Knobs(root)
     ok = knobs.apply(dec)
     if dec.action == "start":
-        written = [] if knobs.advisor else [f"pages_to_scan={dec.npages}"]
+        written = [] if knobs.advisor else [f"pages_to_scan={dec.npages_text}"]
         written += [f"sleep_millisecs={dec.sleep}", "run=1"]
     else:
         written = ["run=0"]

@@ -177,6 +177,18 @@ def test_adjust_apply_writes_and_reports_failures(host):
     ]
 
 
+def test_adjust_prints_and_writes_signed_values_as_written(host):
+    host.write_config("KSM_NPAGES_MIN=+500\nKSM_THRES_COEF=0\nKSM_THRES_CONST=+300000\n")
+    r = cli(host, "adjust", "--apply")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "total 1000000", "sleep 167", "thres +300000", "committed 0 free 100000",
+        "300000 > 1000000, start ksm", "100000 < +300000, boost", "KSMCTL start +500 167",
+        "wrote pages_to_scan=+500, sleep_millisecs=167, run=1",
+    ]
+    assert host.knob("pages_to_scan") == "+500\n"
+
+
 # --- ksm start|stop -------------------------------------------------------------------------------
 
 

@@ -186,6 +186,9 @@ def test_error_carries_path_and_line(tmp_path):
             "(missing ), unterminated subpattern at position 4)",
         ),
         ("PIDFILE=", "PIDFILE: invalid value ''; expected a path (remove the line for the default)"),
+        # bash drops only space, tab and newline around an unquoted number; "64\r" breaks its [ -lt ]
+        ("KSM_NPAGES_MIN='64\r'", "KSM_NPAGES_MIN: invalid value '64\\r'; expected an integer"),
+        ("KSM_THRES_CONST='\f4096'", "KSM_THRES_CONST: invalid value '\\x0c4096'; expected an integer"),
     ],
 )
 def test_invalid_values_name_key_value_and_line(tmp_path, line, message):
@@ -198,7 +201,7 @@ def test_invalid_values_name_key_value_and_line(tmp_path, line, message):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("-50", -50), ("+300", 300), ("  7 ", 7), ("0", 0), ("-9223372036854775808", -(1 << 63))],
+    [("-50", -50), ("+300", 300), ("  7 ", 7), ("\t7", 7), ("0", 0), ("-9223372036854775808", -(1 << 63))],
 )
 def test_integers_with_signs(tmp_path, text, value):
     path = write(tmp_path, f"KSM_NPAGES_DECAY='{text}'\n")

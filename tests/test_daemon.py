@@ -244,6 +244,26 @@ def test_sigusr1_runs_a_cycle_now_with_real_guests(host, daemons):
     assert d.finish() == 0
 
 
+def test_signed_values_are_written_and_logged_as_written(host, daemons):
+    # The reference copies these with x=$VAR: "+64" reaches pages_to_scan and the log as "+64".
+    host.write_config("KSM_NPAGES_MIN=+64\nKSM_NPAGES_MAX='+400'\nKSM_THRES_COEF=0\n"
+                      "KSM_THRES_CONST=\" +300000\"\nKSM_NPAGES_BOOST=+300\nKSM_NPAGES_DECAY=-1000\n")
+    host.set_meminfo(total=300000, free=100000)  # thres >= total: always start
+    d = daemons(host).wait_ready()
+    assert host.debug_lines() == ["total 300000", "sleep 559", "thres +300000"]
+    assert d.kick() == ["committed 0 free 100000", "300000 > 300000, start ksm",
+                        "100000 <  +300000, boost", "KSMCTL start 300 559"]
+    assert d.kick()[-1] == "KSMCTL start +400 559"  # 600 clamped to MAX
+    assert host.knob("pages_to_scan") == "+400\n"
+    host.set_meminfo(total=300000, free=400000)
+    assert d.kick()[-2:] == ["400000 >  +300000, decay", "KSMCTL start +64 559"]  # -600: MIN
+    assert host.knob("pages_to_scan") == "+64\n"
+    host.set_meminfo(total=300000, free=100000)
+    assert d.kick()[-1] == "KSMCTL start 364 559"
+    assert host.knob("pages_to_scan") == "364\n"
+    assert d.finish() == 0
+
+
 def test_sigusr1_restarts_the_interval(host, daemons):
     host.write_config(interval=1.5)
     d = daemons(host).wait_ready()

@@ -193,3 +193,57 @@ def test_wrap_and_div_match_bash_arithmetic(triples):
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     ours = "".join(f"{div(wrap(a * b), c)} {wrap(a + b)}\n" for a, b, c in triples)
     assert out == ours
+
+
+# --- the text of values the reference copies verbatim ------------------------------------
+
+
+def test_clamp_to_min_keeps_the_configured_text():
+    # npages=$KSM_NPAGES_MIN copies the text; `echo $npages` writes and prints it as written
+    tu = tuner(total=1000000, npages=100, npages_min=64, npages_min_text="+64")
+    d = tu.decide(free=500000, committed=900000)  # decay: 50 < 64
+    assert (d.npages, d.npages_text) == (64, "+64")
+    assert d.debug_lines()[-1] == "KSMCTL start +64 167"
+    # the next cycle computes with the number: 64 - 50 = 14 -> MIN again; 64 + 300 is plain
+    assert tu.decide(free=0, committed=0).npages_text == "364"
+
+
+def test_clamp_to_max_keeps_the_configured_text_split_like_an_unquoted_echo():
+    tu = tuner(total=1000000, npages=1000, npages_max=1250, npages_max_text=" +1250\t")
+    d = tu.decide(free=0, committed=0)
+    assert (d.npages, d.npages_text) == (1250, "+1250")
+    assert d.debug_lines()[-1] == "KSMCTL start +1250 167"
+
+
+def test_unclamped_npages_is_plain_decimal():
+    d = tuner(total=1000000, npages=100, npages_min_text="+64").decide(free=0, committed=0)
+    assert (d.npages, d.npages_text) == (400, "400")
+
+
+def test_thres_from_const_keeps_its_text_in_every_line():
+    p = Params(thres_const=300000, thres_const_text=" +300000")
+    t = Tuning.compute(p, 1000000)
+    assert (t.thres, t.thres_text) == (300000, " +300000")
+    # `debug thres $thres` is unquoted (one space); the cycle lines quote "$thres" (raw)
+    assert t.debug_lines()[2] == "thres +300000"
+    tu = Tuner(p, 1000000)
+    assert tu.decide(free=400000, committed=0).debug_lines()[1:] == [
+        "300000 < 1000000 and free >  +300000, stop ksm"]
+    assert tu.decide(free=299999, committed=0).debug_lines()[2] == "299999 <  +300000, boost"
+    assert tu.decide(free=300000, committed=800000).debug_lines()[2] == "300000 >  +300000, decay"
+
+
+def test_thres_computed_is_plain_decimal_even_with_a_const_text():
+    t = Tuning.compute(Params(thres_const=2048, thres_const_text="+2048"), 1000000)
+    assert (t.thres, t.thres_text) == (200000, "200000")
+
+
+def test_params_from_config_carry_the_text(tmp_path):
+    from ksmtuned_py import config as configmod
+
+    conf = tmp_path / "ksmtuned.conf"
+    conf.write_text("KSM_NPAGES_MIN=+64\nKSM_NPAGES_MAX='+900'\nKSM_THRES_CONST=\"+4096\"\n")
+    p = Params.from_config(configmod.load(str(conf), environ={}))
+    assert (p.npages_min, p.npages_max, p.thres_const) == (64, 900, 4096)
+    assert (p.text("npages_min"), p.text("npages_max"), p.text("thres_const")) == ("+64", "+900", "+4096")
+    assert Params.from_config(configmod.load(str(tmp_path / "none"), environ={})).text("npages_min") == "64"

@@ -41,6 +41,9 @@ DAEMON = Path(sys.executable).parent / "ksmtuned-py"
 # `date` with no arguments in the C locale: "Sun Nov 22 07:51:31 UTC 2026".
 DATE_RE = re.compile(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-3]\d \d\d:\d\d:\d\d [A-Za-z0-9+-]+ \d{4}$")
 
+# Values the reference copies with a plain x=$VAR (not $[ ]): their text reaches the log and knobs.
+VERBATIM = ("KSM_NPAGES_MIN", "KSM_NPAGES_MAX", "KSM_THRES_CONST")
+
 DEFAULTS = {
     "KSM_SLEEP_MSEC": 10, "KSM_NPAGES_BOOST": 300, "KSM_NPAGES_DECAY": -50,
     "KSM_NPAGES_MIN": 64, "KSM_NPAGES_MAX": 1250, "KSM_THRES_COEF": 20, "KSM_THRES_CONST": 2048,
@@ -250,15 +253,20 @@ class Driver:
             if kind == "defaults" or (value == DEFAULTS[key] and rng.random() < 0.3):
                 continue  # left to the default
             effective[key] = value
+            text = str(value)
+            if key in VERBATIM and value >= 0 and rng.random() < 0.4:
+                text = f"+{value}"  # copied as written by the reference: "+64" stays "+64"
             where = rng.random()
             if where < 0.15:
-                env[key] = str(value)  # from the environment
+                env[key] = text  # from the environment
                 continue
             if where < 0.25:
                 env[key] = str(value + 1)  # the file wins over the environment
             style = rng.randrange(5)
-            lines.append({0: f"{key}={value}", 1: f'{key}="{value}"', 2: f"{key}='{value}'",
-                          3: f"export {key}={value}", 4: f"{key}={value}  # {key.lower()}"}[style])
+            if style in (1, 2) and key in VERBATIM and rng.random() < 0.3:
+                text = rng.choice([" ", "\t", "  "]) + text + rng.choice(["", " "])  # quoted blanks
+            lines.append({0: f"{key}={text}", 1: f'{key}="{text}"', 2: f"{key}='{text}'",
+                          3: f"export {key}={text}", 4: f"{key}={text}  # {key.lower()}"}[style])
             if rng.random() < 0.2:
                 lines.append("")
         unset = [key for key in DEFAULTS if effective[key] == DEFAULTS[key] and key not in env]
@@ -407,11 +415,16 @@ class Driver:
             return
         kind = "boost" if lines[2].endswith("boost") else "decay"
         self.coverage.hit(kind)
-        f, t = re.match(r"(-?\d+) [<>] (-?\d+)", lines[2]).groups()
-        if f == t:
+        f, t = re.match(r"(-?\d+) [<>] +([-+]?\d+)", lines[2]).groups()
+        if int(f) == int(t):
             self.coverage.hit("free == thres")
+        if not re.fullmatch(r"-?\d+", t):
+            self.coverage.hit("thres as written")
         raw = state["npages"] + params["KSM_NPAGES_BOOST" if kind == "boost" else "KSM_NPAGES_DECAY"]
-        new = int(last.split()[2])
+        written = last.split()[2]
+        new = int(written)
+        if written.startswith("+"):
+            self.coverage.hit("npages as written")
         if raw < params["KSM_NPAGES_MIN"]:
             self.coverage.hit("clamped to MIN")
         elif raw > params["KSM_NPAGES_MAX"]:
