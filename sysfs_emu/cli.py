@@ -56,21 +56,10 @@ def scenario_description(path: Path) -> str:
     return " ".join(str(text).split())
 
 
-def machine_memory_bytes() -> int:
-    """MemTotal of the machine we run on, in bytes (8 GiB if it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    kb = int(line.split()[1])
-                    return kb * 1024 // 4096 * 4096
-    except (OSError, ValueError, IndexError):
-        pass
-    return 8 << 30
-
-
 def idle_scenario() -> dict:
     """An idle host the size of this machine, with no guests."""
+    from sysfs_emu.scenario import machine_memory_bytes
+
     return {
         "description": "An idle host the size of this machine, with no guests.",
         "host": {"memory": machine_memory_bytes()},
