@@ -1,7 +1,8 @@
 """The ``ksmtuned-py`` command line.
 
 To add a command, define it with ``@main.command()`` (or ``main.add_command``);
-``ctx.obj`` is an :class:`Options` with the global ``--root`` and ``--config``.
+``ctx.obj`` is an :class:`Options` with the global ``--root`` and ``--config``,
+which every command also accepts after its name (``@no_global_options`` opts out).
 Raise :class:`ksmtuned_py.errors.UserError` for anything the user can fix: it is
 printed as one line and turned into the exit status, never a traceback.
 """
@@ -29,8 +30,66 @@ class Options:
         return configmod.load(self.config_path)
 
 
+# The global options, defined once: the group takes them with their defaults, and
+# every command (and the `ksm` group) accepts them again after its name, so that
+# `ksmtuned-py status --root DIR` works like `ksmtuned-py --root DIR status`.
+_GLOBAL_OPTIONS: tuple[tuple[str, str, dict], ...] = (
+    ("--root", "root", dict(
+        default="/",
+        type=click.Path(file_okay=False),
+        help="Read /proc and /sys below this directory (e.g. a simulated host).",
+    )),
+    ("--config", "config_path", dict(
+        default=configmod.DEFAULT_PATH,
+        metavar="FILE",
+        help="The configuration file.",
+    )),
+)
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value):
+    """A global option given after a command's name overrides the group's value."""
+    if value is not None:
+        opts = ctx.find_object(Options)
+        if opts is not None:
+            setattr(opts, param.name, value)
+
+
+def global_options(f):
+    """Decorator: the global options with their defaults, on the group."""
+    for flag, name, kw in reversed(_GLOBAL_OPTIONS):
+        f = click.option(flag, name, show_default=True, **kw)(f)
+    return f
+
+
+def _add_global_options(cmd: click.Command) -> None:
+    """The global options, as overrides, on a command (unless it opted out)."""
+    if getattr(cmd.callback, "no_global_options", False):
+        return
+    have = {p.name for p in cmd.params}
+    for flag, name, kw in _GLOBAL_OPTIONS:
+        if name not in have:
+            cmd.params.append(click.Option(
+                [flag, name], default=None, expose_value=False, callback=_set_global,
+                type=kw.get("type"), metavar=kw.get("metavar"),
+                help=kw["help"] + " Same as before the command.",
+            ))
+
+
+def no_global_options(f):
+    """Decorator (below ``@main.command()``): the command ignores --root/--config, so refuse them after it."""
+    f.no_global_options = True
+    return f
+
+
 class _Group(click.Group):
     """A click group that prints UserError as one line with its exit status."""
+
+    group_class = type  # nested groups (ksm) behave the same
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _add_global_options(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -43,20 +102,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, invoke_without_command=True)
-@click.option(
-    "--root",
-    default="/",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Read /proc and /sys below this directory (e.g. a simulated host).",
-)
-@click.option(
-    "--config",
-    "config_path",
-    default=configmod.DEFAULT_PATH,
-    show_default=True,
-    help="The configuration file.",
-)
+@global_options
 @click.version_option(__version__, prog_name="ksmtuned-py")
 @click.pass_context
 def main(ctx: click.Context, root: str, config_path: str) -> None:
@@ -183,6 +229,7 @@ def metrics(opts: Options, textfile: str) -> None:
 
 
 @main.command()
+@no_global_options
 @click.option("--destdir", default="/", show_default=True, type=click.Path(file_okay=False),
               help="Install below this directory (packaging).")
 @click.option("--unitdir", default="/etc/systemd/system", show_default=True,

@@ -32,6 +32,59 @@ def test_version(host):
     assert (r.returncode, r.stdout) == (0, f"ksmtuned-py, version {__version__}\n")
 
 
+# --- global options after the command ------------------------------------------------------------
+
+
+def test_global_options_after_the_command(host, tmp_path):
+    host.conf.write_text("KSM_NPAGES_MAX=2000\n")
+    r = cli(host, "check-config", "--config", str(host.conf), root=False)
+    assert r.returncode == 0, r.stderr
+    assert f"KSM_NPAGES_MAX=2000                      # {host.conf}:1" in r.stdout.splitlines()
+    # only after the command, none before
+    r = subprocess.run([*ksmtuned_py(), "status", "--root", str(host.root), "--config", str(host.conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("KSM:        stopped (run=0), pages_to_scan 100, sleep_millisecs 20")
+    # after the command wins over before it
+    other = tmp_path / "other.conf"
+    other.write_text("KSM_NPAGES_MAX=777\n")
+    r = cli(host, "check-config", "--config", str(other))
+    assert f"KSM_NPAGES_MAX=777                       # {other}:1" in r.stdout.splitlines()
+    r = cli(host, "status", "--root", str(host.base / "empty"))
+    assert (r.returncode, r.stderr) == (69, (
+        f"ksmtuned-py: the kernel has no KSM (CONFIG_KSM): {host.base}/empty/sys/kernel/mm/ksm does not exist\n"))
+    # nested commands too
+    r = subprocess.run([*ksmtuned_py(), "ksm", "stop", "--root", str(host.root)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert host.knob("run") == "0\n"
+    r = subprocess.run([*ksmtuned_py(), "adjust", "--apply", "--config", str(host.conf), "--root", str(host.root)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert host.knob("pages_to_scan") == "400\n"
+
+
+def test_install_refuses_root_after_it(host):
+    # install ignores --root; accepting it after the command would install to / by surprise
+    r = subprocess.run([*ksmtuned_py(), "install", "--root", str(host.root)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert "No such option '--root'" in r.stderr
+
+
+def test_the_daemon_takes_global_options_after_run(host):
+    p = subprocess.Popen([*ksmtuned_py(), "run", "--root", str(host.root), "--config", str(host.conf)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: host.pidfile.exists() and host.pidfile.read_text().strip() == str(p.pid))
+        wait_for(lambda: any(x.startswith("thres ") for x in host.debug_lines()))
+    finally:
+        p.terminate()
+        p.communicate(timeout=10)
+    assert p.returncode == 0
+    assert "total 1000000" in host.debug_lines()
+
+
 # --- check-config -----------------------------------------------------------------------------
 
 
