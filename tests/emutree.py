@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.proctools import stop, wait_for  # noqa: F401 (the tree tests import them from here)
 
 BIN = Path(sys.executable).parent
 SYSFS_EMU = str(BIN / "sysfs-emu")
@@ -40,18 +40,6 @@ def small_scenario(run: int = 1) -> dict:
     }
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until it returns a true value; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def read(path: Path) -> str:
     return Path(path).read_text()
 
@@ -78,17 +66,6 @@ def served(root: Path, *args: str, stderr_path: Path | None = None):
         stop(proc)
         if stderr_path:
             err.close()
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:

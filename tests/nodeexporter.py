@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import debpkg
+from tests import debpkg, proctools
 
 PACKAGE = "prometheus-node-exporter"
 
@@ -70,10 +70,5 @@ def running(binary: Path, *args: str, log: Path | None = None, timeout: float = 
                 time.sleep(0.1)
         yield Exporter(proc, port, first)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proctools.stop(proc, timeout=10)
         out.close()

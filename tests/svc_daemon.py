@@ -8,12 +8,12 @@ test was caused by a signal (retune or reload).
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests import proctools
 
 KSMTUNED_PY = Path(sys.executable).parent / "ksmtuned-py"
 
@@ -76,11 +76,7 @@ def make_host(base: Path, extra_config: str = "") -> FakeHost:
 
 
 def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    proctools.wait_for(predicate, timeout=timeout, what=what)
 
 
 class RunningDaemon:
@@ -123,11 +119,6 @@ class RunningDaemon:
         return total
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            proctools.stop(self.proc, timeout=10)
         self.stderr.close()
