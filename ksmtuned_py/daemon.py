@@ -12,13 +12,14 @@ import os
 import select
 import signal
 import time
+from dataclasses import asdict
 from typing import Callable, Mapping
 
 from ksmtuned_py import config as configmod
 from ksmtuned_py.debuglog import DebugLog
 from ksmtuned_py.decision import START, Decision, Params, Tuner
 from ksmtuned_py.knobs import Knobs, read_int
-from ksmtuned_py.pidfile import Pidfile
+from ksmtuned_py.pidfile import Pidfile, StateFile, state_path
 from ksmtuned_py.readings import PAGE_SIZE, GuestScanner, ReadingError, read_host, read_meminfo
 from ksmtuned_py.report import CycleReport, human_bytes
 from ksmtuned_py.service import Notifier
@@ -82,6 +83,8 @@ class Daemon:
         self.scanner: GuestScanner | None = None
         self.tuner: Tuner | None = None
         self.pidfile: Pidfile | None = None
+        self.state: StateFile | None = None  # published next to the pidfile while running
+        self._state_failed: str | None = None
         self.last_report: CycleReport | None = None
         self._last_logged: tuple | None = None
         self._wakeup_r: int | None = None
@@ -173,6 +176,7 @@ class Daemon:
         self._log_decision(d, report)
         self.notifier.status(status)
         self.last_report = report
+        self._publish()
         for listener in [*self.cycle_listeners, *self._config_listeners]:
             try:
                 listener(report)
@@ -201,6 +205,42 @@ class Daemon:
             },
         )
 
+    # --- the published state --------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What ``status`` and ``adjust`` need to predict this daemon's next cycle."""
+        t = self.tuner.tuning
+        r = self.last_report
+        return {
+            "pid": os.getpid(),
+            "config": self.config_path,
+            "root": os.path.realpath(self.root),
+            "npages": self.tuner.npages,
+            "tuning": {"total": t.total, "sleep": t.sleep, "thres": t.thres, "thres_text": t.thres_text},
+            "params": asdict(self.tuner.params),
+            "last_decision": None if r is None else {
+                "time": r.time, "action": r.action, "level": r.level, "npages": r.npages,
+            },
+            "updated": time.time(),
+        }
+
+    def _publish(self) -> None:
+        """Replace the state file; a failure is logged once per change, never fatal."""
+        if self.state is None:
+            return
+        try:
+            self.state.write(self.state_dict())
+        except OSError as e:
+            problem = e.strerror or str(e)
+            if problem != self._state_failed:
+                log.warning("cannot write the state file %s: %s; status will not see npages",
+                            self.state.path, problem)
+                self._state_failed = problem
+            return
+        if self._state_failed:
+            log.info("writing the state file %s works again", self.state.path)
+            self._state_failed = None
+
     # --- reload --------------------------------------------------------------------
 
     def reload(self) -> None:
@@ -222,6 +262,7 @@ class Daemon:
             self._retune()
         except ReadingError as e:
             log.error("%s; keeping the previous tuning", e)
+        self._publish()
         self.notifier.ready(self._ready_status())
 
     # --- the loop ------------------------------------------------------------------
@@ -268,6 +309,8 @@ class Daemon:
             self.pidfile.acquire()
             try:
                 self.start_tuning()
+                self.state = StateFile(state_path(self.config.pidfile))
+                self._publish()
                 log.info(
                     "started: interval %gs, total %d kB, thres %d kB, sleep %dms",
                     self.config.monitor_interval,
@@ -279,6 +322,8 @@ class Daemon:
                 self._loop()
             finally:
                 self.notifier.stopping()
+                if self.state is not None:
+                    self.state.remove()
                 self.pidfile.release()
                 if self.debug:
                     self.debug.close()

@@ -187,9 +187,10 @@ class Decision:
 class Tuner:
     """The decision state: the tuning and the current npages."""
 
-    def __init__(self, params: Params, total: int, npages: int = 0):
+    def __init__(self, params: Params, total: int, npages: int = 0, tuning: Tuning | None = None):
+        """``tuning`` given (e.g. a running daemon's) is used as is instead of computed from ``total``."""
         self.params = params
-        self.tuning = Tuning.compute(params, total)
+        self.tuning = tuning if tuning is not None else Tuning.compute(params, total)
         self.npages = npages
 
     def decide(self, free: int, committed: int) -> Decision:

@@ -120,3 +120,75 @@ def running_pid(path: str) -> int:
         return pid
     finally:
         os.close(fd)
+
+
+# --- the daemon's published state, next to the pidfile ----------------------------------
+
+STATE_VERSION = 1
+
+
+def state_path(pidfile: str) -> str:
+    """Where the daemon publishes its state: ``/run/ksmtune.pid`` -> ``/run/ksmtune.state``."""
+    base = pidfile[:-4] if pidfile.endswith(".pid") and len(os.path.basename(pidfile)) > 4 else pidfile
+    return base + ".state"
+
+
+class StateFile:
+    """The running daemon's small state (npages, tuning, last decision) as JSON, replaced atomically.
+
+    Written 0644 (``status`` and ``adjust`` may run as any user) through a
+    temporary file in the same directory and a rename, so a reader sees the old
+    or the new state, never a part; removed when the daemon stops.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._tmp = os.path.join(
+            os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp"
+        )
+
+    def write(self, state: dict) -> None:
+        """Replace the file with ``state``; OSError when that is impossible."""
+        import json
+
+        data = (json.dumps({"version": STATE_VERSION, **state}, sort_keys=True) + "\n").encode()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self._tmp, flags, 0o644)
+        except FileExistsError:  # left by a killed daemon with our pid
+            os.unlink(self._tmp)
+            fd = os.open(self._tmp, flags, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            os.write(fd, data)
+        except OSError:
+            os.close(fd)
+            os.unlink(self._tmp)
+            raise
+        os.close(fd)
+        try:
+            os.rename(self._tmp, self.path)
+        except OSError:
+            os.unlink(self._tmp)
+            raise
+
+    def remove(self) -> None:
+        for path in (self.path, self._tmp):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def read_state(path: str, pid: int) -> dict | None:
+    """The state published by the daemon ``pid``, or None (missing, unreadable, another daemon's)."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or state.get("pid") != pid:
+        return None
+    return state

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from ksmtuned_py import config as configmod
-from ksmtuned_py.decision import Params, Tuner
+import os
+from dataclasses import dataclass
+
+from ksmtuned_py.decision import Params, Tuner, Tuning
 from ksmtuned_py.errors import UserError
 from ksmtuned_py.knobs import Knobs, read_int, read_knob, require_ksm
-from ksmtuned_py.pidfile import running_pid
+from ksmtuned_py.pidfile import read_state, running_pid, state_path
 from ksmtuned_py.readings import PAGE_SIZE, GuestScanner, read_meminfo
 from ksmtuned_py.report import human_bytes
 
@@ -27,14 +30,57 @@ COUNTERS = (
 RUN_STATES = {0: "stopped", 1: "running", 2: "unmerging"}
 
 
-def _decide(cfg: configmod.Config, root: str, npages: int):
-    """Read the host and decide as a cycle would, starting from ``npages``."""
+@dataclass
+class Basis:
+    """What the prediction starts from: the running daemon's state, or the kernel's pages_to_scan."""
+
+    npages: int
+    source: str  # "daemon" or "pages_to_scan"
+    why: str  # for people: where npages came from
+    daemon: dict  # the daemon's entry of the status snapshot
+    params: Params | None = None  # the daemon's, when its state is used
+    tuning: Tuning | None = None
+
+
+def _basis(cfg: configmod.Config, root: str, pages_to_scan: int | None) -> Basis:
+    """Find the running daemon and its published state; fall back to pages_to_scan."""
+    fallback = pages_to_scan or 0
+    try:
+        pid = running_pid(cfg.pidfile)
+    except UserError as e:
+        daemon = {"running": False, "reason": str(e), "pidfile": cfg.pidfile}
+        return Basis(fallback, "pages_to_scan", "pages_to_scan (no daemon running)", daemon)
+    path = state_path(cfg.pidfile)
+    daemon = {"running": True, "pid": pid, "pidfile": cfg.pidfile}
+    state = read_state(path, pid)
+    problem = None
+    if state is None:
+        problem = f"the daemon publishes no state in {path}"
+    elif state.get("root") != os.path.realpath(root):
+        problem = f"the daemon runs on root {state.get('root')}, not {os.path.realpath(root)}"
+    else:
+        try:
+            params = Params(**state["params"])
+            tuning = Tuning(**state["tuning"])
+            npages = int(state["npages"])
+        except (KeyError, TypeError, ValueError):
+            problem = f"the state in {path} is not understood"
+    if problem:
+        return Basis(fallback, "pages_to_scan", f"pages_to_scan ({problem})", daemon)
+    daemon.update(state=path, config=state.get("config"), last_decision=state.get("last_decision"))
+    return Basis(npages, "daemon", f"the running daemon (pid {pid}, {path})", daemon, params, tuning)
+
+
+def _decide(cfg: configmod.Config, root: str, basis: Basis):
+    """Read the host and decide as the next cycle would, from ``basis``."""
     mem = read_meminfo(root)
     scanner = GuestScanner(root, cfg.process_regex, cfg.memory_metric)
     guests = scanner.scan()
     free = mem.free_kb(cfg.free_metric)
     committed = sum(g.kb for g in guests)
-    tuner = Tuner(Params.from_config(cfg), mem.total, npages=npages)
+    # The daemon keeps the settings and tuning of its last start or reload: use those.
+    params = basis.params or Params.from_config(cfg)
+    tuner = Tuner(params, mem.total, npages=basis.npages, tuning=basis.tuning)
     return tuner.tuning, guests, tuner.decide(free, committed)
 
 
@@ -56,14 +102,10 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
         "page_size": PAGE_SIZE,
         "general_profit": counters.get("general_profit"),
     }
-    # The daemon's npages is not visible from outside; it equals pages_to_scan
-    # after any cycle that started KSM, so the next decision starts from there.
-    npages = ksm["pages_to_scan"] or 0
-    tuning, guests, dec = _decide(cfg, root, npages)
-    try:
-        daemon = {"running": True, "pid": running_pid(cfg.pidfile), "pidfile": cfg.pidfile}
-    except UserError as e:
-        daemon = {"running": False, "reason": str(e), "pidfile": cfg.pidfile}
+    # The running daemon publishes its npages; without it, pages_to_scan is the
+    # best guess (it equals npages after any cycle that started KSM).
+    basis = _basis(cfg, root, ksm["pages_to_scan"])
+    tuning, guests, dec = _decide(cfg, root, basis)
     return {
         "ksm": ksm,
         "counters": counters,
@@ -85,8 +127,11 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
             "sleep_ms": dec.sleep,
             "advisor": ksm["advisor_mode"] == "scan-time",
             "reason": dec.reason(),
+            "from_npages": basis.npages,
+            "npages_source": basis.source,
+            "npages_from": basis.why,
         },
-        "daemon": daemon,
+        "daemon": basis.daemon,
     }
 
 
@@ -123,6 +168,7 @@ def render_text(s: dict) -> str:
     else:
         what = "stop ksm"
     lines.append(f"next cycle: {what}, because {n['reason']}")
+    lines.append(f"npages:     {n['from_npages']} now, from {n['npages_from']}")
     d = s["daemon"]
     if d["running"]:
         lines.append(f"daemon:     running (pid {d['pid']})")
@@ -134,11 +180,11 @@ def render_text(s: dict) -> str:
 def adjust_once(cfg: configmod.Config, root: str = "/", apply: bool = False) -> tuple[list[str], bool]:
     """One decision now: the reference's debug lines, plus what was written. Returns (lines, ok)."""
     d = require_ksm(root)
-    npages = read_int(d, "pages_to_scan") or 0
-    tuning, guests, dec = _decide(cfg, root, npages)
+    basis = _basis(cfg, root, read_int(d, "pages_to_scan"))
+    tuning, guests, dec = _decide(cfg, root, basis)
     lines = tuning.debug_lines() + dec.debug_lines()
     if not apply:
-        lines.append(f"dry run: nothing written (npages started from pages_to_scan {npages})")
+        lines.append(f"dry run: nothing written (npages started from {basis.npages}, taken from {basis.why})")
         return lines, True
     knobs = Knobs(root)
     ok = knobs.apply(dec)

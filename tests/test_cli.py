@@ -155,6 +155,7 @@ def test_status_text(host):
         "next cycle: start ksm (boost): pages_to_scan 400, sleep_millisecs 167, because "
         "free 100000 kB <= thres 200000 kB; free 100000 kB < thres 200000 kB, "
         "so boost pages_to_scan from 100 to 400\n"
+        "npages:     100 now, from pages_to_scan (no daemon running)\n"
         f"daemon:     not running (no ksmtuned-py daemon is running: {host.pidfile} does not exist)\n"
     )
     assert r.stderr == ""
@@ -176,13 +177,63 @@ def test_status_json_with_a_guest_and_a_running_daemon(host, daemons):
     assert s["memory"] == {"total_kb": 1000000, "free_kb": 900000, "free_metric": "classic",
                            "committed_kb": guest["kb"], "memory_metric": "rss", "thres_kb": 200000,
                            "sleep_ms": 167}
-    assert s["next"]["action"] == "stop" and s["next"]["npages"] == 100
+    # the daemon has not decided yet: its npages is 0, whatever pages_to_scan says
+    assert s["next"]["action"] == "stop" and s["next"]["npages"] == 0
+    assert (s["next"]["from_npages"], s["next"]["npages_source"]) == (0, "daemon")
     assert s["next"]["reason"] == (
         f"committed + thres = {guest['kb'] + 200000} kB < total 1000000 kB "
         "and free 900000 kB > thres 200000 kB"
     )
-    assert s["daemon"] == {"running": True, "pid": d.pid, "pidfile": str(host.pidfile)}
+    assert s["daemon"] == {"running": True, "pid": d.pid, "pidfile": str(host.pidfile),
+                           "state": str(host.base / "ksmtune.state"), "config": str(host.conf),
+                           "last_decision": None}
     assert d.finish() == 0
+
+
+def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
+    state = host.base / "ksmtune.state"  # PIDFILE ksmtune.pid -> ksmtune.state
+    d = daemons(host).wait_ready()
+    wait_for(state.exists)
+    assert state.stat().st_mode & 0o777 == 0o644
+    published = json.loads(state.read_text())
+    assert (published["pid"], published["npages"], published["last_decision"]) == (d.pid, 0, None)
+    assert published["tuning"] == {"total": 1000000, "sleep": 167, "thres": 200000, "thres_text": "200000"}
+    d.kick()
+    d.kick()  # boost twice: the daemon's npages is 600
+    (host.ksm / "pages_to_scan").write_text("5\n")  # someone else changed the knob
+    published = json.loads(state.read_text())
+    assert published["npages"] == 600
+    assert published["last_decision"]["action"] == "start" and published["last_decision"]["npages"] == 600
+    # the config on disk changed but was not reloaded: the daemon's settings still apply
+    host.write_config("KSM_NPAGES_MAX=700\n")
+    r = cli(host, "adjust", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-2:] == [
+        "KSMCTL start 900 167",
+        f"dry run: nothing written (npages started from 600, taken from the running daemon (pid {d.pid}, {state}))",
+    ]
+    r = cli(host, "status")
+    assert f"npages:     600 now, from the running daemon (pid {d.pid}, {state})\n" in r.stdout
+    assert "so boost pages_to_scan from 600 to 900" in r.stdout
+    # a reload restarts npages at 0 with the new settings, and the state says so
+    d.kick(signal.SIGHUP)
+    wait_for(lambda: json.loads(state.read_text())["params"]["npages_max"] == 700)
+    assert json.loads(state.read_text())["npages"] == 300
+    assert "KSMCTL start 600 167" in cli(host, "adjust").stdout
+    # a status on another root does not use this daemon's state
+    other = host.base / "other"
+    (other / "proc").mkdir(parents=True)
+    (other / "sys/kernel/mm/ksm").mkdir(parents=True)
+    for name, value in KSM_FILES.items():
+        (other / "sys/kernel/mm/ksm" / name).write_text(value + "\n")
+    (other / "proc/meminfo").write_text((host.root / "proc/meminfo").read_text())
+    r = cli(host, "status", "--root", str(other))
+    assert (f"npages:     100 now, from pages_to_scan (the daemon runs on root {host.root}, not {other})\n"
+            in r.stdout), r.stdout
+    assert d.finish() == 0
+    assert not state.exists() and not host.pidfile.exists()
+    assert list(host.base.glob(".ksmtune.state.*")) == []
+    assert "from pages_to_scan (no daemon running)" in cli(host, "adjust").stdout
 
 
 def test_status_without_ksm(host):
@@ -203,7 +254,7 @@ def test_adjust_dry_run_writes_nothing(host):
     assert r.stdout.splitlines() == [
         "total 1000000", "sleep 167", "thres 200000", "committed 0 free 100000",
         "200000 > 1000000, start ksm", "100000 < 200000, boost", "KSMCTL start 400 167",
-        "dry run: nothing written (npages started from pages_to_scan 100)",
+        "dry run: nothing written (npages started from 100, taken from pages_to_scan (no daemon running))",
     ]
     assert {n: host.knob(n) for n in KSM_FILES} == before
     assert cli(host, "adjust").stdout == r.stdout  # dry run is the default
