@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from ksmtuned_py.knobs import read_int
 from ksmtuned_py.report import human_bytes
 from sysfs_emu.units import format_clock
 
@@ -40,13 +41,6 @@ def _memory_backed_dir() -> str | None:
     if os.path.isdir(shm) and os.access(shm, os.W_OK) and filesystem_type(shm) == "tmpfs":
         return shm
     return None
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class _Demo:
@@ -150,7 +144,7 @@ class _Demo:
     def show(self, pending: dict[str, str], decision: str) -> None:
         self.decisions += 1
         ksm = self.root / "sys/kernel/mm/ksm"
-        sharing = _read_int(ksm / "pages_sharing") or 0
+        sharing = read_int(ksm, "pages_sharing") or 0
         guests = len([n for n in os.listdir(self.root / "proc") if n.isdigit()])
         committed = int(pending.get("committed", 0)) * 1024
         free = int(pending.get("free", 0)) * 1024

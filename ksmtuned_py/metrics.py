@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ksmtuned_py.errors import UserError
+from ksmtuned_py import knobs
 
 if TYPE_CHECKING:
     from ksmtuned_py.report import CycleReport
@@ -188,6 +189,11 @@ def write_textfile(target: str | os.PathLike, sample: Sample) -> Path:
     return path
 
 
+def _decision(action: str, level: str | None) -> str:
+    """The exported decision: "stop", else the start's level ("boost"/"decay")."""
+    return "stop" if action == "stop" else (level or action)
+
+
 def sample_from_report(report: "CycleReport", counters: dict[str, int | None]) -> Sample:
     """The metrics of one daemon cycle, plus the kernel counters read after it."""
     from ksmtuned_py import __version__
@@ -197,7 +203,7 @@ def sample_from_report(report: "CycleReport", counters: dict[str, int | None]) -
         general_profit=profit if profit is not None else report.general_profit,
         ksm_zero_pages=counters.get("ksm_zero_pages"),
         pages_scanned=counters.get("pages_scanned"),
-        decision="stop" if report.action == "stop" else (report.level or report.action),
+        decision=_decision(report.action, report.level),
         npages=report.npages,
         sleep_ms=report.sleep_ms,
         thres_kib=report.thres_kb,
@@ -224,7 +230,7 @@ def sample_from_status(snap: dict, timestamp: float, duration: float) -> Sample:
         general_profit=counters.get("general_profit"),
         ksm_zero_pages=counters.get("ksm_zero_pages"),
         pages_scanned=counters.get("pages_scanned"),
-        decision="stop" if nxt["action"] == "stop" else (nxt["level"] or nxt["action"]),
+        decision=_decision(nxt["action"], nxt["level"]),
         npages=nxt["npages"],
         sleep_ms=nxt["sleep_ms"],
         thres_kib=mem["thres_kb"],
@@ -247,7 +253,7 @@ class TextfileWriter:
 
     def __init__(self, target: str | os.PathLike, root: str | os.PathLike = "/"):
         self.target = target
-        self.ksm_dir = Path(root, "sys/kernel/mm/ksm")
+        self.ksm_dir = knobs.ksm_dir(root)
         self._last_error: str | None = None
 
     def __call__(self, report: "CycleReport") -> None:
@@ -269,10 +275,5 @@ class TextfileWriter:
 
 def read_ksm_counters(ksm_dir: str | os.PathLike) -> dict[str, int | None]:
     """general_profit, ksm_zero_pages and pages_scanned; None where the kernel lacks one."""
-    out: dict[str, int | None] = {}
-    for name in ("general_profit", "ksm_zero_pages", "pages_scanned"):
-        try:
-            out[name] = int((Path(ksm_dir) / name).read_text().strip())
-        except (OSError, ValueError):
-            out[name] = None
-    return out
+    return {name: knobs.read_int(Path(ksm_dir), name)
+            for name in ("general_profit", "ksm_zero_pages", "pages_scanned")}
