@@ -85,6 +85,7 @@ class Daemon:
         self.pidfile: Pidfile | None = None
         self.state: StateFile | None = None  # published next to the pidfile while running
         self._state_failed: str | None = None
+        self._reading_failed: str | None = None  # the last ReadingError logged
         self.last_report: CycleReport | None = None
         self._last_logged: tuple | None = None
         self._wakeup_r: int | None = None
@@ -143,9 +144,17 @@ class Daemon:
         try:
             reading = read_host(self.root, self.scanner, cfg.free_metric)
         except ReadingError as e:
-            log.error("%s; skipping this cycle", e)
+            # Logged once per change of the error, like a failing write: not every cycle.
+            if str(e) != self._reading_failed:
+                log.error("%s; skipping cycles until it can be read", e)
+                self._reading_failed = str(e)
+            else:
+                log.debug("%s; skipping this cycle", e)
             self.notifier.status(f"error: {e}")
             return None
+        if self._reading_failed:
+            log.info("reading the host works again")
+            self._reading_failed = None
         d = self.tuner.decide(reading.free, reading.committed)
         self.debug.write(f"committed {d.committed} free {d.free}", *d.debug_lines_before_write())
         ok = self.knobs.apply(d)

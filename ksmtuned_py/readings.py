@@ -135,6 +135,7 @@ class GuestScanner:
         self._cache: dict[int, _Entry] = {}
         self.stats = ScanStats()
         self._pss_warned = False
+        self._list_failed: str | None = None
 
     def _uptime(self) -> float | None:
         try:
@@ -198,8 +199,13 @@ class GuestScanner:
         try:
             entries = list(os.scandir(self.proc))
         except OSError as e:
-            log.warning("cannot list %s: %s", self.proc, e.strerror)
+            if e.strerror != self._list_failed:  # once per change, not every cycle
+                log.warning("cannot list %s: %s; counting no guests", self.proc, e.strerror)
+                self._list_failed = e.strerror
             return []
+        if self._list_failed:
+            log.info("listing %s works again", self.proc)
+            self._list_failed = None
         uptime = self._uptime()
         # Processes started after this tick are still young (None: no uptime, all settled).
         young_tick = None if uptime is None else (uptime - YOUNG_SECONDS) * CLOCK_TICKS

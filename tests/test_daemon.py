@@ -432,6 +432,47 @@ def test_failing_writes_are_logged_once_per_change(host, daemons):
     assert err.count(f"ksmtuned-py: INFO: writing {host.ksm}/pages_to_scan works again (100)") == 1
 
 
+def test_a_meminfo_error_is_logged_once_per_change(host, daemons, tmp_path):
+    # Each failed cycle sends STATUS=error: ... to the notify socket: that counts the cycles.
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(5)
+    meminfo = host.root / "proc/meminfo"
+    try:
+        d = daemons(host, env={"NOTIFY_SOCKET": sock_path}).wait_ready()
+
+        def failed_cycle() -> str:
+            d.send(signal.SIGUSR1)
+            while True:
+                msg = sock.recv(4096).decode()
+                if msg.startswith("STATUS=error: "):
+                    return msg
+
+        meminfo.unlink()
+        for _ in range(3):
+            assert failed_cycle() == f"STATUS=error: cannot read {meminfo}: No such file or directory"
+        meminfo.write_text("MemTotal: 1000000 kB\n")
+        for _ in range(2):
+            assert failed_cycle() == f"STATUS=error: {meminfo} has no MemFree, Buffers, Cached"
+        host.set_meminfo(total=1000000, free=100000)
+        assert d.kick()[-1] == "KSMCTL start 300 167"
+        meminfo.unlink()
+        failed_cycle()
+        assert d.finish() == 0
+    finally:
+        sock.close()
+    errors = [line for line in d.stderr.splitlines() if "ERROR" in line or "works again" in line]
+    assert errors == [
+        f"ksmtuned-py: ERROR: cannot read {meminfo}: No such file or directory; "
+        "skipping cycles until it can be read",
+        f"ksmtuned-py: ERROR: {meminfo} has no MemFree, Buffers, Cached; skipping cycles until it can be read",
+        "ksmtuned-py: INFO: reading the host works again",
+        f"ksmtuned-py: ERROR: cannot read {meminfo}: No such file or directory; "
+        "skipping cycles until it can be read",
+    ]
+
+
 # --- the debug log ---------------------------------------------------------------------------
 
 

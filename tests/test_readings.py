@@ -270,3 +270,20 @@ def test_vmrss_from_status_wins_over_stat_rss(tmp_path):
     fake_process(root, 41, "qemu-kvm", 1, rss_pages=100)  # a tree with stat only
     page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
     assert [(g.pid, g.kb) for g in GuestScanner(root).scan()] == [(40, 777), (41, 100 * page_kb)]
+
+
+def test_an_unlistable_proc_is_logged_once_per_change(tmp_path, caplog):
+    root = tmp_path / "root"
+    root.mkdir()
+    scanner = GuestScanner(str(root))
+    with caplog.at_level("INFO", logger="ksmtuned_py.readings"):
+        assert scanner.scan() == [] and scanner.scan() == []  # no proc directory
+        (root / "proc").mkdir()
+        assert scanner.scan() == []
+        (root / "proc").rmdir()
+        assert scanner.scan() == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot list {root}/proc: No such file or directory; counting no guests",
+        f"listing {root}/proc works again",
+        f"cannot list {root}/proc: No such file or directory; counting no guests",
+    ]
