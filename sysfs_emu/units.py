@@ -73,21 +73,29 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def parse_size(value: object) -> int:
-    """Bytes from an int or a string such as ``"512MiB"``, ``"8G"``, ``"1.5GB"``."""
+def _number_or_text(value: object, what: str, hint: str) -> int | float | str:
+    """A finite non-negative number as is, or a string stripped; UnitError naming ``what`` otherwise."""
     if _is_number(value):
         if value != value or value in (float("inf"), float("-inf")):
-            raise UnitError(f"not a size: {value!r}")
+            raise UnitError(f"not a {what}: {value!r}")
         if value < 0:
-            raise UnitError(f"a size cannot be negative, got {value!r}")
-        if isinstance(value, float) and not value.is_integer():
-            raise UnitError(f"a size without a unit is whole bytes, got {value!r}")
-        return int(value)
+            raise UnitError(f"a {what} cannot be negative, got {value!r}")
+        return value
     if not isinstance(value, str):
-        raise UnitError(f"a size is a number of bytes or a string like '8GiB', got {value!r}")
+        raise UnitError(f"a {what} is {hint}, got {value!r}")
     text = value.strip()
     if text.startswith("-"):
-        raise UnitError(f"a size cannot be negative, got {value!r}")
+        raise UnitError(f"a {what} cannot be negative, got {value!r}")
+    return text
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string such as ``"512MiB"``, ``"8G"``, ``"1.5GB"``."""
+    text = _number_or_text(value, "size", "a number of bytes or a string like '8GiB'")
+    if not isinstance(text, str):
+        if isinstance(text, float) and not text.is_integer():
+            raise UnitError(f"a size without a unit is whole bytes, got {value!r}")
+        return int(text)
     match = _SIZE_RE.fullmatch(text)
     if not match:
         raise UnitError(f"not a size: {value!r} (write e.g. 4096, '512MiB', '8GiB')")
@@ -102,17 +110,9 @@ def parse_size(value: object) -> int:
 
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string such as ``"30s"``, ``"5m"``, ``"1h30m"``."""
-    if _is_number(value):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise UnitError(f"not a duration: {value!r}")
-        if value < 0:
-            raise UnitError(f"a duration cannot be negative, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise UnitError(f"a duration is a number of seconds or a string like '30s', got {value!r}")
-    text = value.strip()
-    if text.startswith("-"):
-        raise UnitError(f"a duration cannot be negative, got {value!r}")
+    text = _number_or_text(value, "duration", "a number of seconds or a string like '30s'")
+    if not isinstance(text, str):
+        return float(text)
     if re.fullmatch(_NUMBER, text):
         return float(Fraction(text))
     total = Fraction(0)
