@@ -89,7 +89,14 @@ def stand_in_guests(*specs: dict):
 
 
 def rss_kib(pid: int) -> int:
-    """Resident set size as ps -o rsz reports it (from /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    """Resident set size in KiB as ``ps -o rsz=`` prints it: VmRSS of /proc/PID/status.
+
+    Not /proc/PID/stat's rss: since Linux 6.2 that is an approximate read of
+    per-CPU counters, hundreds of KiB off for a process that just touched its
+    memory; status sums the counters (as ps, and so the reference, sees them).
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0  # no VmRSS line: a zombie, which ps shows as 0

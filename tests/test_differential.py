@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests import nsharness
+from tests.guests import rss_kib
 from tests.nsharness import Scratch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,12 +118,6 @@ def strip_date(line: str, who: str) -> str:
     if not sep or not DATE_RE.match(prefix):
         raise Mismatch(f"{who}: log line without a `date` prefix: {line!r}")
     return message
-
-
-def statm_rss_kib(pid: int) -> int:
-    """Resident size as ps -o rsz= prints it (VmRSS; /proc/PID/stat's figure is approximate)."""
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def trunc_div(a: int, b: int) -> int:
@@ -211,9 +206,9 @@ class Driver:
     def committed(self) -> int:
         """Committed memory as both rules see it, once the guests' sizes have settled."""
         def settled():
-            first = sum(statm_rss_kib(g.pid) for g in self.guests)
+            first = sum(rss_kib(g.pid) for g in self.guests)
             time.sleep(0.02)
-            return first == sum(statm_rss_kib(g.pid) for g in self.guests) and (first,)
+            return first == sum(rss_kib(g.pid) for g in self.guests) and (first,)
         return nsharness.wait_until(settled, 5, "guest sizes to settle")[0]
 
     # ---- configs
@@ -470,7 +465,7 @@ class Driver:
                 # MemTotal is read at start only: a changed figure must not change anything.
                 shown_total = total if rng.random() < 0.7 else total + rng.randint(-50000, 50000)
                 meminfo = self.write_meminfo(max(shown_total, 1), free, daemons)
-                context = (f"step {n}: guests {[statm_rss_kib(g.pid) for g in self.guests]} "
+                context = (f"step {n}: guests {[rss_kib(g.pid) for g in self.guests]} "
                            f"committed {committed_now} free {free}")
                 lines = self.step(daemons, trigger)
                 print(f"  {context} -> {lines[1:]}", flush=True)
