@@ -245,25 +245,25 @@ class Kernel:
         except OSError:
             raise kernel_error(errno.EINVAL) from None
 
+    def _change_while_idle(self, name: str, knob: int) -> None:
+        """Set ``name``; a change (not a rewrite of the same value) is EBUSY while pages are merged."""
+        if knob == getattr(self, name):
+            return
+        if self._busy():
+            raise kernel_error(errno.EBUSY)
+        setattr(self, name, knob)
+
     def _store_max_page_sharing(self, raw: bytes) -> None:
         knob = kstrtoint(raw)  # EINVAL and ERANGE pass through
         if knob < 2:
             raise kernel_error(errno.EINVAL)
-        if knob == self.max_page_sharing:
-            return
-        if self._busy():
-            raise kernel_error(errno.EBUSY)
-        self.max_page_sharing = knob
+        self._change_while_idle("max_page_sharing", knob)
 
     def _store_merge_across_nodes(self, raw: bytes) -> None:
         knob = kstrtoul(raw)  # EINVAL and ERANGE pass through
         if knob > 1:
             raise kernel_error(errno.EINVAL)
-        if knob == self.merge_across_nodes:
-            return
-        if self._busy():
-            raise kernel_error(errno.EBUSY)
-        self.merge_across_nodes = knob
+        self._change_while_idle("merge_across_nodes", knob)
 
     def _store_use_zero_pages(self, raw: bytes) -> None:
         self.use_zero_pages = int(kstrtobool(raw))
