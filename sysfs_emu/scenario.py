@@ -367,6 +367,16 @@ def _parse_sysfs_writes(c: _Checker, raw: Any, where: str) -> tuple[tuple[str, s
     return tuple(writes)
 
 
+def _fill_name(c: _Checker, raw: dict, key: str, where: str, why: str) -> str:
+    """The content tag or pool name ``raw[key]``: a non-empty string or a number, as a string."""
+    if key not in raw:
+        raise c.fail(_join(where, key), f"missing ({why})")
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise c.fail(_join(where, key), f"must be a non-empty string or a number, got {_show(value)}")
+    return str(value)
+
+
 def _parse_fill(c: _Checker, raw: dict, where: str) -> Fill:
     if "fill" not in raw:
         raise c.fail(_join(where, "fill"), f"missing (one of: {', '.join(FILLS)})")
@@ -377,20 +387,11 @@ def _parse_fill(c: _Checker, raw: dict, where: str) -> Fill:
         if key in raw and kind != needed_by:
             raise c.fail(_join(where, key), f"only goes with fill: {needed_by}")
     if kind == "same":
-        if "tag" not in raw:
-            raise c.fail(_join(where, "tag"), "missing (fill: same needs the content's tag)")
-        tag = raw["tag"]
-        if isinstance(tag, bool) or not isinstance(tag, (str, int)) or tag == "":
-            raise c.fail(_join(where, "tag"), f"must be a non-empty string or a number, got {_show(tag)}")
-        return Fill("same", tag=str(tag))
+        return Fill("same", tag=_fill_name(c, raw, "tag", where, "fill: same needs the content's tag"))
     if kind == "pool":
-        if "pool" not in raw:
-            raise c.fail(_join(where, "pool"), "missing (fill: pool needs the pool's name)")
-        pool = raw["pool"]
-        if isinstance(pool, bool) or not isinstance(pool, (str, int)) or pool == "":
-            raise c.fail(_join(where, "pool"), f"must be a non-empty string or a number, got {_show(pool)}")
+        pool = _fill_name(c, raw, "pool", where, "fill: pool needs the pool's name")
         offset = c.integer(raw.get("offset", 0), _join(where, "offset"), minimum=0, maximum=MAX_POOL_ENTRY)
-        return Fill("pool", pool=str(pool), offset=offset)
+        return Fill("pool", pool=pool, offset=offset)
     return Fill(kind)
 
 
