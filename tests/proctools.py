@@ -7,15 +7,19 @@ import subprocess
 import time
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until it returns a true value (returned); AssertionError after ``timeout``."""
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition",
+             error: type[Exception] = AssertionError):
+    """Poll ``predicate`` until it returns a true value (returned); ``error`` after ``timeout``.
+
+    Outside pytest (the namespace drivers) pass ``error=TimeoutError``.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise error(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
 
 
