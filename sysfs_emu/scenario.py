@@ -26,7 +26,7 @@ import yaml
 
 from sysfs_emu.kernel import FILES as KSM_FILES
 from sysfs_emu.kernel import TUNABLES as KSM_TUNABLES
-from sysfs_emu.kernel import Kernel
+from sysfs_emu.kernel import PAGE_SIZE, Kernel
 from sysfs_emu.units import UnitError, describe_size, format_duration, parse_duration, parse_size
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when present: 20x faster
 
-PAGE_SIZE = 4096
 FILLS = ("same", "pool", "unique", "zero")
 PID_MAX = 4194304  # /proc/sys/kernel/pid_max on 64-bit Linux
 MAX_POOL_ENTRY = 1 << 30  # pool entries (and so distinct contents) stay well inside 31-bit ids
