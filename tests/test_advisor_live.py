@@ -271,6 +271,12 @@ class State:
     change: int
 
 
+def advise_from(state: State, scan_time: int, cpu_pct: int):
+    """The advisor's next step from ``state`` with this test's settings."""
+    return advise(state.pages_to_scan, scan_time, cpu_pct, state.scan_time, state.change,
+                  target_scan_time=TARGET_S, max_cpu=MAX_CPU, max_pages_to_scan=MAX_PAGES)
+
+
 def test_real_advisor_follows_the_formula(real_ksm):
     pid = ksmd_pid()
     stat = Path(f"/proc/{pid}/schedstat")
@@ -330,16 +336,7 @@ def test_real_advisor_follows_the_formula(real_ksm):
         predictions = set()
         for state in states:
             for scan_time, pct in inputs:
-                advice = advise(
-                    state.pages_to_scan,
-                    scan_time,
-                    pct,
-                    state.scan_time,
-                    state.change,
-                    target_scan_time=TARGET_S,
-                    max_cpu=MAX_CPU,
-                    max_pages_to_scan=MAX_PAGES,
-                )
+                advice = advise_from(state, scan_time, pct)
                 predictions.add(advice.pages_to_scan)
                 if advice.pages_to_scan == scan.pages_to_scan:
                     next_states.add(State(advice.pages_to_scan, scan_time, advice.change))
@@ -395,16 +392,7 @@ def test_real_advisor_follows_the_formula(real_ksm):
         seconds = t.at - t.start
         if abs(seconds - round(seconds)) > 0.001:  # not within a clock read of a boundary
             assert t.scan_time == max(1, math.floor(seconds)), t
-        advice = advise(
-            state.pages_to_scan,
-            t.scan_time,
-            t.cpu_percent,
-            state.scan_time,
-            state.change,
-            target_scan_time=TARGET_S,
-            max_cpu=MAX_CPU,
-            max_pages_to_scan=MAX_PAGES,
-        )
+        advice = advise_from(state, t.scan_time, t.cpu_percent)
         log.info("traced %s -> %s", t, advice)
         assert advice.pages_to_scan == t.pages_to_scan, (t, advice)
         state = State(advice.pages_to_scan, advice.scan_time, advice.change)
