@@ -11,14 +11,13 @@ it reaped (/proc/PID/stat utime+stime+cutime+cstime, for the reference the
 loop subshell that runs `adjust`), averaged over --cycles cycles, the two
 daemons alternating. Prints both, and the ratio.
 
-Also prints ksmtuned-py's guest scan alone, in this process: once with every
-process young (re-read every cycle: the daemon's case here, as every process
-was just started, unless --aged waits until they are older than the scanner's
-re-check window) and once as on a host whose processes are that old (cache hits).
+Also prints ksmtuned-py's guest scan alone, in this process: the first scan
+(every process read in full) and later ones (known non-guests: only their comm
+is re-read, to notice an exec or a rename).
 
 Needs root (namespaces, bind mounts) and Debian's ksmtuned package (fetched
 into the test cache with apt-get download). Usage:
-    .venv/bin/python bench/bench_cycle.py [--processes 1000] [--cycles 30] [--debug] [--aged]
+    .venv/bin/python bench/bench_cycle.py [--processes 1000] [--cycles 30] [--debug]
 """
 
 from __future__ import annotations
@@ -110,31 +109,26 @@ def start_processes(count: int) -> list[subprocess.Popen]:
 
 
 def scan_alone(repeat: int) -> list[str]:
-    """ksmtuned-py's guest scan in this process, young processes vs a warm cache."""
+    """ksmtuned-py's guest scan in this process: the first (cold) scan, then with the cache warm."""
     try:
         from ksmtuned_py import readings
     except ImportError as e:
         return [f"(guest scan alone not measured: {e})"]
-    lines = []
-    for label, young in ((f"as the daemon does it, re-reading processes younger than {readings.YOUNG_SECONDS:g} s", None),
-                         ("as on a host whose processes are all older than that", 0.0)):
-        saved = readings.YOUNG_SECONDS
-        if young is not None:
-            readings.YOUNG_SECONDS = young
-        try:
-            scanner = readings.GuestScanner("/")
-            scanner.scan()
-            reads = scanner.stats.stat_reads
-            t0 = time.process_time()
-            for _ in range(repeat):
-                scanner.scan()
-            per = (time.process_time() - t0) / repeat
-            per_reads = (scanner.stats.stat_reads - reads) / repeat
-        finally:
-            readings.YOUNG_SECONDS = saved
-        lines.append(f"  ksmtuned-py guest scan alone ({label}): {per * 1000:.2f} ms CPU, "
-                     f"{per_reads:.0f} stat reads per scan")
-    return lines
+    scanner = readings.GuestScanner("/")
+    t0 = time.process_time()
+    scanner.scan()
+    first = time.process_time() - t0
+    stat_reads, comm_reads = scanner.stats.stat_reads, scanner.stats.comm_reads
+    t0 = time.process_time()
+    for _ in range(repeat):
+        scanner.scan()
+    per = (time.process_time() - t0) / repeat
+    return [
+        f"  ksmtuned-py guest scan alone, first: {first * 1000:.2f} ms CPU, {stat_reads} stat reads",
+        f"  ksmtuned-py guest scan alone, later (cache warm): {per * 1000:.2f} ms CPU, "
+        f"{(scanner.stats.stat_reads - stat_reads) / repeat:.0f} stat reads and "
+        f"{(scanner.stats.comm_reads - comm_reads) / repeat:.0f} comm reads per scan",
+    ]
 
 
 def inside(args) -> int:
@@ -142,12 +136,6 @@ def inside(args) -> int:
     from tests.guests import stand_in_guests
 
     filler = start_processes(max(args.processes - args.guests - 8, 0))
-    if args.aged:
-        from ksmtuned_py import readings
-
-        wait = readings.YOUNG_SECONDS + 5
-        print(f"waiting {wait:.0f} s for the processes to age past ksmtuned-py's re-check window", flush=True)
-        time.sleep(wait)
     guests_spec = [{"resident_kib": 8192, "extra_args": ("-name", f"g{i}", "-enable-kvm")}
                    for i in range(args.guests)]
     benches: list[Bench] = []
@@ -210,8 +198,6 @@ def main() -> int:
     parser.add_argument("--guests", type=int, default=4, help="stand-in qemu guests among them")
     parser.add_argument("--cycles", type=int, default=30)
     parser.add_argument("--debug", action="store_true", help="DEBUG=1 (the reference then forks date too)")
-    parser.add_argument("--aged", action="store_true",
-                        help="wait until the processes are older than ksmtuned-py's re-check window (5 min)")
     parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -234,7 +220,6 @@ def main() -> int:
     argv = [sys.executable, str(Path(__file__).resolve()), "--inside", "--reference", str(reference),
             "--processes", str(args.processes), "--guests", str(args.guests), "--cycles", str(args.cycles)]
     argv += ["--debug"] if args.debug else []
-    argv += ["--aged"] if args.aged else []
     done = nsharness.run_isolated(argv, timeout=600, cwd=REPO)
     leaks = nsharness.host_mount_leaks()
     if leaks:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from ksmtuned_py.readings import (
-    CLOCK_TICKS,
-    YOUNG_SECONDS,
     GuestScanner,
     MemInfo,
     ReadingError,
@@ -42,16 +41,18 @@ def link_process(root: Path, pid: int) -> None:
 
 
 def fake_process(
-    root: Path, pid: int, comm: str, start: int, rss_pages: int, vmrss: int | None = None
+    root: Path, pid: int, comm: str, start: int, rss_pages: int, vmrss: int | None = None,
+    flags: int = 4194560,
 ) -> Path:
     d = root / "proc" / str(pid)
     d.mkdir(exist_ok=True)
     if vmrss is not None:
         (d / "status").write_text(f"Name:\t{comm}\nVmRSS:\t{vmrss:8d} kB\nThreads:\t1\n")
     (d / "stat").write_text(
-        f"{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 "
+        f"{pid} ({comm}) S 1 {pid} {pid} 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 "
         f"{start} 123456 {rss_pages} 18446744073709551615 0 0 0\n"
     )
+    (d / "comm").write_text(comm + "\n")
     return d
 
 
@@ -194,8 +195,6 @@ def test_a_guest_that_exits_during_pss_read_is_skipped(tmp_path):
 
 def test_cache_skips_known_non_guests_and_rereads_guests(tmp_path):
     root = make_root(tmp_path)
-    uptime = 100000.0
-    (root / "proc" / "uptime").write_text(f"{uptime:.2f} 5.00\n")
     old = 100  # started 1 s after boot
     fake_process(root, 10, "bash", old, 1)
     fake_process(root, 11, "sshd", old, 1)
@@ -203,17 +202,14 @@ def test_cache_skips_known_non_guests_and_rereads_guests(tmp_path):
     scanner = GuestScanner(root)
     page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
     assert [(g.pid, g.kb) for g in scanner.scan()] == [(12, 256 * page_kb)]
-    assert (scanner.stats.stat_reads, scanner.stats.regex_checks) == (3, 3)
+    assert (scanner.stats.stat_reads, scanner.stats.comm_reads, scanner.stats.regex_checks) == (3, 0, 3)
 
-    # The guest's memory grows; the non-guests are not read again.
+    # The guest's memory grows; of the non-guests only the name is read again.
     fake_process(root, 12, "qemu-kvm", old, 512)
     assert [(g.pid, g.kb) for g in scanner.scan()] == [(12, 512 * page_kb)]
-    assert (scanner.stats.stat_reads, scanner.stats.regex_checks) == (4, 4)
+    assert (scanner.stats.stat_reads, scanner.stats.comm_reads, scanner.stats.regex_checks) == (4, 2, 4)
 
-    # A cached non-guest's name change is not seen (that is what the cache saves)...
-    fake_process(root, 10, "qemu-kvm", old, 1)
-    assert [g.pid for g in scanner.scan()] == [12]
-    # ...but a new process with the same pid (a new directory) is read again.
+    # A new process with the same pid (a new directory) is read again.
     # (made before the old one is removed, so the file system cannot reuse its inode)
     fresh = tmp_path / "fresh"
     (fresh / "proc").mkdir(parents=True)
@@ -221,30 +217,61 @@ def test_cache_skips_known_non_guests_and_rereads_guests(tmp_path):
     shutil.rmtree(root / "proc" / "11")
     new.rename(root / "proc" / "11")
     assert [g.pid for g in scanner.scan()] == [11, 12]
-    assert scanner.stats.stat_reads == 7  # the guest twice more, pid 11 once
+    # the guest once more, the new pid 11 in full (its inode differs), pid 10's comm only
+    assert (scanner.stats.stat_reads, scanner.stats.comm_reads) == (6, 3)
 
 
-def test_young_processes_are_rechecked_until_they_settle(tmp_path):
-    """libvirt forks, then execs qemu: the name changes, pid and start time do not."""
+def test_a_non_guest_that_execs_or_renames_a_day_later_is_seen(tmp_path):
+    """A launcher may exec qemu (or a process rename itself) long after it started."""
     root = make_root(tmp_path)
-    uptime = 1000.0
-    (root / "proc" / "uptime").write_text(f"{uptime:.2f} 5.00\n")
-    young = int((uptime - 10) * CLOCK_TICKS)  # started 10 s ago
-    fake_process(root, 20, "rpc-libvirtd", young, 1)
-    fake_process(root, 21, "bash", young, 1)
+    (root / "proc" / "uptime").write_text("86500.00 5.00\n")  # a day after these started
+    fake_process(root, 20, "rpc-libvirtd", 100, 1)
+    fake_process(root, 21, "bash", 100, 1)
     scanner = GuestScanner(root)
-    assert scanner.scan() == []
-    assert scanner.stats.stat_reads == 2
-    fake_process(root, 20, "qemu-system-x86", young, 300)  # after exec
+    assert scanner.scan() == [] and scanner.scan() == []
+    assert (scanner.stats.stat_reads, scanner.stats.comm_reads) == (2, 2)
+    fake_process(root, 20, "qemu-system-x86", 100, 300)  # after exec: same pid, same start
     assert [g.pid for g in scanner.scan()] == [20]
-    assert scanner.stats.stat_reads == 4  # both young: both read again
-    # Time passes: once seen at YOUNG_SECONDS or older, a non-guest settles.
-    (root / "proc" / "uptime").write_text(f"{uptime + YOUNG_SECONDS:.2f} 5.00\n")
+    assert (scanner.stats.stat_reads, scanner.stats.comm_reads) == (3, 4)  # 20 read in full again
+    fake_process(root, 21, "qemu:vm1", 100, 300)  # prctl(PR_SET_NAME): only comm changes
+    assert [g.pid for g in scanner.scan()] == [20, 21]
+    fake_process(root, 20, "bash", 100, 1)  # a guest that execs something else
+    assert [g.pid for g in scanner.scan()] == [21]
+
+
+def test_kernel_threads_are_not_reread(tmp_path):
+    root = make_root(tmp_path)
+    fake_process(root, 2, "kthreadd", 1, 0, flags=0x208040)  # PF_KTHREAD set
+    fake_process(root, 40, "bash", 100, 1)
+    scanner = GuestScanner(root)
     scanner.scan()
-    assert scanner.stats.stat_reads == 6
     scanner.scan()
     scanner.scan()
-    assert scanner.stats.stat_reads == 8  # only the guest is read each cycle now
+    assert (scanner.stats.stat_reads, scanner.stats.comm_reads) == (2, 2)  # bash's comm twice
+
+
+def test_a_real_process_that_execs_a_qemu_binary_later_is_counted(tmp_path):
+    """The real kernel: exec changes comm (to the file's name) but not the pid or start time."""
+    root = make_root(tmp_path)
+    (root / "proc" / "uptime").write_text("999999.00 5.00\n")  # as if the process were old
+    qemu = tmp_path / "qemu-system-x86_64"
+    qemu.symlink_to(shutil.which("sleep"))
+    proc = subprocess.Popen(["sh", "-c", 'read line; exec "$0" 600', str(qemu)], stdin=subprocess.PIPE)
+    try:
+        link_process(root, proc.pid)
+        scanner = GuestScanner(root)
+        assert scanner.scan() == [] and scanner.scan() == []
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/comm").read_text() != "qemu-system-x86\n":
+            assert time.monotonic() < deadline, "the shell did not exec"
+            time.sleep(0.01)
+        (guest,) = scanner.scan()
+        assert (guest.pid, guest.comm, guest.kb) == (proc.pid, "qemu-system-x86", rss_kib(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_exited_pids_leave_the_cache(tmp_path):
