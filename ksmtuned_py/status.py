@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ksmtuned_py import config as configmod
 import os
+import time
 from dataclasses import dataclass
 
 from ksmtuned_py.decision import Params, Tuner, Tuning
@@ -171,7 +172,16 @@ def render_text(s: dict) -> str:
     lines.append(f"npages:     {n['from_npages']} now, from {n['npages_from']}")
     d = s["daemon"]
     if d["running"]:
-        lines.append(f"daemon:     running (pid {d['pid']})")
+        text = f"daemon:     running (pid {d['pid']})"
+        last = d.get("last_decision")
+        if last:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
+            text += f", last cycle at {when}: {last['action']} ksm"
+            if last["action"] == "start":
+                text += f" ({last['level']}, pages_to_scan {last['npages']})"
+        elif "state" in d:
+            text += ", no cycle yet"
+        lines.append(text)
     else:
         lines.append(f"daemon:     not running ({d['reason']})")
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -198,6 +199,7 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
     published = json.loads(state.read_text())
     assert (published["pid"], published["npages"], published["last_decision"]) == (d.pid, 0, None)
     assert published["tuning"] == {"total": 1000000, "sleep": 167, "thres": 200000, "thres_text": "200000"}
+    assert f"daemon:     running (pid {d.pid}), no cycle yet\n" in cli(host, "status").stdout
     d.kick()
     d.kick()  # boost twice: the daemon's npages is 600
     (host.ksm / "pages_to_scan").write_text("5\n")  # someone else changed the knob
@@ -215,6 +217,9 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
     r = cli(host, "status")
     assert f"npages:     600 now, from the running daemon (pid {d.pid}, {state})\n" in r.stdout
     assert "so boost pages_to_scan from 600 to 900" in r.stdout
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(published["last_decision"]["time"]))
+    assert f"daemon:     running (pid {d.pid}), last cycle at {when}: start ksm (boost, pages_to_scan 600)\n" \
+        in r.stdout
     # a reload restarts npages at 0 with the new settings, and the state says so
     d.kick(signal.SIGHUP)
     wait_for(lambda: json.loads(state.read_text())["params"]["npages_max"] == 700)
