@@ -58,6 +58,7 @@ from sysfs_emu.advisor import ScanTimeAdvisor
 from sysfs_emu.memory import (
     MAPPED,
     NO_NODE,
+    ONE_EACH,
     PAGE_SIZE,
     RMAP,
     RMAP_ITEM_SIZE,
@@ -694,66 +695,68 @@ class Ksmd:
         nodes = mem.nodes
         work.tree += r.size
         par = SEQ if self.seqnr & 1 else np.uint8(0)
-        # contents that appear more than once in this pass
         k = r.size
-        order = np.arange(k, dtype=np.int32)
-        table = mem.unstable_of
-        old_u = table[cont]
-        table[cont] = order
-        dup = table[cont] != order
-        if dup.any():
-            table[cont[dup]] = -2
-            dup = table[cont] == -2
+        ci = cont.astype(np.intp)  # index once, not once per look-up
+        st, old_u, dup = self._lookup(ci)
         if seq_contents:
             sc = np.fromiter(seq_contents, dtype=np.int64)
             inseq = np.isin(cont, sc)
+            single = ~dup & ~inseq
         else:
             inseq = np.zeros(k, dtype=bool)
-        st = mem.stable_of[cont]
-        # valid unstable tree partner from earlier in this full scan
+            single = ~dup
+        fresh = st == NO_NODE
+        # valid unstable tree partner from earlier in this full scan (only where it decides anything:
+        # a page with a plain KSM page to try first, or in a chain, goes by the stable tree)
         u = old_u
         valid_u = np.zeros(k, dtype=bool)
-        has_u = np.flatnonzero(u >= 0)
+        has_u = np.flatnonzero((u >= 0) & (fresh | ~single))
         if has_u.size:
-            uu = u[has_u]
+            uu = u[has_u].astype(np.intp)
             uf = p.flags[uu]
             valid_u[has_u] = (
                 ((uf & (UNSTABLE | MAPPED)) == (UNSTABLE | MAPPED)) & ((uf & SEQ) == par) & (p.content[uu] == cont[has_u])
             )
-        single = ~dup & ~inseq
-        # 1. unique so far: insert in the unstable tree (and put back every other entry)
-        ins = single & (st == NO_NODE) & ~valid_u
-        table[cont] = np.where(ins, r, old_u)
+        # 1. unique so far: insert in the unstable tree; every other content gets its entry back
+        ins = single & fresh & ~valid_u
+        mem.unstable_of[ci] = np.where(ins, r, old_u)
         if ins.any():
             ir = r[ins]
             p.flags[ir] |= UNSTABLE | par
             self.pages_unshared += ir.size
         # 2. a partner in the unstable tree: a new KSM page for both
-        two = single & (st == NO_NODE) & valid_u
+        two = single & fresh & valid_u
         if two.any():
             a, b = u[two], r[two]
             new = self._new_nodes(cont[two])
-            mem.stable_of[cont[two]] = new
+            mem.stable_of[ci[two]] = new
             p.flags[a] &= _CLEAR_UNSTABLE
             self.pages_unshared -= a.size
             for x in (a, b):
                 p.kpage[x] = new
                 p.rnode[x] = new
-            nodes.mapcount[new] = 2
-            nodes.count[new] = 2
+            nodes.cm[new] = 2 * ONE_EACH
             mem.ksm_pages += new.size
             mem.ksm_mapped += 2 * new.size
             self.pages_shared += new.size
             self.pages_sharing += new.size
             work.merges += 2 * new.size
-        # 3. a KSM page with room: merge into it
+        # 3. a KSM page with room: merge into it (its count stays above 0: no new shared page)
         plain = single & (st >= 0)
         if plain.any():
-            pr, pn = r[plain], st[plain]
-            cnt = nodes.count[pn]
-            okay = nodes.alive[pn] & (nodes.mapcount[pn] > 0) & (cnt > 0) & (cnt < self.kernel.max_page_sharing)
+            pr, pn = r[plain], st[plain].astype(np.intp)
+            cm = nodes.cm[pn]
+            halves = cm.view(np.int32)
+            cnt, mc = halves[0::2], halves[1::2]
+            okay = nodes.alive[pn] & (mc > 0) & (cnt > 0) & (cnt < self.kernel.max_page_sharing)
             if okay.any():
-                self._merge_into(pr[okay], pn[okay], work, distinct=True)
+                slots, ids = pr[okay], pn[okay]
+                p.kpage[slots] = ids
+                p.rnode[slots] = ids
+                nodes.cm[ids] = cm[okay] + ONE_EACH  # distinct KSM pages: one more item and mapping each
+                mem.ksm_mapped += slots.size
+                self.pages_sharing += slots.size
+                work.merges += slots.size
             for s in pr[~okay]:
                 seq.append((int(s), 0, True))
         for s in r[single & (st < NO_NODE)]:
@@ -763,24 +766,63 @@ class Ksmd:
         if multi.any():
             self._groups(r[multi], cont[multi], st[multi], old_u[multi], valid_u[multi], inseq[multi], seq, work)
 
-    def _merge_into(self, slots: np.ndarray, node_ids: np.ndarray, work: _Work, distinct: bool = False) -> None:
-        """Merge pages into KSM pages that have room for them all."""
+    LOOKUP_CHUNK = 1 << 15
+    """Pages per step of :meth:`_lookup`: the table lines one step touches stay in cache for its second look."""
+
+    def _lookup(self, ci: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Both trees' entries for contents ``ci`` (the stable node, the unstable tree slot as it was
+        before this pass) and which pages share their content with another page of the pass.
+
+        Each step marks the unstable table with ``-3 - position`` for its pages
+        (restored by the caller): a later page that finds a mark has its
+        content earlier in the pass, and a page that does not find its own
+        mark right after writing it shares its content within the step.
+        """
+        ctab = self.mem.ctab
+        table = self.mem.unstable_of
+        k = ci.size
+        st = np.empty(k, dtype=np.int32)
+        old_u = np.empty(k, dtype=np.int32)
+        dup = np.zeros(k, dtype=bool)
+        step = self.LOOKUP_CHUNK
+        for a in range(0, k, step):
+            b = min(a + step, k)
+            c = ci[a:b]
+            both = ctab[c].view(np.int32)  # one random look-up fetches both trees' entries
+            st[a:b] = both[0::2]
+            u = both[1::2]
+            seen = u <= -3
+            if seen.any():
+                earlier = -3 - u[seen]  # the last page before this step with the same content
+                dup[a:b][seen] = True
+                dup[earlier] = True
+                u = u.copy()
+                u[seen] = old_u[earlier]
+            old_u[a:b] = u
+            mark = np.arange(-3 - a, -3 - b, -1, dtype=np.int32)
+            table[c] = mark
+            found = table[c]
+            clash = found != mark
+            if clash.any():
+                dup[a:b][clash] = True
+                dup[-3 - found[clash]] = True  # the page of this step that wrote last
+        return st, old_u, dup
+
+    def _merge_into(self, slots: np.ndarray, node_ids: np.ndarray, work: _Work) -> None:
+        """Merge pages into KSM pages that are mapped and have room for them all."""
         mem = self.mem
         p = mem.pages
         nodes = mem.nodes
         p.kpage[slots] = node_ids
         p.rnode[slots] = node_ids
-        if distinct:
-            uniq, cnt = node_ids, 1
-        else:
-            uniq, cnt = np.unique(node_ids, return_counts=True)
-        before = nodes.count[uniq]
-        nodes.count[uniq] = before + cnt
-        nodes.mapcount[uniq] += cnt
+        uniq, cnt = np.unique(node_ids, return_counts=True)
+        cm = nodes.cm[uniq]
+        nodes.cm[uniq] = cm + cnt * ONE_EACH
+        before = cm.view(np.int32)[0::2]
         mem.ksm_mapped += slots.size
-        newly_shared = before == 0
-        self.pages_shared += int(newly_shared.sum())
-        self.pages_sharing += int(slots.size - newly_shared.sum())
+        newly_shared = int((before == 0).sum())
+        self.pages_shared += newly_shared
+        self.pages_sharing += slots.size - newly_shared
         work.merges += slots.size
 
     def _groups(self, r, cont, st, old_u, valid_u, inseq, seq, work: _Work) -> None:

@@ -105,13 +105,26 @@ def checksum(contents: np.ndarray) -> np.ndarray:
 
 
 class _Growable:
-    """Flat numpy arrays of one length that grow together."""
+    """Flat numpy arrays of one length that grow together.
 
-    def __init__(self, specs: dict[str, tuple[np.dtype, int]], capacity: int = 0) -> None:
+    ``halves`` names int32 views of the two halves of an int64 array
+    (``{"count": ("cm", 0)}``): two fields often read together share one
+    cache line, and a random look-up fetches both at once.
+    """
+
+    def __init__(
+        self, specs: dict[str, tuple[np.dtype, int]], capacity: int = 0, halves: dict[str, tuple[str, int]] | None = None
+    ) -> None:
         self._specs = specs
+        self._halves = halves or {}
         self.size = 0
         for name, (dtype, fill) in specs.items():
             setattr(self, name, np.full(capacity, fill, dtype=dtype))
+        self._set_halves()
+
+    def _set_halves(self) -> None:
+        for name, (base, half) in self._halves.items():
+            setattr(self, name, getattr(self, base).view(np.int32)[half::2])
 
     @property
     def capacity(self) -> int:
@@ -127,6 +140,7 @@ class _Growable:
             arr = np.full(new, fill, dtype=dtype)
             arr[: len(old)] = old
             setattr(self, name, arr)
+        self._set_halves()
 
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in self._specs)
@@ -144,11 +158,16 @@ PAGE_ARRAYS = {
 
 NODE_ARRAYS = {
     "content": (np.dtype(np.int64), 0),
-    "count": (np.dtype(np.int32), 0),  # rmap items on the node (rmap_hlist_len)
-    "mapcount": (np.dtype(np.int32), 0),  # page table entries mapping the KSM page
+    "cm": (np.dtype(np.int64), 0),  # count and mapcount side by side (see NODE_HALVES)
     "chain": (np.dtype(np.int32), NO_NODE),  # chain id when the node is a dup
     "alive": (np.dtype(np.bool_), False),  # still in the stable tree
 }
+NODE_HALVES = {
+    "count": ("cm", 0),  # rmap items on the node (rmap_hlist_len)
+    "mapcount": ("cm", 1),  # page table entries mapping the KSM page
+}
+ONE_EACH = np.int64(0x1_0000_0001)
+"""Added to ``nodes.cm``: one more rmap item and one more mapping (both halves stay below 2**31)."""
 
 
 class Memory:
@@ -156,15 +175,17 @@ class Memory:
 
     def __init__(self, capacity: int = 0) -> None:
         self.pages = _Growable(PAGE_ARRAYS, capacity)
-        self.nodes = _Growable(NODE_ARRAYS)
+        self.nodes = _Growable(NODE_ARRAYS, halves=NODE_HALVES)
         self.regions: list[Region] = []
         self.processes: dict[int, Process] = {}
         self._free_ranges: list[tuple[int, int]] = []  # (start, npages) of released slots
         self._next_content = 1
         # Content tables, indexed by content id: the stable tree (node id, or
-        # -(chain id) - 2 for a chain of duplicates) and the unstable tree (slot).
-        self.stable_of = np.full(0, NO_NODE, dtype=np.int32)
-        self.unstable_of = np.full(0, NO_NODE, dtype=np.int32)
+        # -(chain id) - 2 for a chain of duplicates) and the unstable tree
+        # (slot), side by side in one int64 per content (``ctab``) so that
+        # one random look-up fetches both; stable_of and unstable_of are views.
+        self.ctab = np.full(0, -1, dtype=np.int64)
+        self._set_table_views()
         # Running totals kept exact by every change.
         self.mapped_pages = 0  # entries mapping anything (zero page included)
         self.zero_pages = 0  # entries mapping the KSM zero page
@@ -187,15 +208,19 @@ class Memory:
         self._grow_tables(self._next_content)
         return ids
 
+    def _set_table_views(self) -> None:
+        halves = self.ctab.view(np.int32)
+        self.stable_of = halves[0::2]
+        self.unstable_of = halves[1::2]
+
     def _grow_tables(self, n: int) -> None:
-        if n <= len(self.stable_of):
+        if n <= len(self.ctab):
             return
-        new = max(n, int(len(self.stable_of) * 1.25) + 16) if len(self.stable_of) else n
-        for name in ("stable_of", "unstable_of"):
-            old = getattr(self, name)
-            arr = np.full(new, NO_NODE, dtype=np.int32)
-            arr[: len(old)] = old
-            setattr(self, name, arr)
+        new = max(n, int(len(self.ctab) * 1.25) + 16) if len(self.ctab) else n
+        arr = np.full(new, -1, dtype=np.int64)  # NO_NODE in both halves
+        arr[: len(self.ctab)] = self.ctab
+        self.ctab = arr
+        self._set_table_views()
 
     def _check_contents(self, contents) -> np.ndarray:
         arr = np.asarray(contents, dtype=np.int64).ravel()
@@ -423,4 +448,4 @@ class Memory:
 
     def nbytes(self) -> int:
         """Bytes held by the per-page, per-node and per-content arrays."""
-        return self.pages.nbytes() + self.nodes.nbytes() + self.stable_of.nbytes + self.unstable_of.nbytes
+        return self.pages.nbytes() + self.nodes.nbytes() + self.ctab.nbytes
