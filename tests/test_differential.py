@@ -249,7 +249,9 @@ class Driver:
                 continue  # left to the default
             effective[key] = value
             text = str(value)
-            if key in VERBATIM and value >= 0 and rng.random() < 0.4:
+            # always in the rounds built to reach them (coverage requires both), else sometimes
+            forced = {"const": "KSM_THRES_CONST", "min-above-max": "KSM_NPAGES_MIN"}.get(kind) == key
+            if key in VERBATIM and value >= 0 and (forced or rng.random() < 0.4):
                 text = f"+{value}"  # copied as written by the reference: "+64" stays "+64"
             where = rng.random()
             if where < 0.15:
@@ -407,6 +409,8 @@ class Driver:
             self.coverage.hit("committed+thres == total")
         if last.endswith("stop ksm"):
             self.coverage.hit("stop")
+            if not re.search(r"free > -?\d+, stop ksm$", last):
+                self.coverage.hit("thres as written")
             return
         kind = "boost" if lines[2].endswith("boost") else "decay"
         self.coverage.hit(kind)
@@ -562,7 +566,8 @@ class Driver:
             # The first five rounds are built to take these branches; a run that
             # missed one would prove less than it claims.
             missed = [what for what in ("stop", "boost", "decay", "committed+thres == total",
-                                        "free == thres", "clamped to MIN", "MIN > MAX")
+                                        "free == thres", "clamped to MIN", "MIN > MAX",
+                                        "npages as written", "thres as written")
                       if what not in self.coverage.counts]
             if missed:
                 print(f"the random situations never took: {missed}")
