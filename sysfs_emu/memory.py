@@ -21,6 +21,7 @@ it. ksmd (sysfs_emu.ksmd) owns the tree logic on top.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass, field
 
@@ -40,6 +41,39 @@ SEQ = np.uint8(8)  # parity of the full scan that inserted it in the unstable tr
 ZERO = np.uint8(16)  # the entry maps the shared zero page (placed by KSM)
 
 NO_NODE = -1
+
+LARGE = 1 << 20
+"""Pages from which a memory counts as large (4 GiB): see :func:`keep_temporaries_on_heap`."""
+
+_malloc_tuned = False
+
+
+def keep_temporaries_on_heap() -> None:
+    """Let glibc serve ksmd's multi-megabyte numpy temporaries from its heap, not from fresh mmaps.
+
+    A pass over a large memory allocates and frees arrays of several MiB.
+    glibc maps any block above its mmap threshold (128 KiB until the process
+    happens to free a large mapped block, which raises it) afresh, and the
+    kernel zero-fills it page by page when first touched: passes ran up to
+    twice as slow whenever nothing large had been freed before, e.g. when the
+    arrays were sized up front with :meth:`Memory.reserve`. Raising the
+    thresholds (32 MiB to map, 128 MiB to give back) makes the speed not
+    depend on that history. Process-wide, done once, only for large memories;
+    a no-op without glibc.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    if mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 128 << 20):
+        log.debug("malloc thresholds raised for large simulated memories")
 
 
 class MemoryError_(ValueError):
@@ -142,6 +176,15 @@ class _Growable:
             setattr(self, name, arr)
         self._set_halves()
 
+    def shrink(self, n: int) -> None:
+        """Keep room for ``n`` entries only (at least ``size``)."""
+        n = max(n, self.size)
+        if n >= self.capacity:
+            return
+        for name in self._specs:
+            setattr(self, name, getattr(self, name)[:n].copy())
+        self._set_halves()
+
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in self._specs)
 
@@ -174,6 +217,8 @@ class Memory:
     """All simulated processes and their pages."""
 
     def __init__(self, capacity: int = 0) -> None:
+        if capacity >= LARGE:
+            keep_temporaries_on_heap()
         self.pages = _Growable(PAGE_ARRAYS, capacity)
         self.nodes = _Growable(NODE_ARRAYS, halves=NODE_HALVES)
         self.regions: list[Region] = []
@@ -196,8 +241,18 @@ class Memory:
 
     def reserve(self, pages: int, contents: int = 0) -> None:
         """Make room for ``pages`` pages (and ``contents`` content ids) at once, without growth slack."""
+        if pages >= LARGE:
+            keep_temporaries_on_heap()
         self.pages.reserve(pages, factor=1.0)
-        self._grow_tables(contents)
+        self._grow_tables(contents, slack=False)
+
+    def trim(self) -> None:
+        """Drop the room kept for growth: page arrays and content tables shrink to what is in use."""
+        self.pages.shrink(self.pages.size)
+        n = self._next_content
+        if n < len(self.ctab):
+            self.ctab = self.ctab[:n].copy()
+            self._set_table_views()
 
     # ---- contents ----------------------------------------------------------
 
@@ -213,10 +268,10 @@ class Memory:
         self.stable_of = halves[0::2]
         self.unstable_of = halves[1::2]
 
-    def _grow_tables(self, n: int) -> None:
+    def _grow_tables(self, n: int, slack: bool = True) -> None:
         if n <= len(self.ctab):
             return
-        new = max(n, int(len(self.ctab) * 1.25) + 16) if len(self.ctab) else n
+        new = max(n, int(len(self.ctab) * 1.25) + 16) if len(self.ctab) and slack else n
         arr = np.full(new, -1, dtype=np.int64)  # NO_NODE in both halves
         arr[: len(self.ctab)] = self.ctab
         self.ctab = arr
@@ -257,6 +312,8 @@ class Memory:
                     self._free_ranges[i] = (start + n, size - n)
                 return start
         start = self.pages.size
+        if start + n >= LARGE:
+            keep_temporaries_on_heap()
         self.pages.reserve(start + n)
         self.pages.size = start + n
         return start

@@ -169,6 +169,7 @@ class Simulation:
             except OSError as exc:  # validated already; only a model bug lands here
                 raise scenario.error(f"ksm.{name}", f"the kernel refuses {text!r}: {_errno_text(exc)}") from None
         self._apply_due(0.0)
+        self.memory.trim()  # the content tables grew while guests were built: no slack kept at rest
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "Simulation":
