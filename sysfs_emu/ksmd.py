@@ -600,32 +600,37 @@ class Ksmd:
             p.flags[plain] &= _CLEAR_ITEM
             mem.rmap_items -= plain.size
 
-        cidx = np.flatnonzero(cand) + base
-        if cidx.size == 0:
+        # Below, masks over the window [pos, end) and views of the page arrays stand for
+        # index look-ups: pages in a window are consecutive, so this reads them in order.
+        if not cand.any():
+            self._run_seq(seq, work)
             return
+        w = slice(pos, end)
         # new rmap items for candidates seen for the first time
-        fresh = (p.flags[cidx] & RMAP) == 0
-        if fresh.any():
-            nidx = cidx[fresh]
-            p.flags[nidx] = (p.flags[nidx] | RMAP) & _CLEAR_UNSTABLE
-            p.oldsum[nidx] = 0
-            p.age[nidx] = 0
-            p.skips[nidx] = 0
-            p.rnode[nidx] = NO_NODE
-            mem.rmap_items += nidx.size
+        fresh = cand & ((f & RMAP) == 0)
+        nfresh = int(np.count_nonzero(fresh))
+        if nfresh:
+            f[fresh] = (f[fresh] | RMAP) & _CLEAR_UNSTABLE
+            p.oldsum[w][fresh] = 0
+            p.age[w][fresh] = 0
+            p.skips[w][fresh] = 0
+            p.rnode[w][fresh] = NO_NODE
+            mem.rmap_items += nfresh
         # smart scan bookkeeping for non-KSM candidates
         if smart:
-            sm = cidx[p.kpage[cidx] < 0]
-            if sm.size:
-                age = p.age[sm]
-                skips = p.skips[sm]
-                p.age[sm] = np.where(age == 255, age, age + 1)
-                old = age >= 3
+            sm = cand & (kp < 0)
+            if sm.any():
+                age = p.age[w]
+                skips = p.skips[w]
+                old = sm & (age >= 3)
                 reset = old & (skips == 0)
-                p.skips[sm[reset]] = _SKIP_AGE[age[reset]]
                 skip = old & (skips > 0)
+                reset_age = age[reset]
+                age += sm & (age != 255)
+                if reset_age.size:
+                    skips[reset] = _SKIP_AGE[reset_age]
                 if skip.any():
-                    kidx = sm[skip]
+                    kidx = np.flatnonzero(skip) + base
                     p.skips[kidx] -= 1
                     self.pages_skipped += kidx.size
                     work.skipped += kidx.size
@@ -634,44 +639,45 @@ class Ksmd:
                         seq.append((int(s), 1, False))
                         seq_contents.add(int(nodes.content[p.rnode[s]]))
                     self._unlink(kidx[~krn])
-        vidx = np.flatnonzero(visit) + base
-        nv = vidx.size
+        nv = int(np.count_nonzero(visit))
         self.pages_scanned += nv
         work.visits += nv
         if nv == 0:
             self._run_seq(seq, work)
             return
-        vk = p.kpage[vidx]
-        isk = vk >= 0
-        rn = p.rnode[vidx]
+        rn = p.rnode[w]
+        isk = visit & (kp >= 0)
         if isk.any():
-            kv = vidx[isk]
-            ok = (rn[isk] == vk[isk]) & nodes.alive[vk[isk]]
+            kv = np.flatnonzero(isk)
+            vk = kp[kv]
+            ok = (rn[kv] == vk) & nodes.alive[vk]
             work.ksm += int(ok.sum())
-            for s in kv[~ok]:
+            for s in kv[~ok] + base:
                 seq.append((int(s), 0, False))
                 seq_contents.add(int(p.content[s]))
-        priv = ~isk
-        cow = priv & (rn >= 0)
+        priv = visit & (kp < 0)
         if not self.vectorise:
-            for s in vidx[priv]:
+            for s in np.flatnonzero(priv) + base:
                 seq.append((int(s), 0, False))
             self._run_seq(seq, work)
             return
-        for s in vidx[cow]:
-            seq.append((int(s), 0, False))
-            seq_contents.add(int(p.content[s]))
-            seq_contents.add(int(nodes.content[p.rnode[s]]))
-        r = vidx[priv & ~cow]
-        if r.size:
-            fl = p.flags[r]
-            un = (fl & UNSTABLE) != 0
-            if un.any():
-                self.pages_unshared -= int(un.sum())
-                p.flags[r] = fl & _CLEAR_UNSTABLE
-            cont = p.content[r]
+        has_node = rn >= 0
+        cow = priv & has_node
+        if cow.any():
+            for s in np.flatnonzero(cow) + base:
+                seq.append((int(s), 0, False))
+                seq_contents.add(int(p.content[s]))
+                seq_contents.add(int(nodes.content[p.rnode[s]]))
+        rm = priv & ~has_node
+        if rm.any():
+            in_tree = rm & ((f & (UNSTABLE | SEQ)) != 0)
+            if in_tree.any():
+                self.pages_unshared -= int(np.count_nonzero(in_tree & ((f & UNSTABLE) != 0)))
+                f[in_tree] &= _CLEAR_UNSTABLE
+            r = np.flatnonzero(rm) + base
+            cont = p.content[w][rm]
             cs = checksum(cont)
-            changed = p.oldsum[r] != cs
+            changed = p.oldsum[w][rm] != cs
             if changed.any():
                 p.oldsum[r[changed]] = cs[changed]
                 work.changed += int(changed.sum())
