@@ -160,6 +160,13 @@ class _Growable:
         for name, (base, half) in self._halves.items():
             setattr(self, name, getattr(self, base).view(np.int32)[half::2])
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._halves}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._set_halves()  # copies and pickles keep the halves views of their own array
+
     @property
     def capacity(self) -> int:
         first = next(iter(self._specs))
@@ -262,6 +269,13 @@ class Memory:
         self._next_content += n
         self._grow_tables(self._next_content)
         return ids
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("stable_of", "unstable_of")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._set_table_views()
 
     def _set_table_views(self) -> None:
         halves = self.ctab.view(np.int32)
