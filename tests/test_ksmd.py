@@ -298,6 +298,14 @@ def test_vectorised_equals_page_by_page(seed):
     assert random_workload(seed, True) == random_workload(seed, False)
 
 
+@pytest.mark.parametrize("seed", range(0, 40, 3))
+def test_look_ups_in_small_steps_equal_page_by_page(seed, monkeypatch):
+    # passes are looked up in steps of 32768 pages at scale; steps of 2 cross contents between steps here
+    expected = random_workload(seed, False)
+    monkeypatch.setattr(Ksmd, "LOOKUP_CHUNK", 2)
+    assert random_workload(seed, True) == expected
+
+
 def test_stop_at_a_batch_boundary_by_pages_scanned():
     kernel, memory, ksmd = make()
     memory.add_region(1, [42])
