@@ -141,6 +141,16 @@ def rss_kb(rss_pages: int) -> int:
     return rss_pages * PAGE_SIZE // 1024
 
 
+
+def _read_small(path: str, size: int) -> str:
+    """One read(2) of a small /proc file with os-level calls (this runs for every process)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", errors="replace")
+
 class GuestScanner:
     """Finds guest processes and sums their memory, caching who is not a guest."""
 
@@ -159,13 +169,7 @@ class GuestScanner:
     def _read_stat(self, pid: int) -> tuple[str, int, int, int] | None:
         self.stats.stat_reads += 1
         try:
-            # os-level calls: this runs for every new process, keep it cheap
-            fd = os.open(f"{self._proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = os.read(fd, 4096)
-            finally:
-                os.close(fd)
-            return _parse_stat(data.decode("utf-8", errors="replace"))
+            return _parse_stat(_read_small(f"{self._proc}/{pid}/stat", 4096))
         except (OSError, ValueError, IndexError):
             self.stats.vanished += 1
             return None
@@ -174,14 +178,9 @@ class GuestScanner:
         """/proc/PID/comm without the newline (decoded as parse_stat does), None when gone."""
         self.stats.comm_reads += 1
         try:
-            fd = os.open(f"{self._proc}/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = os.read(fd, 64)
-            finally:
-                os.close(fd)
+            return _read_small(f"{self._proc}/{pid}/comm", 64).removesuffix("\n")
         except OSError:
             return None
-        return data.decode("utf-8", errors="replace").removesuffix("\n")
 
     def _pss_kb(self, pid: int) -> int | None:
         try:

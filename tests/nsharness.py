@@ -24,9 +24,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.proctools import wait_for
 
 # Paths the daemons' namespaces cover with scratch files; none of them may be
 # covered in the host's mount table once a run is over.
@@ -345,12 +346,5 @@ def blocked_in_wait(pid: int) -> bool:
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.005):
     """Poll ``predicate`` until it returns a true value; TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, interval, what, error=TimeoutError)
 
