@@ -138,19 +138,3 @@ def wait_full_scans(target: int, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"real ksmd did not reach {target} full scans in {timeout} s")
         time.sleep(0.002)
-
-
-def scan_intervals(scans: int, timeout: float = 60.0) -> list[float]:
-    """Seconds between consecutive full-scan completions of the running real ksmd."""
-    deadline = time.monotonic() + timeout
-    last = read_counter("full_scans")
-    stamps = []
-    while len(stamps) <= scans:
-        now = read_counter("full_scans")
-        if now != last:
-            stamps.append(time.monotonic())
-            last = now
-        if time.monotonic() > deadline:
-            raise TimeoutError("real ksmd scans too slowly")
-        time.sleep(0.0005)
-    return [b - a for a, b in zip(stamps, stamps[1:])]

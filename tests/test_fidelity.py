@@ -10,7 +10,6 @@ otherwise.
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import pytest
 from sysfs_emu.kernel import Kernel
 from sysfs_emu.ksmd import Ksmd
 from sysfs_emu.memory import Memory
-from tests import realksm
+from tests import realksm, scantime
 from tests.fidelity_workload import (
     read_counter,
-    scan_intervals,
     start_workload,
     wait_full_scans,
     workload_processes,
@@ -264,65 +262,25 @@ def test_counters_match_the_real_kernel(real_ksm, name):
 
 # ---- time --------------------------------------------------------------------
 
-TIMING = [
-    # (pages, pages_to_scan, sleep_millisecs)
-    (4000, 100, 20),
-    (4000, 300, 20),
-    (4000, 100, 10),
-    (4000, 100, 1),
-    (4000, 1000, 20),  # a batch's work passes a tick: one tick more per period
-    (4000, 5000, 20),
-    (4000, 100000, 0),
-]
-
-
-def sim_scan_time(pages: int, pages_to_scan: int, sleep_ms: int, scans: int = 6) -> float:
-    kernel = Kernel()
-    memory = Memory()
-    ksmd = Ksmd(kernel, memory)
-    for name, value in (("smart_scan", 0), ("pages_to_scan", pages_to_scan), ("sleep_millisecs", sleep_ms), ("run", 1)):
-        kernel.write_attr(name, str(value))
-    memory.add_region(1, memory.new_contents(pages))
-    ksmd.advance(3600, until_full_scans=3)
-    times = []
-    for n in range(4, 4 + scans):
-        before = ksmd.clock
-        ksmd.advance(3600, until_full_scans=n)
-        times.append(ksmd.clock - before)
-    return statistics.median(times)
-
-
-def real_scan_time(pts: int, sleep_ms: int) -> float:
-    """The real ksmd's median full-scan time over a few scans."""
-    realksm.write("pages_to_scan", pts)
-    realksm.write("sleep_millisecs", sleep_ms)
-    realksm.write("run", 1)
-    try:
-        intervals = scan_intervals(8, timeout=30)
-    finally:
-        realksm.write("run", 0)
-    return statistics.median(intervals[1:])
-
-
 def test_full_scan_time_matches_the_real_kernel(real_ksm):
-    """Side by side with the real kernel; the machine is shared, so a configuration whose
-    real timing is off is measured again, up to three rounds, and the configuration passes
-    when one round matches: other load slows the real ksmd, and now and then a round of
-    scans also runs faster than usual (seen at sleep_millisecs 0), so no single round is
-    the truth."""
+    """Side by side with the real kernel, in the configurations whose time the model predicts
+    on any CPU (scantime.SLEEP_BOUND: sleeps and jiffies decide; the CPU-bound ones are
+    compared by bench/bench_scan_time.py). The machine is shared, so a configuration whose
+    real timing is off is measured again, up to three rounds, and passes when one round
+    matches: other load delays the real ksmd's wake-ups now and then."""
     results = {}
     with workload_processes() as procs:
         realksm.write("run", 2)
         realksm.write("run", 0)
         if foreign_mergeable():
             pytest.skip("other processes use KSM: the real scan would not be ours alone")
-        procs.append(start_workload([{"contents": unique(4000)}]))
+        procs.append(start_workload([{"contents": unique(scantime.PAGES)}]))
         realksm.write("smart_scan", 0)
-        for pages, pts, sleep_ms in TIMING:
-            sim = sim_scan_time(pages, pts, sleep_ms)
+        for pts, sleep_ms in scantime.SLEEP_BOUND:
+            sim = scantime.sim_scan_time(scantime.PAGES, pts, sleep_ms)
             rounds = []
             for _ in range(3):
-                rounds.append(real_scan_time(pts, sleep_ms))
+                rounds.append(scantime.real_scan_time(pts, sleep_ms))
                 if abs(sim - rounds[-1]) <= 0.15 * rounds[-1]:
                     break
             results[(pts, sleep_ms)] = (rounds, sim)
@@ -332,3 +290,24 @@ def test_full_scan_time_matches_the_real_kernel(real_ksm):
             f"pages_to_scan={pts} sleep_millisecs={sleep_ms}: real {rounds[-1] * 1000:.1f} ms, "
             f"simulated {sim * 1000:.1f} ms; all (real ms per round, simulated ms): {table}"
         )
+
+
+def test_sleep_bound_configurations_keep_each_batch_inside_one_tick():
+    """What makes SLEEP_BOUND independent of the CPU: in the model, a batch's work is under a
+    quarter of a 4 ms tick (so a CPU up to four times slower still ends inside it), and a full
+    scan is a whole number of periods of (sleep in jiffies + one tick): one per batch, and
+    one more when the cursor passes the end of the list."""
+    from sysfs_emu.ksmd import CostModel, msecs_to_jiffies
+
+    tick = 0.004
+    for pts, sleep_ms in scantime.SLEEP_BOUND:
+        period = (msecs_to_jiffies(sleep_ms) + 1) * tick
+        periods = scantime.sim_scan_time(scantime.PAGES, pts, sleep_ms) / period
+        batches = -(-scantime.PAGES // pts)
+        assert periods == pytest.approx(round(periods), abs=1e-6), (pts, sleep_ms, periods)
+        assert batches <= round(periods) <= batches + 1, (pts, sleep_ms, periods)
+    # the steady state's work per batch: every unique page is an unstable-tree search
+    for pts, _sleep in scantime.SLEEP_BOUND:
+        assert pts * CostModel().tree(scantime.PAGES) < tick / 4, pts
+    for pts, _sleep in scantime.CPU_SENSITIVE:
+        assert pts * CostModel().tree(scantime.PAGES) >= tick / 4, pts
