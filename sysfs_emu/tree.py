@@ -261,12 +261,19 @@ class Tree:
                 )
                 self._written.pop(rel)  # forces the rewrite below
             else:
-                after = kernel.read_attr(name).rstrip("\n")
+                text = kernel.read_attr(name)
+                after = text.rstrip("\n")
                 # A knob rewritten with its own value (as ksmtuned does every cycle) is not news.
                 level = logging.INFO if after != before else logging.DEBUG
                 log.log(level, "%s: %s written by another program (was %r, now %r)",
                         rel, _shown(data), before, after)
-                self._written.pop(rel)
+                if text.encode() == data:
+                    # The file already reads as the kernel would: keep it rather than
+                    # rename a new one over it, so that a write racing this tick lands
+                    # in the file the next tick reads instead of in a replaced one.
+                    self._written[rel] = _Written(data, st.st_mode & 0o777, st.st_ino, st.st_mtime_ns)
+                else:
+                    self._written.pop(rel)
                 changed.append(name)
         if changed or any(f"{KSM_DIR}/{n}" not in self._written for n in KSM_ATTRS):
             self._refresh_ksm()
