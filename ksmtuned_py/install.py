@@ -9,8 +9,11 @@ Installed (paths under ``--destdir``, default ``/``):
   reference ksmtuned's, is compatible and is never overwritten)
 - ``/etc/logrotate.d/ksmtuned-py``
 - ``/etc/libvirt/hooks/qemu.d/ksmtuned-py`` (executable)
+- ``/etc/tmpfiles.d/ksmtuned-py.conf`` (the reference's pidfile path as a
+  link to the service's, and the debug log the sandbox may write)
+- the man pages and the bash, zsh and fish completions under /usr/local/share
 
-The units and the hook name ``/usr/bin/ksmtuned-py``; when the program lives
+The units and the hook name ``/usr/sbin/ksmtuned-py``; when the program lives
 elsewhere (a virtual environment) that path is replaced by ``--exec`` (default:
 the ksmtuned-py being run).  Every file is written to a temporary name and
 renamed into place, so a half-written file is never seen.
@@ -27,9 +30,20 @@ from pathlib import Path
 from ksmtuned_py.errors import UserError
 
 #: The program path the shipped units and hook name.
-SHIPPED_EXEC = "/usr/bin/ksmtuned-py"
+SHIPPED_EXEC = "/usr/sbin/ksmtuned-py"
 DEFAULT_UNITDIR = "/etc/systemd/system"
 DATA_NAME = "ksmtuned-py"
+#: Where the man pages and completions go: the local administrator's tree.
+LOCAL_SHARE = "/usr/local/share"
+MAN_PAGES = ("ksmtuned-py.8", "ksmtuned.conf.5", "sysfs-emu.1")
+#: (source in completions/, target under LOCAL_SHARE) for each shell and command.
+COMPLETIONS = tuple(
+    pair for prog in ("ksmtuned-py", "sysfs-emu") for pair in (
+        (f"{prog}.bash", f"bash-completion/completions/{prog}"),
+        (f"_{prog}", f"zsh/site-functions/_{prog}"),
+        (f"{prog}.fish", f"fish/vendor_completions.d/{prog}.fish"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,10 @@ def items(unitdir: str = DEFAULT_UNITDIR) -> list[Item]:
         Item("etc/logrotate.d/ksmtuned-py", "/etc/logrotate.d/ksmtuned-py", 0o644),
         Item("etc/libvirt/hooks/qemu.d/ksmtuned-py", "/etc/libvirt/hooks/qemu.d/ksmtuned-py", 0o755,
              names_exec=True),
+        Item("etc/tmpfiles.d/ksmtuned-py.conf", "/etc/tmpfiles.d/ksmtuned-py.conf", 0o644),
+        *(Item(f"man/{page}", f"{LOCAL_SHARE}/man/man{page.rsplit('.', 1)[1]}/{page}", 0o644)
+          for page in MAN_PAGES),
+        *(Item(f"completions/{src}", f"{LOCAL_SHARE}/{dst}", 0o644) for src, dst in COMPLETIONS),
     ]
 
 
@@ -171,5 +189,6 @@ def hidden_by_sandbox(exec_path: str) -> list[str]:
 
 
 NEXT_STEPS = """\
-Next: systemctl daemon-reload && systemctl enable --now ksmtuned-py.service
+Next: systemd-tmpfiles --create /etc/tmpfiles.d/ksmtuned-py.conf && systemctl daemon-reload
+      systemctl enable --now ksmtuned-py.service
 (ksmtuned-py.service conflicts with ksmtuned.service: starting one stops the other.)"""

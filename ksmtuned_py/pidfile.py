@@ -95,7 +95,9 @@ class Pidfile:
 def running_pid(path: str) -> int:
     """The pid of the daemon holding ``path`` locked, or NotRunning with the reason."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # Followed if a link: the packaged unit's /run/ksmtune.pid points into
+        # its RuntimeDirectory.  Only the daemon's own open refuses links.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotRunning(f"no ksmtuned-py daemon is running: {path} does not exist") from None
     except OSError as e:
