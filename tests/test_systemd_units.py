@@ -95,6 +95,7 @@ def test_service_writes_exactly_the_documented_paths():
     s = _unit("ksmtuned-py.service")["Service"]
     assert s["ReadWritePaths"].split() == [
         "/sys/kernel/mm/ksm", "-/var/log/ksmtuned", "-/var/lib/prometheus/node-exporter"]
+    assert s["ReadOnlyPaths"].split() == ["/run", "/dev/shm"]
     assert s["RuntimeDirectory"] == "ksmtuned-py" and s["RuntimeDirectoryMode"] == "0755"
     assert s["Environment"] == "PIDFILE=/run/ksmtuned-py/ksmtune.pid"
     for key in ("ReadWriteDirectories", "BindPaths", "StateDirectory", "LogsDirectory",
