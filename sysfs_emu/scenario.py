@@ -26,7 +26,9 @@ import yaml
 
 from sysfs_emu.kernel import FILES as KSM_FILES
 from sysfs_emu.kernel import TUNABLES as KSM_TUNABLES
-from sysfs_emu.kernel import PAGE_SIZE, Kernel
+from sysfs_emu.errors import ScenarioError, SysfsEmuError
+from sysfs_emu.kernel import Kernel
+from sysfs_emu.memory import PAGE_SIZE
 from sysfs_emu.units import UnitError, describe_size, format_duration, parse_duration, parse_size
 
 __all__ = [
@@ -58,14 +60,6 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser
 FILLS = ("same", "pool", "unique", "zero")
 PID_MAX = 4194304  # /proc/sys/kernel/pid_max on 64-bit Linux
 MAX_POOL_ENTRY = 1 << 30  # pool entries (and so distinct contents) stay well inside 31-bit ids
-
-
-class SysfsEmuError(Exception):
-    """Base of the errors sysfs_emu reports to a user (one line, no traceback needed)."""
-
-
-class ScenarioError(SysfsEmuError):
-    """A scenario (or an event given to ``Simulation.apply``) that is not valid."""
 
 
 # ---------------------------------------------------------------------------
