@@ -58,7 +58,7 @@ def scenario_description(path: Path) -> str:
 
 def idle_scenario() -> dict:
     """An idle host the size of this machine, with no guests."""
-    from sysfs_emu.scenario import machine_memory_bytes
+    from sysfs_emu.host import machine_memory_bytes
 
     return {
         "description": "An idle host the size of this machine, with no guests.",

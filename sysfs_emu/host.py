@@ -1,4 +1,7 @@
-"""The host's /proc/meminfo, computed from the simulated memory in the kernel's layout.
+"""Host facts: the simulated host's /proc/meminfo in the kernel's layout, and the real machine's size.
+
+:func:`machine_memory_bytes` and :func:`machine_cpus` read the machine sysfs-emu
+runs on, for scenarios that do not say how big their host is.
 
 The model (all in kB, as /proc/meminfo counts):
 
@@ -24,11 +27,31 @@ aligned in 8, then `` kB``; the HugePages counts have no unit.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
-__all__ = ["MemorySnapshot", "meminfo_text", "meminfo_values", "watermarks_kb"]
+__all__ = ["MemorySnapshot", "meminfo_text", "meminfo_values", "watermarks_kb", "machine_memory_bytes",
+           "machine_cpus", "PID_MAX"]
 
+PID_MAX = 4194304  # /proc/sys/kernel/pid_max on 64-bit Linux: simulated PIDs stay below it
 VMALLOC_TOTAL_KB = 34359738367  # 32 TiB - 1 kB of vmalloc space on x86_64 with 4-level paging
+
+
+def machine_memory_bytes() -> int:
+    """MemTotal of the machine this runs on (bytes), for hosts that give no ``memory``."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def machine_cpus() -> int:
+    """CPUs of the machine this runs on, for hosts that give no ``cpus``."""
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
