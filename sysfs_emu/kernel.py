@@ -72,7 +72,8 @@ class Attr:
     data, any parse error is EINVAL; a value below ``minimum`` is EINVAL; keep
     the low 32 bits when ``u32`` (an unsigned int the kernel fills from a
     kstrtoul); refuse the write (EINVAL, before parsing) while the advisor is
-    on when ``advisor_owns``.
+    on when ``advisor_owns``. A read shows the value in decimal and a newline
+    unless ``show`` says otherwise.
     """
 
     name: str
@@ -82,6 +83,7 @@ class Attr:
     u32: bool = False
     advisor_owns: bool = False
     store: Store | None = None
+    show: Callable[["Kernel"], str] | None = None  # the text of a read, when it is not the value in decimal
 
     @property
     def counter(self) -> bool:
@@ -164,6 +166,10 @@ def _store_advisor_mode(kernel: "Kernel", attr: Attr, raw: bytes) -> None:
         kernel.engine.advisor_reset()
 
 
+def _show_advisor_mode(kernel: "Kernel") -> str:
+    return " ".join(f"[{m}]" if m == kernel.advisor_mode else m for m in ADVISOR_MODES) + "\n"
+
+
 # ---- the table -------------------------------------------------------------------------
 
 # In the order of the directory listing. A row without a default is a counter.
@@ -171,7 +177,7 @@ ATTRS: tuple[Attr, ...] = (
     Attr("advisor_max_cpu", 70, kstrtoul, u32=True),
     Attr("advisor_max_pages_to_scan", 30000, kstrtoul),
     Attr("advisor_min_pages_to_scan", 500, kstrtoul),
-    Attr("advisor_mode", "none", store=_store_advisor_mode),
+    Attr("advisor_mode", "none", store=_store_advisor_mode, show=_show_advisor_mode),
     Attr("advisor_target_scan_time", 200, kstrtoul, minimum=1),
     Attr("full_scans"),
     Attr("general_profit"),
@@ -256,8 +262,8 @@ class Kernel:
     def _show(self, attr: Attr, counters: Mapping[str, int]) -> str:
         if attr.counter:
             return f"{int(counters[attr.name])}\n"
-        if attr.name == "advisor_mode":
-            return " ".join(f"[{m}]" if m == self.advisor_mode else m for m in ADVISOR_MODES) + "\n"
+        if attr.show is not None:
+            return attr.show(self)
         return f"{int(getattr(self, attr.name))}\n"
 
     # ---- writing -------------------------------------------------------------
