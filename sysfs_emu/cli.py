@@ -236,7 +236,7 @@ def simulate(scenario, config_path, duration, as_json):
     """Drive ksmtuned-py's decision over SCENARIO in simulated time; print each decision and the saving."""
     from ksmtuned_py import config as configmod
     from ksmtuned_py.errors import UserError
-    from sysfs_emu.simulate import Simulate
+    from sysfs_emu.simulate import Simulate, json_row
     from ksmtuned_py.report import human_bytes
     from sysfs_emu.units import format_clock
 
@@ -267,9 +267,9 @@ def simulate(scenario, config_path, duration, as_json):
             if c.saved_bytes > peak[0]:
                 peak = (c.saved_bytes, c.time)
             if as_json:
-                click.echo(json.dumps(c.as_dict()))
+                click.echo(json.dumps(json_row(c)))
                 continue
-            what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_ms} ms"
+            what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_millisecs} ms"
                     if c.action == "start" else "stop")
             click.echo(f"{format_clock(c.time):>8}  {c.guests:>6}  {human_bytes(c.committed_kb * 1024):>10}  "
                        f"{human_bytes(c.free_kb * 1024):>10}  {what:<46} {human_bytes(c.saved_bytes):>10}")
