@@ -23,7 +23,6 @@ from ksmtuned_py.knobs import KsmState, ksm_dir, read_ksm_state
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # How a known non-guest that becomes a guest is noticed.  Launchers (libvirt,
 # scripts) fork and exec qemu later, and a process may rename itself
 # (prctl PR_SET_NAME, as qemu's -name process=... does): the pid, the start time
