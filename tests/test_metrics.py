@@ -235,3 +235,25 @@ def test_daemon_logs_a_failing_metrics_write_once(tmp_path: Path):
         log = daemon.log_text()
     assert log.count(f"metrics textfile {missing}: directory {missing.parent} does not exist") == 1
     assert "Traceback" not in log
+
+
+def test_cycles_total_counts_the_daemons_cycles_across_reloads(tmp_path: Path):
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    host = make_host(tmp_path / "host", extra_config=f"KSM_METRICS_TEXTFILE={textdir}\n")
+    prom = textdir / metrics.DEFAULT_NAME
+
+    def cycles_total() -> float | None:
+        return parse(prom.read_text())[0].get(("ksmtuned_cycles_total", "")) if prom.exists() else None
+
+    with RunningDaemon(host) as daemon:
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: cycles_total() == 1, what="cycle 1 in the metrics file")
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: cycles_total() == 2, what="cycle 2 in the metrics file")
+        # A reload retunes (npages back to 0) but the counter goes on: it counts since the start.
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: cycles_total() == 3, what="the reload's cycle in the metrics file")
+        assert parse(prom.read_text())[1]["ksmtuned_cycles_total"] == "counter"
