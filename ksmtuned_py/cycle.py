@@ -43,12 +43,12 @@ class Decision:
 
     action: str  # START (write the knobs, then run=1) or STOP (run=0)
     reason: str  # why, in one sentence
+    total_kb: int  # the memory the policy counts with (ksmtuned: MemTotal at its start)
     npages: int | None = None  # pages_to_scan the policy holds, written on START (None: left as it is)
     sleep_ms: int | None = None  # sleep_millisecs, written on START (None: left as it is)
     level: str | None = None  # how it starts, in the policy's words (ksmtuned: boost or decay)
     npages_text: str = ""  # the exact text written to pages_to_scan when not str(npages) ("+64")
     thres_kb: int | None = None  # the free-memory threshold, for a policy that has one
-    total_kb: int | None = None  # the memory the policy counts with (ksmtuned: MemTotal at its start)
     debug_before: tuple[str, ...] = ()  # the reference's DEBUG lines before the writes
     debug_after: tuple[str, ...] = ()  # and after them
 
@@ -166,13 +166,21 @@ def _no_debug(*lines: str) -> None:
     """Where the debug lines go when nobody wants them."""
 
 
+def _no_report(report: CycleReport) -> None:
+    """What happens to a report before the closing debug line when nobody asks for more."""
+
+
 class Cycle:
     """The one cycle, over a host and a policy (both may be replaced between cycles)."""
 
-    def __init__(self, host: Host, policy: Policy, debug: Callable[..., None] = _no_debug):
+    def __init__(self, host: Host, policy: Policy, debug: Callable[..., None] = _no_debug,
+                 on_report: Callable[[CycleReport], None] = _no_report):
         self.host = host
         self.policy = policy
         self.debug = debug  # called with the reference's DEBUG lines as they happen
+        # Called with the report before the cycle's closing DEBUG line, so that whoever
+        # sees that line sees what on_report did (the daemon publishes its state there).
+        self.on_report = on_report
         self.writer = KnobWriter()
         self.cycles = 0  # cycles run so far
 
@@ -187,18 +195,19 @@ class Cycle:
         readings, decision = self.decide()
         self.debug(*decision.debug_before)
         writes = self.writer.apply(self.host, decision, readings.ksm)
-        self.debug(*decision.debug_after)
         after = self.host.read_ksm()
         self.cycles += 1
-        return make_report(readings, decision, writes, after, self.host.page_size,
-                           duration=time.monotonic() - t0, cycles=self.cycles)
+        report = make_report(readings, decision, writes, after, self.host.page_size,
+                             duration=time.monotonic() - t0, cycles=self.cycles)
+        self.on_report(report)
+        self.debug(*decision.debug_after)
+        return report
 
 
 def make_report(readings: Readings, decision: Decision, writes: Writes, after: KsmState, page_size: int,
                 duration: float, cycles: int) -> CycleReport:
     """The report of a cycle: its readings, its decision, and the KSM files right after the writes."""
-    sharing = after.get("pages_sharing")
-    saved = sharing * page_size if sharing is not None else None
+    saved = after.saved_bytes(page_size)
     advisor = decision.action == START and writes.advisor_active
     return CycleReport(
         time=readings.time,
@@ -212,7 +221,7 @@ def make_report(readings: Readings, decision: Decision, writes: Writes, after: K
         free_kb=readings.free_kb,
         committed_kb=readings.committed_kb,
         thres_kb=decision.thres_kb,
-        total_kb=decision.total_kb if decision.total_kb is not None else readings.meminfo.total,
+        total_kb=decision.total_kb,
         guests=len(readings.guests),
         advisor_active=advisor,
         status=status_sentence(decision, readings.free_kb, advisor, saved),
@@ -221,7 +230,7 @@ def make_report(readings: Readings, decision: Decision, writes: Writes, after: K
         run=after.get("run"),
         pages_to_scan=after.get("pages_to_scan"),
         sleep_millisecs=after.get("sleep_millisecs"),
-        pages_sharing=sharing,
+        pages_sharing=after.get("pages_sharing"),
         saved_bytes=saved,
         general_profit=after.get("general_profit"),
         ksm_zero_pages=after.get("ksm_zero_pages"),

@@ -105,11 +105,16 @@ class Daemon:
     def start_tuning(self) -> None:
         """Open the debug log and start the policy (the first debug lines)."""
         self.debug = DebugLog(self.config.debug, self.config.logfile)
-        self.tuning = Cycle(self.host, self._started_policy(), debug=self._debug)
+        self.tuning = Cycle(self.host, self._started_policy(), debug=self._debug, on_report=self._published)
         self.debug.write(*self.policy.start_lines())
 
     def _debug(self, *lines: str) -> None:
         self.debug.write(*lines)
+
+    def _published(self, report: CycleReport) -> None:
+        """The state with this cycle, before its closing debug line: who sees the line sees the state."""
+        self.last_report = report
+        self._publish()
 
     def _apply_config(self, cfg: configmod.Config) -> None:
         old = self.scanner
@@ -153,8 +158,6 @@ class Daemon:
             self._reading_failed = None
         self._log_decision(report)
         self.notifier.status(report.status)
-        self.last_report = report
-        self._publish()
         for listener in [*self.cycle_listeners, *self._config_listeners]:
             try:
                 listener(report)

@@ -140,7 +140,11 @@ class _Demo:
         return self.daemon.wait()
 
     def next_report(self, timeout: float = 10.0) -> dict:
-        """The report of the cycle that just ended, from the daemon's state (published right after it)."""
+        """The report of the cycle that just ended, from the daemon's state.
+
+        The daemon publishes it before the cycle's closing debug line, so it is there when
+        the line is read; the wait is for a daemon that cannot write its state file.
+        """
         deadline = time.monotonic() + timeout
         while True:
             state = read_state(str(self.state), self.daemon.pid) or {}

@@ -47,6 +47,11 @@ class KsmState:
         """The kernel's advisor sets pages_to_scan (advisor_mode ``[scan-time]``)."""
         return self.advisor_mode == "scan-time"
 
+    def saved_bytes(self, page_size: int) -> int | None:
+        """The memory KSM saves: pages_sharing x the page size (None without pages_sharing)."""
+        sharing = self.counters.get("pages_sharing")
+        return sharing * page_size if sharing is not None else None
+
     def get(self, name: str) -> int | None:
         """A knob's or a counter's value, None when the kernel has no such file."""
         return self.knobs.get(name, self.counters.get(name))

@@ -19,7 +19,6 @@ from ksmtuned_py.errors import UserError
 from ksmtuned_py.filehost import FileHost
 from ksmtuned_py.knobs import KNOBS, require_ksm
 from ksmtuned_py.pidfile import read_state, running_pid, state_path
-from ksmtuned_py.readings import PAGE_SIZE
 from ksmtuned_py.report import human_bytes
 
 RUN_STATES = {0: "stopped", 1: "running", 2: "unmerging"}
@@ -64,8 +63,8 @@ def _basis(cfg: configmod.Config, root: str) -> Basis:
     return Basis(policy, DAEMON, f"the running daemon (pid {pid}, {path})", daemon)
 
 
-def _cycle(cfg: configmod.Config, root: str) -> tuple[Cycle, Basis, int]:
-    """The cycle the next daemon cycle would run, its basis, and npages before it."""
+def _cycle(cfg: configmod.Config, root: str) -> tuple[Cycle, Basis, int | None]:
+    """A cycle on the files under ``root`` with the basis's policy; the basis; npages before the cycle."""
     require_ksm(root)
     basis = _basis(cfg, root)
     return Cycle(FileHost.from_config(root, cfg), basis.policy), basis, basis.policy.npages
@@ -78,11 +77,11 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
     ksm = readings.ksm
     knobs: dict = {name: ksm.knobs.get(name) for name in KNOBS}
     knobs["advisor_mode"] = ksm.advisor_mode
-    sharing = ksm.counters.get("pages_sharing")
+    page_size = cycle.host.page_size
     saved = {
-        "bytes": sharing * PAGE_SIZE if sharing is not None else None,
-        "pages_sharing": sharing,
-        "page_size": PAGE_SIZE,
+        "bytes": ksm.saved_bytes(page_size),
+        "pages_sharing": ksm.counters.get("pages_sharing"),
+        "page_size": page_size,
         "general_profit": ksm.counters.get("general_profit"),
     }
     return {
