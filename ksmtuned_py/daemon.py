@@ -71,7 +71,7 @@ class Daemon:
         self.debug: DebugLog | None = None
         self.scanner: GuestScanner | None = None
         self.host: FileHost | None = None
-        self.tuning: Cycle | None = None  # the one cycle, over self.host and the policy
+        self.tuning_cycle: Cycle | None = None  # the one cycle, over self.host and the policy
         self.pidfile: Pidfile | None = None
         self.state: StateFile | None = None  # published next to the pidfile while running
         self._state_failed: str | None = None
@@ -82,7 +82,7 @@ class Daemon:
 
     @property
     def policy(self) -> Policy:
-        return self.tuning.policy
+        return self.tuning_cycle.policy
 
     # --- set-up --------------------------------------------------------------------
 
@@ -105,7 +105,7 @@ class Daemon:
     def start_tuning(self) -> None:
         """Open the debug log and start the policy (the first debug lines)."""
         self.debug = DebugLog(self.config.debug, self.config.logfile)
-        self.tuning = Cycle(self.host, self._started_policy(), debug=self._debug, on_report=self._published)
+        self.tuning_cycle = Cycle(self.host, self._started_policy(), debug=self._debug, on_report=self._published)
         self.debug.write(*self.policy.start_lines())
 
     def _debug(self, *lines: str) -> None:
@@ -121,8 +121,8 @@ class Daemon:
         if old is None or old.pattern.pattern != cfg.process_regex or old.metric != cfg.memory_metric:
             self.scanner = GuestScanner(self.root, cfg.process_regex, cfg.memory_metric)
         self.host = FileHost(self.root, self.scanner, cfg.free_metric)
-        if self.tuning is not None:
-            self.tuning.host = self.host
+        if self.tuning_cycle is not None:
+            self.tuning_cycle.host = self.host
         self._config_listeners = config_listeners(cfg)
 
     def _started_policy(self) -> Policy:
@@ -132,7 +132,7 @@ class Daemon:
         return policy
 
     def _retune(self) -> None:
-        self.tuning.policy = self._started_policy()
+        self.tuning_cycle.policy = self._started_policy()
         self.debug.write(*self.policy.start_lines())
 
     def _ready_status(self) -> str:
@@ -143,7 +143,7 @@ class Daemon:
     def cycle(self) -> CycleReport | None:
         """Read, decide, write, report.  Returns None when the host could not be read."""
         try:
-            report = self.tuning.run()
+            report = self.tuning_cycle.run()
         except ReadingError as e:
             # Logged once per change of the error, like a failing write: not every cycle.
             if str(e) != self._reading_failed:

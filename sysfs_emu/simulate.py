@@ -28,13 +28,13 @@ class Simulate:
         host = SimulationHost.from_config(sim, config)
         policy = policies.from_config(config)
         policy.start(host.read_meminfo())  # a daemon starting with the simulation
-        self.tuning = Cycle(host, policy)
+        self.tuning_cycle = Cycle(host, policy)
         self.advisor_noted = False  # the kernel's advisor set pages_to_scan in some cycle
 
     def cycle(self) -> CycleReport:
         """One interval of simulated time, then one cycle."""
         self.sim.advance(self.interval)
-        report = self.tuning.run()
+        report = self.tuning_cycle.run()
         self.advisor_noted = self.advisor_noted or report.advisor_active
         return report
 
