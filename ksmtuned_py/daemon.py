@@ -104,9 +104,10 @@ class Daemon:
 
     def start_tuning(self) -> None:
         """Open the debug log and start the policy (the first debug lines)."""
+        policy = self._started_policy()  # MemTotal first: a host that cannot be read opens no log
         self.debug = DebugLog(self.config.debug, self.config.logfile)
-        self.tuning_cycle = Cycle(self.host, self._started_policy(), debug=self._debug, on_report=self._published)
-        self.debug.write(*self.policy.start_lines())
+        self.tuning_cycle = Cycle(self.host, policy, debug=self._debug, on_report=self._published)
+        self.debug.write(*policy.start_lines())
 
     def _debug(self, *lines: str) -> None:
         self.debug.write(*lines)
