@@ -54,7 +54,7 @@ class SimulationHost:
     def _size_kb(self, proc) -> int:
         """VmRSS, or with KSM_MEMORY_METRIC=pss the Pss of smaps_rollup (RSS where the tree would have none)."""
         if self.memory_metric == "pss":
-            numbers = procstats.numbers(self.sim.memory, proc.pid)
+            numbers = procstats.numbers(self.sim.memory, proc.pid, proc.page_size)
             if numbers is not None:
                 return numbers.rollup.pss
         return proc.rss_pages * (proc.page_size // 1024)
