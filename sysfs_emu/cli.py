@@ -228,9 +228,8 @@ def simulate(scenario, config_path, duration, as_json):
     """Drive ksmtuned-py's decision over SCENARIO in simulated time; print each decision and the saving."""
     from ksmtuned_py import config as configmod
     from ksmtuned_py.errors import UserError
-    from sysfs_emu.simulate import Simulate
-    from ksmtuned_py.report import human_bytes
-    from sysfs_emu.units import format_clock
+    from sysfs_emu.simulate import Simulate, json_row
+    from sysfs_emu.units import format_bytes, format_clock
 
     seconds = _duration(duration)
     try:
@@ -259,12 +258,12 @@ def simulate(scenario, config_path, duration, as_json):
             if c.saved_bytes > peak[0]:
                 peak = (c.saved_bytes, c.time)
             if as_json:
-                click.echo(json.dumps(c.as_dict()))
+                click.echo(json.dumps(json_row(c)))
                 continue
-            what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_ms} ms"
+            what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_millisecs} ms"
                     if c.action == "start" else "stop")
-            click.echo(f"{format_clock(c.time):>8}  {c.guests:>6}  {human_bytes(c.committed_kb * 1024):>10}  "
-                       f"{human_bytes(c.free_kb * 1024):>10}  {what:<46} {human_bytes(c.saved_bytes):>10}")
+            click.echo(f"{format_clock(c.time):>8}  {c.guests:>6}  {format_bytes(c.committed_kb * 1024):>10}  "
+                       f"{format_bytes(c.free_kb * 1024):>10}  {what:<46} {format_bytes(c.saved_bytes):>10}")
     except KeyboardInterrupt:
         raise CliError("interrupted") from None
     wall = time.monotonic() - started
@@ -274,9 +273,9 @@ def simulate(scenario, config_path, duration, as_json):
         click.echo(f"no decision: --duration {duration} is shorter than the interval ({run.interval:g} s)")
         return
     first = format_clock(first_saving) if first_saving is not None else "never"
-    click.echo(f"after {format_clock(last.time)}: KSM saves {human_bytes(last.saved_bytes)} "
-               f"(general_profit {human_bytes(last.general_profit)}); first saving at {first}; "
-               f"peak {human_bytes(peak[0])} at {format_clock(peak[1])}; {wall:.1f} s of wall time")
+    click.echo(f"after {format_clock(last.time)}: KSM saves {format_bytes(last.saved_bytes)} "
+               f"(general_profit {format_bytes(last.general_profit)}); first saving at {first}; "
+               f"peak {format_bytes(peak[0])} at {format_clock(peak[1])}; {wall:.1f} s of wall time")
     if run.advisor_noted:
         click.echo("note: advisor_mode is scan-time, so the kernel's advisor set pages_to_scan")
 
