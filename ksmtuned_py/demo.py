@@ -29,6 +29,7 @@ from typing import TextIO
 from ksmtuned_py.errors import UserError
 from ksmtuned_py.pidfile import read_state, state_path
 from ksmtuned_py.report import human_bytes
+from sysfs_emu.errors import EmuError
 from sysfs_emu.units import format_clock
 
 DEFAULT_SPEED = 60.0
@@ -212,6 +213,8 @@ def run_demo(*, scenario: str = "demo", speed: float = DEFAULT_SPEED,
         status = demo.follow()
     except KeyboardInterrupt:  # Ctrl-C: the normal way to end the demo
         status = 0
+    except EmuError as e:  # the simulator refused the host (its one-line message)
+        raise UserError(f"demo: the simulated host cannot start: {e}") from None
     finally:
         try:
             demo.stop()
