@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sysfs_emu import procstats
 from sysfs_emu.pagearrays import (
-    LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, PAGE_ARRAYS, RMAP, ZERO, Growable, keep_temporaries_on_heap,
+    LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, PAGE_ARRAYS, ZERO, Growable, keep_temporaries_on_heap, resident,
 )
 from sysfs_emu.pagearrays import (  # noqa: F401  (named here for importers: the model's vocabulary)
-    ONE_EACH, PAGE_SIZE, RMAP_ITEM_SIZE, SEQ, UNSTABLE,
+    ONE_EACH, PAGE_SIZE, RMAP, RMAP_ITEM_SIZE, SEQ, UNSTABLE,
 )
+from sysfs_emu.procstats import ProcessStats
 
 class MemoryError_(ValueError):
     """A request the simulated memory cannot honour (bad pid, region, contents)."""
@@ -63,32 +65,6 @@ class Process:
     merge_any: bool = False  # prctl(PR_SET_MEMORY_MERGE)
     alive: bool = True
     in_ksm: bool = False  # has an mm slot on ksmd's list (MMF_VM_MERGEABLE)
-
-
-@dataclass
-class ProcessStats:
-    """What /proc/PID/ksm_stat and /proc/PID/ksm_merging_pages report."""
-
-    ksm_rmap_items: int
-    ksm_zero_pages: int
-    ksm_merging_pages: int
-    ksm_process_profit: int
-    ksm_merge_any: bool
-    ksm_mergeable: bool
-
-    def ksm_stat_text(self) -> str:
-        """The exact text of /proc/PID/ksm_stat on Linux 6.18."""
-        return (
-            f"ksm_rmap_items {self.ksm_rmap_items}\n"
-            f"ksm_zero_pages {self.ksm_zero_pages}\n"
-            f"ksm_merging_pages {self.ksm_merging_pages}\n"
-            f"ksm_process_profit {self.ksm_process_profit}\n"
-            f"ksm_merge_any: {'yes' if self.ksm_merge_any else 'no'}\n"
-            f"ksm_mergeable: {'yes' if self.ksm_mergeable else 'no'}\n"
-        )
-
-    def ksm_merging_pages_text(self) -> str:
-        return f"{self.ksm_merging_pages}\n"
 
 
 def checksum(contents: np.ndarray) -> np.ndarray:
@@ -361,33 +337,21 @@ class Memory:
         parts = [np.arange(self.regions[r].start, self.regions[r].stop) for r in proc.regions]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    def process_pages(self, pid: int) -> procstats.ProcessPages:
+        """A running process's page counts (RSS, rmap items, merged pages...), in one pass over its regions."""
+        return procstats.count_pages(self, self._process(pid))
+
     def process_stats(self, pid: int) -> ProcessStats:
-        """The numbers of /proc/PID/ksm_stat."""
-        proc = self.processes.get(pid)
-        if proc is None or not proc.alive:
-            raise MemoryError_(f"no running process {pid}")
-        idx = self.process_slots(pid)
-        flags = self.pages.flags[idx]
-        rmap = int(((flags & RMAP) != 0).sum())
-        zero = int(((flags & ZERO) != 0).sum())
-        rnode = self.pages.rnode[idx]
-        rnode = rnode[rnode >= 0]
-        merging = int(self.nodes.alive[rnode].sum())  # items of a vanished KSM page no longer count
-        mergeable = any(self.regions[r].mergeable for r in proc.regions)
-        return ProcessStats(
-            ksm_rmap_items=rmap,
-            ksm_zero_pages=zero,
-            ksm_merging_pages=merging,
-            ksm_process_profit=(merging + zero) * PAGE_SIZE - rmap * RMAP_ITEM_SIZE,
-            ksm_merge_any=proc.merge_any,
-            ksm_mergeable=mergeable,
-        )
+        """The numbers of /proc/PID/ksm_stat of a running process."""
+        return self.process_pages(pid).stats()
 
     def rss_pages(self, pid: int) -> int:
         """Resident pages: every mapped page, merged or not; KSM zero pages are not counted."""
-        idx = self.process_slots(pid)
-        flags = self.pages.flags[idx]
-        return int((((flags & MAPPED) != 0) & ((flags & ZERO) == 0)).sum())
+        proc = self.processes.get(pid)
+        if proc is None:
+            raise MemoryError_(f"no process {pid}")
+        flags = self.pages.flags
+        return sum(int(resident(flags[self.regions[r].start : self.regions[r].stop]).sum()) for r in proc.regions)
 
     def physical_pages(self) -> int:
         """Pages of RAM in use by all processes: a KSM page counts once, the zero page not at all."""

@@ -63,6 +63,11 @@ def keep_temporaries_on_heap() -> None:
         log.debug("malloc thresholds raised for large simulated memories")
 
 
+def resident(flags: np.ndarray) -> np.ndarray:
+    """Entries that count in a process's RSS: mapped, and not to the KSM zero page."""
+    return ((flags & MAPPED) != 0) & ((flags & ZERO) == 0)
+
+
 class Growable:
     """Flat numpy arrays of one length that grow together.
 

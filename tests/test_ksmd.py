@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from sysfs_emu import procstats
 from sysfs_emu.kernel import Kernel
 from sysfs_emu.ksmd import TICK, Ksmd, msecs_to_jiffies
 from sysfs_emu.memory import Memory
@@ -339,3 +340,25 @@ def test_vanished_ksm_page_leaves_the_other_sharers_stats():
     # the first rmap item removed finds the page gone and takes the node (and all its items) away
     assert core(c)[:2] == (1, 1)
     assert [memory.process_stats(pid).ksm_merging_pages for pid in (1, 2, 3)] == [1, 1, 0]
+
+
+def test_process_numbers_agree_after_a_shared_ksm_page_vanishes():
+    """/proc/PID/ksm_stat and the live tree's numbers are one count: items of a vanished KSM page stop merging."""
+    kernel, memory, ksmd = make()
+    r1 = memory.add_region(1, [10, 11])
+    r2 = memory.add_region(2, [10, 11])
+    r3 = memory.add_region(3, [10])
+    scans(kernel, ksmd, 2)
+    for r, content in ((r1, 20), (r2, 20), (r3, 21)):
+        memory.write_pages(r, 0, [content])
+    kernel.write_attr("pages_to_scan", "1")
+    ksmd.advance(3600, until_pages_scanned=ksmd.pages_scanned + 1)
+    # process 1's visit removed the KSM page of 10 from the stable tree; the rmap items of processes 2
+    # and 3 still point at it, unvisited, but no longer count as merging (remove_node_from_stable_tree)
+    for pid, merging in ((1, 1), (2, 1), (3, 0)):
+        stats = memory.process_stats(pid)
+        fast = procstats.numbers(memory, pid)
+        assert (stats.ksm_merging_pages, fast.ksm_merging_pages) == (merging, merging)
+        assert fast.ksm_stat_text == stats.ksm_stat_text()
+        assert fast.rss_pages == memory.rss_pages(pid)
+
