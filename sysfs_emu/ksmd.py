@@ -198,7 +198,7 @@ class Ksmd:
         for pid in list(self.slots):
             idx = mem.process_slots(pid)
             if mem.processes[pid].alive:
-                mem._unmap_ksm(idx)  # break_ksm(): a private copy of every KSM / zero page
+                mem.break_ksm(idx)  # break_ksm(): a private copy of every KSM / zero page
             self._drop_items(idx)
         for pid in list(self.slots):
             proc = mem.processes[pid]

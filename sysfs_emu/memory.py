@@ -19,6 +19,18 @@ second until ksmd comes back to it.
 KSM pages ("stable nodes") are also kept here in growable arrays, because they
 are physical memory: a KSM page lives while at least one page table entry maps
 it. ksmd (sysfs_emu.ksmd) owns the tree logic on top.
+
+Who writes what: the running totals (``mapped_pages``, ``zero_pages``,
+``ksm_mapped``, ``ksm_pages``, ``rmap_items``) change only inside the methods
+here, and so do the page table fields (``content``, ``kpage``, the MAPPED and
+ZERO bits, a KSM page's ``mapcount``). ksmd changes them through the
+operations it needs (:meth:`Memory.merge_pages`, :meth:`Memory.map_ksm_page`,
+:meth:`Memory.map_zero_pages`, :meth:`Memory.break_ksm`,
+:meth:`Memory.new_rmap_items`, :meth:`Memory.free_rmap_items`,
+:meth:`Memory.new_ksm_pages`, :meth:`Memory.leave_ksm`) and writes its own
+bookkeeping stored here directly: an rmap item's ``oldsum``, ``rnode``,
+``age``, ``skips`` and UNSTABLE/SEQ bits, a KSM page's ``count``, ``chain`` and
+``alive``, and the content tables.
 """
 
 from __future__ import annotations
@@ -29,12 +41,12 @@ import numpy as np
 
 from sysfs_emu import procstats
 from sysfs_emu.pagearrays import (
-    LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, PAGE_ARRAYS, ZERO, Growable, keep_temporaries_on_heap, resident,
+    LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, NOT_AN_ITEM, ONE_EACH, PAGE_ARRAYS, RMAP, SEQ, UNSTABLE, ZERO,
+    Growable, keep_temporaries_on_heap, resident,
 )
-from sysfs_emu.pagearrays import (  # noqa: F401  (named here for importers: the model's vocabulary)
-    ONE_EACH, PAGE_SIZE, RMAP, RMAP_ITEM_SIZE, SEQ, UNSTABLE,
-)
+from sysfs_emu.pagearrays import PAGE_SIZE, RMAP_ITEM_SIZE  # noqa: F401  (the model's sizes, named here for importers)
 from sysfs_emu.procstats import ProcessStats
+
 
 class MemoryError_(ValueError):
     """A request the simulated memory cannot honour (bad pid, region, contents)."""
@@ -79,7 +91,7 @@ class Memory:
         if capacity >= LARGE:
             keep_temporaries_on_heap()
         self.pages = Growable(PAGE_ARRAYS, capacity)
-        self.nodes = Growable(NODE_ARRAYS, halves=NODE_HALVES)
+        self.nodes = Growable(NODE_ARRAYS, capacity=16, halves=NODE_HALVES)  # node 0 always indexable (masked look-ups)
         self.regions: list[Region] = []
         self.processes: dict[int, Process] = {}
         self._free_ranges: list[tuple[int, int]] = []  # (start, npages) of released slots
@@ -97,13 +109,6 @@ class Memory:
         self.ksm_pages = 0  # KSM pages in memory (mapcount > 0)
         self.rmap_items = 0
         self.listeners: list = []  # called with (event, pid) on process changes
-
-    def reserve(self, pages: int, contents: int = 0) -> None:
-        """Make room for ``pages`` pages (and ``contents`` content ids) at once, without growth slack."""
-        if pages >= LARGE:
-            keep_temporaries_on_heap()
-        self.pages.reserve(pages, factor=1.0)
-        self._grow_tables(contents, slack=False)
 
     def trim(self) -> None:
         """Drop the room kept for growth: page arrays and content tables shrink to what is in use."""
@@ -134,10 +139,10 @@ class Memory:
         self.stable_of = halves[0::2]
         self.unstable_of = halves[1::2]
 
-    def _grow_tables(self, n: int, slack: bool = True) -> None:
+    def _grow_tables(self, n: int) -> None:
         if n <= len(self.ctab):
             return
-        new = max(n, int(len(self.ctab) * 1.25) + 16) if len(self.ctab) and slack else n
+        new = max(n, int(len(self.ctab) * 1.25) + 16) if len(self.ctab) else n
         arr = np.full(new, -1, dtype=np.int64)  # NO_NODE in both halves
         arr[: len(self.ctab)] = self.ctab
         self.ctab = arr
@@ -220,13 +225,6 @@ class Memory:
             raise MemoryError_(f"region {region_id} belongs to a process that exited")
         return region
 
-    def set_region_mergeable(self, region_id: int) -> None:
-        """madvise(MADV_MERGEABLE) on a whole region."""
-        region = self.region(region_id)
-        if not region.mergeable:
-            region.mergeable = True
-            self._enter_ksm(self._process(region.pid))
-
     def set_process_mergeable(self, pid: int) -> None:
         """prctl(PR_SET_MEMORY_MERGE, 1): every region, present and future, is mergeable."""
         proc = self._process(pid)
@@ -252,8 +250,8 @@ class Memory:
             )
         return slice(region.start + first, region.start + first + n)
 
-    def _unmap_ksm(self, idx: np.ndarray) -> None:
-        """Drop the KSM page / zero page mappings of slots ``idx`` (they stay mapped or not)."""
+    def break_ksm(self, idx: np.ndarray) -> None:
+        """Drop the KSM page / zero page mappings of slots ``idx`` (they stay mapped or not): each gets its own copy."""
         p = self.pages
         zero = (p.flags[idx] & ZERO) != 0
         nz = int(zero.sum())
@@ -280,7 +278,7 @@ class Memory:
         arr = self._check_contents(contents)
         sl = self._slice(region_id, first, arr.size)
         idx = np.arange(sl.start, sl.stop)
-        self._unmap_ksm(idx)
+        self.break_ksm(idx)
         p = self.pages
         newly = int(((p.flags[sl] & MAPPED) == 0).sum())
         self.mapped_pages += newly
@@ -305,7 +303,7 @@ class Memory:
         for rid in proc.regions:
             region = self.regions[rid]
             idx = np.arange(region.start, region.stop)
-            self._unmap_ksm(idx)
+            self.break_ksm(idx)
             self.mapped_pages -= int(((p.flags[idx] & MAPPED) != 0).sum())
             p.flags[idx] &= ~MAPPED
             region.alive = False
@@ -327,6 +325,90 @@ class Memory:
                 self.pages.rnode[region.start : region.stop] = NO_NODE
                 self.pages.kpage[region.start : region.stop] = NO_NODE
         del self.processes[pid]
+
+    # ---- ksmd's operations --------------------------------------------------
+
+    def new_ksm_pages(self, contents: np.ndarray) -> np.ndarray:
+        """Stable nodes for new KSM pages of ``contents`` (no rmap item, no mapping yet); returns their ids."""
+        nodes = self.nodes
+        n = contents.size
+        start = nodes.size
+        nodes.reserve(start + n, factor=1.5)
+        nodes.size = start + n
+        sl = slice(start, start + n)
+        nodes.content[sl] = contents
+        nodes.cm[sl] = 0  # no rmap item, no mapping
+        nodes.chain[sl] = NO_NODE
+        nodes.alive[sl] = True
+        return np.arange(start, start + n, dtype=np.int32)
+
+    def map_ksm_page(self, slot: int, node: int) -> None:
+        """The entry of ``slot`` now maps KSM page ``node``; its own page is freed (replace_page())."""
+        self.pages.kpage[slot] = node
+        mapcount = self.nodes.mapcount
+        if mapcount[node] == 0:
+            self.ksm_pages += 1
+        mapcount[node] += 1
+        self.ksm_mapped += 1
+
+    def merge_pages(self, slots: np.ndarray, node_ids: np.ndarray, nodes=None, per_node=1, packed=None) -> np.ndarray:
+        """Pages ``slots`` merge into KSM pages ``node_ids``: each entry maps its KSM page and its rmap item hangs off it.
+
+        ``nodes`` are the distinct KSM pages among ``node_ids`` and ``per_node``
+        how many of ``slots`` each takes (by default ``node_ids`` are distinct,
+        one each); ``packed`` is ``self.nodes.cm[nodes]`` when the caller has
+        read it already. The item count and the mapcount of a KSM page share
+        one int64, so both change in one write. Returns the number of rmap
+        items each of ``nodes`` had before.
+        """
+        p = self.pages
+        p.kpage[slots] = node_ids
+        p.rnode[slots] = node_ids
+        if nodes is None:
+            nodes = node_ids
+        if packed is None:
+            packed = self.nodes.cm[nodes]
+        self.nodes.cm[nodes] = packed + per_node * ONE_EACH
+        halves = packed.view(np.int32)
+        self.ksm_pages += int(np.count_nonzero(halves[1::2] == 0))
+        self.ksm_mapped += slots.size
+        return halves[0::2]
+
+    def map_zero_pages(self, slots) -> None:
+        """The entries of ``slots`` (an array or one slot) now map the shared zero page: their own pages are freed."""
+        self.pages.flags[slots] |= ZERO
+        self.zero_pages += int(np.size(slots))
+
+    def new_rmap_items(self, window: slice, mask: np.ndarray) -> int:
+        """ksmd's first visit of the pages ``mask`` selects in ``window``: an rmap item each, no checksum yet."""
+        n = int(np.count_nonzero(mask))
+        if n:
+            p = self.pages
+            flags = p.flags[window]
+            flags[mask] = (flags[mask] | RMAP) & ~(UNSTABLE | SEQ)
+            p.oldsum[window][mask] = 0
+            p.age[window][mask] = 0
+            p.skips[window][mask] = 0
+            p.rnode[window][mask] = NO_NODE
+            self.rmap_items += n
+        return n
+
+    def free_rmap_items(self, slots) -> None:
+        """Free the rmap items of ``slots`` (an array or one slot; already out of both trees)."""
+        self.pages.flags[slots] &= NOT_AN_ITEM
+        self.rmap_items -= int(np.size(slots))
+
+    def has_rmap_items(self, pid: int) -> bool:
+        return bool((self.pages.flags[self.process_slots(pid)] & RMAP).any())
+
+    def leave_ksm(self, pid: int) -> None:
+        """ksmd dropped the process from its list; an exited one is forgotten (its slots reused)."""
+        proc = self.processes.get(pid)
+        if proc is None:
+            return
+        proc.in_ksm = False
+        if not proc.alive:
+            self.release_process(pid)
 
     # ---- views -------------------------------------------------------------
 

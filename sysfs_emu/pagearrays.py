@@ -28,6 +28,7 @@ SEQ = np.uint8(8)  # parity of the full scan that inserted it in the unstable tr
 ZERO = np.uint8(16)  # the entry maps the shared zero page (placed by KSM)
 
 NO_NODE = -1
+NOT_AN_ITEM = np.uint8(~(RMAP | UNSTABLE | SEQ) & 0xFF)  # clears an rmap item's bits
 
 LARGE = 1 << 20
 """Pages from which a memory counts as large (4 GiB): see :func:`keep_temporaries_on_heap`."""
