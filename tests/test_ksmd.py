@@ -18,7 +18,7 @@ def make(vectorise: bool = True, **attrs):
     kernel = Kernel()
     memory = Memory()
     ksmd = Ksmd(kernel, memory, vectorise=vectorise)
-    assert kernel.engine is ksmd
+    kernel.engine = ksmd
     settings = {"pages_to_scan": 100000, "sleep_millisecs": 0, **attrs}
     for name, value in settings.items():
         kernel.write_attr(name, str(value))
