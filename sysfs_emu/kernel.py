@@ -60,8 +60,8 @@ from sysfs_emu.kstrto import (
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 4096
-"""A sysfs store sees at most one page of a write; the rest is left unwritten."""
+SYSFS_WRITE_MAX = 4096
+"""Bytes of one write a sysfs store sees (one page of the kernel's buffer); the rest is left unwritten."""
 
 DEFAULT_PAGES_TO_SCAN = 100
 
@@ -191,7 +191,7 @@ class Kernel:
             raw = bytes(data)
         else:
             raise TypeError(f"write_attr({name!r}): data must be str or bytes, not {type(data).__name__}")
-        raw = raw[:PAGE_SIZE]
+        raw = raw[:SYSFS_WRITE_MAX]
         if not raw:
             return 0
         store(raw)

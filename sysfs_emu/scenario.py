@@ -26,7 +26,8 @@ import yaml
 
 from sysfs_emu.kernel import FILES as KSM_FILES
 from sysfs_emu.kernel import TUNABLES as KSM_TUNABLES
-from sysfs_emu.kernel import PAGE_SIZE, Kernel
+from sysfs_emu.kernel import Kernel
+from sysfs_emu.memory import PAGE_SIZE
 from sysfs_emu.units import UnitError, describe_size, format_duration, parse_duration, parse_size
 
 __all__ = [
