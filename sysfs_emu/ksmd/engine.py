@@ -234,7 +234,7 @@ class Ksmd:
             n = min(n, max(until_full_scans - self.seqnr, 0))
         if n <= 0:
             return
-        self.mm.seqnr += n
+        self.mm.skip_empty_scans(n)
         self.cpu_time += n * self.cost.batch
         self.next_wake = t + n * period
         self.clock = t + (n - 1) * period

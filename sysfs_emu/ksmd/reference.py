@@ -86,14 +86,24 @@ class Deferred:
         self.contents: set[int] = set()
 
     def visit(self, slots, after_checksum: bool = False) -> None:
+        """Visit pages ``slots`` in order (their contents are this window's own: no note needed)."""
         for s in slots:
             self.steps.append((int(s), VISIT, after_checksum))
 
-    def unlink(self, s: int) -> None:
-        self.steps.append((int(s), UNLINK, False))
+    def visit_page(self, s: int, *contents: int) -> None:
+        """Visit page ``s`` in order; ``contents`` (its own, its KSM page's) are touched out of bulk order."""
+        self.steps.append((int(s), VISIT, False))
+        self.contents.update(int(c) for c in contents)
 
-    def free(self, s: int) -> None:
+    def unlink(self, s: int, content: int) -> None:
+        """Take the rmap item of ``s`` (on a KSM page of ``content``) out of its tree, in order."""
+        self.steps.append((int(s), UNLINK, False))
+        self.contents.add(int(content))
+
+    def free(self, s: int, content: int) -> None:
+        """Free the rmap item of ``s`` (on a KSM page of ``content``), in order."""
         self.steps.append((int(s), FREE, False))
+        self.contents.add(int(content))
 
     def run(self, pages: PageByPage, scan) -> None:
         """Everything queued, in slot order (the order of the scan)."""

@@ -52,6 +52,10 @@ class MmList:
         self.cur = HEAD
         self.region_pos = self.page_pos = 0
 
+    def skip_empty_scans(self, n: int) -> None:
+        """``n`` full scans that found nothing to visit (the cursor stays at the head)."""
+        self.seqnr += n
+
     # ---- processes joining and leaving ----------------------------------------------
 
     def on_memory_event(self, event: str, pid: int) -> None:

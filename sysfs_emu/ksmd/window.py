@@ -106,8 +106,7 @@ class Window:
         sidx = np.flatnonzero(stale) + base
         on_node = p.rnode[sidx] >= 0
         for s in sidx[on_node]:
-            deferred.free(s)
-            deferred.contents.add(int(self.mem.nodes.content[p.rnode[s]]))
+            deferred.free(s, self.mem.nodes.content[p.rnode[s]])
         self.rmap.free_unlinked(sidx[~on_node])
 
     def _smart_scan(self, base: int, w: slice, sm, deferred: Deferred, scan) -> None:
@@ -132,8 +131,7 @@ class Window:
         scan.work.skipped += kidx.size
         on_node = p.rnode[kidx] >= 0
         for s in kidx[on_node]:
-            deferred.unlink(s)
-            deferred.contents.add(int(self.mem.nodes.content[p.rnode[s]]))
+            deferred.unlink(s, self.mem.nodes.content[p.rnode[s]])
         self.rmap.unlink(kidx[~on_node])
 
     def _merged_pages(self, base: int, w: slice, isk, kp, deferred: Deferred, scan) -> None:
@@ -146,8 +144,7 @@ class Window:
         listed = (p.rnode[w][kv] == vk) & self.mem.nodes.alive[vk]
         scan.work.ksm += int(listed.sum())
         for s in kv[~listed] + base:
-            deferred.visit((s,))
-            deferred.contents.add(int(p.content[s]))
+            deferred.visit_page(s, p.content[s])
 
     def _private_pages(self, base: int, w: slice, f, priv, deferred: Deferred, scan) -> None:
         """6. Visits of private pages: copy-on-write leftovers in order, the rest by checksum and trees."""
@@ -159,9 +156,7 @@ class Window:
         cow = priv & has_node
         if cow.any():
             for s in np.flatnonzero(cow) + base:
-                deferred.visit((s,))
-                deferred.contents.add(int(p.content[s]))
-                deferred.contents.add(int(self.mem.nodes.content[p.rnode[s]]))
+                deferred.visit_page(s, p.content[s], self.mem.nodes.content[p.rnode[s]])
         rm = priv & ~has_node
         if not rm.any():
             return
