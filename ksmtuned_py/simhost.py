@@ -52,11 +52,9 @@ class SimulationHost:
                         sum(g.kb for g in guests), guests, self.read_ksm())
 
     def _size_kb(self, proc) -> int:
-        """VmRSS, or with KSM_MEMORY_METRIC=pss the Pss of smaps_rollup (RSS where the tree would have none)."""
+        """VmRSS, or with KSM_MEMORY_METRIC=pss the Pss of smaps_rollup."""
         if self.memory_metric == "pss":
-            numbers = procstats.numbers(self.sim.memory, proc.pid, proc.page_size)
-            if numbers is not None:
-                return numbers.rollup.pss
+            return procstats.numbers(self.sim.memory, proc.pid).rollup.pss
         return proc.rss_pages * (proc.page_size // 1024)
 
     def read_ksm(self) -> KsmState:

@@ -41,8 +41,8 @@ from sysfs_emu.kstrto import (
 
 log = logging.getLogger(__name__)
 
-STORE_LIMIT = 4096
-"""A sysfs store sees at most one page (PAGE_SIZE bytes) of a write; the rest is left unwritten."""
+SYSFS_WRITE_MAX = 4096
+"""Bytes of one write a sysfs store sees (one page of the kernel's buffer); the rest is left unwritten."""
 
 DEFAULT_PAGES_TO_SCAN = 100
 ADVISOR_MODES = ("none", "scan-time")
@@ -288,7 +288,7 @@ class Kernel:
             raw = bytes(data)
         else:
             raise TypeError(f"write_attr({name!r}): data must be str or bytes, not {type(data).__name__}")
-        raw = raw[:STORE_LIMIT]
+        raw = raw[:SYSFS_WRITE_MAX]
         if not raw:
             return 0
         (attr.store or _store_number)(self, attr, raw)

@@ -73,7 +73,8 @@ class Simulation:
         # Room for the guests running at time 0 up front: growing page arrays one region at a time is slow.
         self.memory = Memory(capacity=sum(p.pages for p in scenario.processes if p.start == 0))
         self.kernel = Kernel()
-        self.ksmd = Ksmd(self.kernel, self.memory)  # plugs itself in as kernel.engine
+        self.ksmd = Ksmd(self.kernel, self.memory)  # reads its tunables from the kernel's attributes
+        self.kernel.engine = self.ksmd  # the kernel's counters, run=2 and EBUSY come from ksmd
         self.contents = ContentIds(self.memory.new_contents)
         self.now: float = 0.0
         self.uptime_at_start: float = host.uptime

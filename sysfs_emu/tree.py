@@ -65,7 +65,7 @@ class _ProcView:
 
     @classmethod
     def of(cls, proc, memory) -> "_ProcView":
-        n = procstats.numbers(memory, proc.pid, proc.page_size)
+        n = procstats.numbers(memory, proc.pid)
         return cls(
             pid=proc.pid, name=proc.name, cmdline=tuple(proc.cmdline), start_time=proc.start_time,
             rss_pages=int(n.rss_pages), vsz_pages=int(proc.vsz_pages), page_size=proc.page_size,
