@@ -251,20 +251,27 @@ def install(destdir: str, unitdir: str, exec_path: str | None) -> None:
         click.echo(installmod.NEXT_STEPS)
 
 
+SIM_EXTRA_HINT = "pip install 'ksmtuned-py[sim]'"
+
+
 @main.command()
+@no_global_options
 @click.option("--speed", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Simulated seconds per second.")
 @click.option("--cycles", type=click.IntRange(min=1), default=None, help="Stop after this many decisions.")
 @click.pass_context
 def demo(ctx: click.Context, speed: float, cycles: int | None) -> None:
     """Show the daemon at work on a simulated host (no root, no KSM needed)."""
+    for name, flag in (("root", "--root"), ("config_path", "--config")):
+        if ctx.parent.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"demo makes its own simulated host and configuration; it takes no {flag}")
     try:
         from ksmtuned_py.demo import run_demo
+        import sysfs_emu.simulation  # noqa: F401  (numpy, pyyaml: the [sim] extra)
     except ImportError as e:
-        raise UserError(f"the demo is not available in this build ({e})") from None
-    result = run_demo(ctx.obj, speed=speed, cycles=cycles)
-    if isinstance(result, int):
-        raise SystemExit(result)
+        raise UserError(f"the demo needs the simulator, which is not installed ({e.name or e}): "
+                        f"{SIM_EXTRA_HINT}") from None
+    raise SystemExit(run_demo(speed=speed, cycles=cycles))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,12 +16,14 @@ from dataclasses import asdict
 from typing import Callable, Mapping
 
 from ksmtuned_py import config as configmod
+from ksmtuned_py import policies
+from ksmtuned_py.cycle import Cycle, Policy
 from ksmtuned_py.debuglog import DebugLog
-from ksmtuned_py.decision import START, Decision, Params, Tuner
-from ksmtuned_py.knobs import Knobs, read_int
+from ksmtuned_py.filehost import FileHost
+from ksmtuned_py.knobs import require_ksm
 from ksmtuned_py.pidfile import Pidfile, StateFile, state_path
-from ksmtuned_py.readings import PAGE_SIZE, GuestScanner, ReadingError, read_host, read_meminfo
-from ksmtuned_py.report import CycleReport, human_bytes
+from ksmtuned_py.readings import GuestScanner, ReadingError
+from ksmtuned_py.report import CycleReport
 from ksmtuned_py.service import Notifier
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def _ignore(signum, frame) -> None:
     """Empty handler: the wakeup fd carries the signal to the main loop."""
 
 
-def config_listeners(config: configmod.Config, root: str = "/") -> list[CycleListener]:
+def config_listeners(config: configmod.Config) -> list[CycleListener]:
     """Cycle listeners the configuration asks for (rebuilt on every reload).
 
     Place for optional outputs driven by configuration keys, e.g. the
@@ -44,20 +46,8 @@ def config_listeners(config: configmod.Config, root: str = "/") -> list[CycleLis
     if config.metrics_textfile:
         from ksmtuned_py.metrics import TextfileWriter
 
-        listeners.append(TextfileWriter(config.metrics_textfile, root))
+        listeners.append(TextfileWriter(config.metrics_textfile))
     return listeners
-
-
-def status_sentence(decision: Decision, advisor: bool, saved: int | None) -> str:
-    """One line for systemctl status: what KSM does now and what it saves."""
-    if decision.action == START:
-        scan = "pages_to_scan by the kernel advisor" if advisor else f"pages_to_scan={decision.npages}"
-        text = f"running: {scan} sleep={decision.sleep}ms"
-    else:
-        text = f"stopped: free {decision.free} kB > thres {decision.thres} kB"
-    if saved is not None:
-        text += f"; saved {human_bytes(saved)}"
-    return text
 
 
 class Daemon:
@@ -78,10 +68,10 @@ class Daemon:
         self.cycle_listeners: list[CycleListener] = []
         self._config_listeners: list[CycleListener] = []
         self.config: configmod.Config | None = None
-        self.knobs = Knobs(root)
         self.debug: DebugLog | None = None
         self.scanner: GuestScanner | None = None
-        self.tuner: Tuner | None = None
+        self.host: FileHost | None = None
+        self.tuning_cycle: Cycle | None = None  # the one cycle, over self.host and the policy
         self.pidfile: Pidfile | None = None
         self.state: StateFile | None = None  # published next to the pidfile while running
         self._state_failed: str | None = None
@@ -89,6 +79,10 @@ class Daemon:
         self.last_report: CycleReport | None = None
         self._last_logged: tuple | None = None
         self._wakeup_r: int | None = None
+
+    @property
+    def policy(self) -> Policy:
+        return self.tuning_cycle.policy
 
     # --- set-up --------------------------------------------------------------------
 
@@ -104,45 +98,53 @@ class Daemon:
         """Read and check the configuration and that the kernel has KSM."""
         cfg = configmod.load(self.config_path, self._env())
         configmod.log_warnings(cfg)
-        self.knobs.check()
+        require_ksm(self.root)
         self.config = cfg
         self._apply_config(cfg)
 
     def start_tuning(self) -> None:
-        """Open the debug log and compute the tuning (the first debug lines)."""
-        mem = read_meminfo(self.root)
+        """Open the debug log and start the policy (the first debug lines)."""
+        policy = self._started_policy()  # MemTotal first: a host that cannot be read opens no log
         self.debug = DebugLog(self.config.debug, self.config.logfile)
-        self._retune(mem)
+        self.tuning_cycle = Cycle(self.host, policy, debug=self._debug, on_report=self._published)
+        self.debug.write(*policy.start_lines())
+
+    def _debug(self, *lines: str) -> None:
+        self.debug.write(*lines)
+
+    def _published(self, report: CycleReport) -> None:
+        """The state with this cycle, before its closing debug line: who sees the line sees the state."""
+        self.last_report = report
+        self._publish()
 
     def _apply_config(self, cfg: configmod.Config) -> None:
         old = self.scanner
         if old is None or old.pattern.pattern != cfg.process_regex or old.metric != cfg.memory_metric:
             self.scanner = GuestScanner(self.root, cfg.process_regex, cfg.memory_metric)
-        self._config_listeners = config_listeners(cfg, self.root)
+        self.host = FileHost(self.root, self.scanner, cfg.free_metric)
+        if self.tuning_cycle is not None:
+            self.tuning_cycle.host = self.host
+        self._config_listeners = config_listeners(cfg)
 
-    def _retune(self, mem=None) -> None:
-        """Recompute total, sleep and thres from MemTotal; npages starts at 0."""
-        if mem is None:
-            mem = read_meminfo(self.root)
-        self.tuner = Tuner(Params.from_config(self.config), mem.total)
-        self.debug.write(*self.tuner.tuning.debug_lines())
+    def _started_policy(self) -> Policy:
+        """The configured policy, started on MemTotal now (ksmtuned's: tuning computed, npages 0)."""
+        policy = policies.from_config(self.config)
+        policy.start(self.host.read_meminfo())
+        return policy
+
+    def _retune(self) -> None:
+        self.tuning_cycle.policy = self._started_policy()
+        self.debug.write(*self.policy.start_lines())
 
     def _ready_status(self) -> str:
-        t = self.tuner.tuning
-        return (
-            f"ready: total {t.total} kB, thres {t.thres} kB, sleep {t.sleep}ms; "
-            f"first cycle in {self.config.monitor_interval:g}s"
-        )
+        return f"ready: {self.policy.summary()}; first cycle in {self.config.monitor_interval:g}s"
 
     # --- one cycle -----------------------------------------------------------------
 
     def cycle(self) -> CycleReport | None:
         """Read, decide, write, report.  Returns None when the host could not be read."""
-        started = time.time()
-        t0 = time.monotonic()
-        cfg = self.config
         try:
-            reading = read_host(self.root, self.scanner, cfg.free_metric)
+            report = self.tuning_cycle.run()
         except ReadingError as e:
             # Logged once per change of the error, like a failing write: not every cycle.
             if str(e) != self._reading_failed:
@@ -155,37 +157,8 @@ class Daemon:
         if self._reading_failed:
             log.info("reading the host works again")
             self._reading_failed = None
-        d = self.tuner.decide(reading.free, reading.committed)
-        self.debug.write(f"committed {d.committed} free {d.free}", *d.debug_lines_before_write())
-        ok = self.knobs.apply(d)
-        self.debug.write(*d.debug_lines_after_write())
-        advisor = d.action == START and self.knobs.advisor
-        sharing = read_int(self.knobs.dir, "pages_sharing")
-        saved = sharing * PAGE_SIZE if sharing is not None else None
-        status = status_sentence(d, advisor, saved)
-        report = CycleReport(
-            time=started,
-            duration=time.monotonic() - t0,
-            action=d.action,
-            npages=d.npages,
-            sleep_ms=d.sleep,
-            free_kb=d.free,
-            committed_kb=d.committed,
-            thres_kb=d.thres,
-            total_kb=d.total,
-            guests=len(reading.guests),
-            advisor_active=advisor,
-            status=status,
-            level=d.level,
-            pages_sharing=sharing,
-            saved_bytes=saved,
-            general_profit=read_int(self.knobs.dir, "general_profit"),
-            writes_ok=ok,
-        )
-        self._log_decision(d, report)
-        self.notifier.status(status)
-        self.last_report = report
-        self._publish()
+        self._log_decision(report)
+        self.notifier.status(report.status)
         for listener in [*self.cycle_listeners, *self._config_listeners]:
             try:
                 listener(report)
@@ -193,43 +166,38 @@ class Daemon:
                 log.exception("cycle listener %r failed", listener)
         return report
 
-    def _log_decision(self, d: Decision, report: CycleReport) -> None:
-        key = (d.action, d.npages, d.sleep)
+    def _log_decision(self, report: CycleReport) -> None:
+        key = (report.action, report.npages, report.sleep_ms)
         # Changes are logged at INFO; a repeat of the same decision only at DEBUG.
         level = logging.INFO if key != self._last_logged else logging.DEBUG
         self._last_logged = key
         log.log(
             level,
             "%s ksm (%s); %d guests",
-            d.action,
+            report.action,
             report.status,
             report.guests,
             extra={
-                "KSM_DECISION": d.action,
-                "KSM_NPAGES": d.npages,
-                "KSM_SLEEP": d.sleep,
-                "KSM_FREE": d.free,
-                "KSM_COMMITTED": d.committed,
-                "KSM_THRES": d.thres,
+                "KSM_DECISION": report.action,
+                "KSM_NPAGES": report.npages,
+                "KSM_SLEEP": report.sleep_ms,
+                "KSM_FREE": report.free_kb,
+                "KSM_COMMITTED": report.committed_kb,
+                "KSM_THRES": report.thres_kb,
             },
         )
 
     # --- the published state --------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """What ``status`` and ``adjust`` need to predict this daemon's next cycle."""
-        t = self.tuner.tuning
+        """What ``status`` and ``adjust`` need to predict this daemon's next cycle (and ``demo`` to show the last)."""
         r = self.last_report
         return {
             "pid": os.getpid(),
             "config": self.config_path,
             "root": os.path.realpath(self.root),
-            "npages": self.tuner.npages,
-            "tuning": {"total": t.total, "sleep": t.sleep, "thres": t.thres, "thres_text": t.thres_text},
-            "params": asdict(self.tuner.params),
-            "last_decision": None if r is None else {
-                "time": r.time, "action": r.action, "level": r.level, "npages": r.npages,
-            },
+            **self.policy.state(),
+            "last_decision": None if r is None else asdict(r),
             "updated": time.time(),
         }
 
@@ -320,13 +288,7 @@ class Daemon:
                 self.start_tuning()
                 self.state = StateFile(state_path(self.config.pidfile))
                 self._publish()
-                log.info(
-                    "started: interval %gs, total %d kB, thres %d kB, sleep %dms",
-                    self.config.monitor_interval,
-                    self.tuner.tuning.total,
-                    self.tuner.tuning.thres,
-                    self.tuner.tuning.sleep,
-                )
+                log.info("started: interval %gs, %s", self.config.monitor_interval, self.policy.summary())
                 self.notifier.ready(self._ready_status())
                 self._loop()
             finally:

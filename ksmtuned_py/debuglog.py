@@ -77,9 +77,6 @@ class DebugLog:
         if enabled and logfile:
             self._open()
 
-    def reopen(self) -> None:
-        self.reconfigure(self.enabled, self.logfile)
-
     def close(self) -> None:
         if self._fd is not None:
             try:

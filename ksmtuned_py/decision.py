@@ -1,8 +1,14 @@
 """The tuning decision, computed exactly as the reference's bash arithmetic does.
 
-Pure: no I/O, no clock, no globals.  All quantities are integers in kB except
-``sleep`` (milliseconds) and ``npages`` (pages per scan).  Arithmetic wraps at
-64 bits and division truncates toward zero, like bash's ``$[ ]``.
+Pure: no I/O, no clock, no globals, and no configuration keys (``policies.py``
+maps the configuration to :class:`Params`).  All quantities are integers in kB
+except the sleep (milliseconds) and ``npages`` (pages per scan).  Arithmetic
+wraps at 64 bits and division truncates toward zero, like bash's ``$[ ]``.
+
+:class:`Params` and :class:`Tuning` keep the reference's own names (its
+``KSM_*`` settings and its ``total``, ``sleep``, ``thres`` variables, as the
+daemon publishes them); a cycle's :class:`Adjustment` uses the names every
+cycle's data has in ksmtuned_py (``free_kb``, ``sleep_ms``, see ``cycle.py``).
 
 The numbers decide; the text is what is printed and written.  The reference
 copies some values with a plain assignment instead of ``$[ ]``: ``npages`` set
@@ -65,22 +71,6 @@ class Params:
         """The configured text of ``npages_min``, ``npages_max`` or ``thres_const``."""
         return getattr(self, name + "_text") or str(getattr(self, name))
 
-    @classmethod
-    def from_config(cls, config) -> "Params":
-        texts = config.settings
-        return cls(
-            sleep_msec=config["KSM_SLEEP_MSEC"],
-            npages_boost=config["KSM_NPAGES_BOOST"],
-            npages_decay=config["KSM_NPAGES_DECAY"],
-            npages_min=config["KSM_NPAGES_MIN"],
-            npages_max=config["KSM_NPAGES_MAX"],
-            thres_coef=config["KSM_THRES_COEF"],
-            thres_const=config["KSM_THRES_CONST"],
-            npages_min_text=texts["KSM_NPAGES_MIN"].text,
-            npages_max_text=texts["KSM_NPAGES_MAX"].text,
-            thres_const_text=texts["KSM_THRES_CONST"].text,
-        )
-
 
 @dataclass(frozen=True)
 class Tuning:
@@ -114,16 +104,16 @@ class Tuning:
 
 
 @dataclass(frozen=True)
-class Decision:
-    """One cycle's outcome and the numbers behind it."""
+class Adjustment:
+    """One cycle of the rule (the reference's ``adjust``): the outcome and the numbers behind it."""
 
     action: str  # START or STOP
     npages: int  # pages_to_scan after the decision (unchanged on STOP)
-    sleep: int  # sleep_millisecs to write on START
-    free: int
-    committed: int
-    thres: int
-    total: int
+    sleep_ms: int  # sleep_millisecs to write on START
+    free_kb: int
+    committed_kb: int
+    thres_kb: int
+    total_kb: int
     level: str | None  # BOOST or DECAY on START, None on STOP
     previous_npages: int
     # The text written to pages_to_scan and printed (``echo $npages``; MIN/MAX's text when clamped).
@@ -135,53 +125,51 @@ class Decision:
         if not self.npages_text:
             object.__setattr__(self, "npages_text", str(self.npages))
         if not self.thres_text:
-            object.__setattr__(self, "thres_text", str(self.thres))
+            object.__setattr__(self, "thres_text", str(self.thres_kb))
 
     @property
     def load(self) -> int:
         """committed + thres, the number the reference compares with total."""
-        return wrap(self.committed + self.thres)
+        return wrap(self.committed_kb + self.thres_kb)
 
     def reason(self) -> str:
         """Why, in one sentence."""
+        free, thres, total = self.free_kb, self.thres_kb, self.total_kb
         if self.action == STOP:
             return (
-                f"committed + thres = {self.load} kB < total {self.total} kB "
-                f"and free {self.free} kB > thres {self.thres} kB"
+                f"committed + thres = {self.load} kB < total {total} kB "
+                f"and free {free} kB > thres {thres} kB"
             )
-        if self.load >= self.total:
-            why = f"committed + thres = {self.load} kB >= total {self.total} kB"
+        if self.load >= total:
+            why = f"committed + thres = {self.load} kB >= total {total} kB"
         else:
-            why = f"free {self.free} kB <= thres {self.thres} kB"
+            why = f"free {free} kB <= thres {thres} kB"
         cmp = "<" if self.level == BOOST else ">="
         return (
-            f"{why}; free {self.free} kB {cmp} thres {self.thres} kB, "
+            f"{why}; free {free} kB {cmp} thres {thres} kB, "
             f"so {self.level} pages_to_scan from {self.previous_npages} to {self.npages}"
         )
 
     # The reference's debug lines, split around its writes to the knobs.
     def debug_lines_before_write(self) -> list[str]:
+        lines = [f"committed {self.committed_kb} free {self.free_kb}"]
         if self.action == STOP:
-            return []
-        lines = [f"{self.load} > {self.total}, start ksm"]
+            return lines
+        lines.append(f"{self.load} > {self.total_kb}, start ksm")
         if self.level == BOOST:
-            lines.append(f"{self.free} < {self.thres_text}, boost")
+            lines.append(f"{self.free_kb} < {self.thres_text}, boost")
         else:
-            lines.append(f"{self.free} > {self.thres_text}, decay")
+            lines.append(f"{self.free_kb} > {self.thres_text}, decay")
         return lines
 
     def debug_lines_after_write(self) -> list[str]:
         if self.action == STOP:
-            return [f"{self.load} < {self.total} and free > {self.thres_text}, stop ksm"]
-        return [f"KSMCTL start {self.npages_text} {self.sleep}"]
+            return [f"{self.load} < {self.total_kb} and free > {self.thres_text}, stop ksm"]
+        return [f"KSMCTL start {self.npages_text} {self.sleep_ms}"]
 
     def debug_lines(self) -> list[str]:
-        """All lines of a cycle, including the ``committed C free F`` one."""
-        return (
-            [f"committed {self.committed} free {self.free}"]
-            + self.debug_lines_before_write()
-            + self.debug_lines_after_write()
-        )
+        """All lines of a cycle, from the ``committed C free F`` one."""
+        return self.debug_lines_before_write() + self.debug_lines_after_write()
 
 
 class Tuner:
@@ -193,15 +181,15 @@ class Tuner:
         self.tuning = tuning if tuning is not None else Tuning.compute(params, total)
         self.npages = npages
 
-    def decide(self, free: int, committed: int) -> Decision:
+    def decide(self, free_kb: int, committed_kb: int) -> Adjustment:
         """Decide one cycle and remember the new npages."""
         t = self.tuning
         p = self.params
         before = self.npages
-        if wrap(committed + t.thres) < t.total and free > t.thres:
-            return Decision(STOP, before, t.sleep, free, committed, t.thres, t.total, None, before,
-                            thres_text=t.thres_text)
-        if free < t.thres:
+        if wrap(committed_kb + t.thres) < t.total and free_kb > t.thres:
+            return Adjustment(STOP, before, t.sleep, free_kb, committed_kb, t.thres, t.total, None, before,
+                              thres_text=t.thres_text)
+        if free_kb < t.thres:
             level, delta = BOOST, p.npages_boost
         else:
             level, delta = DECAY, p.npages_decay
@@ -213,5 +201,5 @@ class Tuner:
         elif npages > p.npages_max:
             npages, text = p.npages_max, words(p.text("npages_max"))
         self.npages = npages
-        return Decision(START, npages, t.sleep, free, committed, t.thres, t.total, level, before,
-                        npages_text=text, thres_text=t.thres_text)
+        return Adjustment(START, npages, t.sleep, free_kb, committed_kb, t.thres, t.total, level, before,
+                          npages_text=text, thres_text=t.thres_text)

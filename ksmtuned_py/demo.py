@@ -4,8 +4,9 @@ A simulated host (sysfs_emu's ``demo`` scenario: four 1 GiB guests starting a mi
 apart on a 3 GiB host) is served as a file tree in a temporary directory, in this
 process, at ``speed`` simulated seconds per wall second.  The real daemon,
 ``ksmtuned-py --root TMP --config TMP/ksmtuned.conf run``, runs against it as a
-child process with ``KSM_MONITOR_INTERVAL=1`` and ``DEBUG=1``; each cycle's debug
-lines are read from its output and shown with the memory KSM has saved so far.
+child process with ``KSM_MONITOR_INTERVAL=1`` and ``DEBUG=1``; the end of each cycle is
+seen in its debug lines, and the row shown is that cycle's report, as the daemon
+publishes it in its state file (what it read, decided and saved).
 Ctrl-C (or the end of ``cycles``/``duration``) stops the daemon, the simulation and
 removes the temporary directory.
 """
@@ -21,11 +22,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
-from ksmtuned_py.knobs import read_int
+from ksmtuned_py.errors import UserError
+from ksmtuned_py.pidfile import read_state, state_path
 from ksmtuned_py.report import human_bytes
+from sysfs_emu.errors import EmuError
 from sysfs_emu.units import format_clock
 
 DEFAULT_SPEED = 60.0
@@ -57,7 +61,10 @@ class _Demo:
         self.server = None
         self.thread: threading.Thread | None = None
         self.daemon: subprocess.Popen | None = None
+        self.pidfile = self.tmp / "ksmtune.pid"
+        self.state = Path(state_path(str(self.pidfile)))  # where the daemon publishes its last cycle
         self.decisions = 0
+        self.cycles_shown = 0
         self.error: BaseException | None = None
 
     def say(self, text: str = "") -> None:
@@ -87,8 +94,7 @@ class _Demo:
         self.server.ready_event.wait(30)
         if self.error is not None:
             raise self.error
-        description = getattr(getattr(sim, "scenario", None), "description", "") or ""
-        self.say(f"ksmtuned-py demo: {description or 'a simulated host'}")
+        self.say(f"ksmtuned-py demo: {sim.scenario.description or 'a simulated host'}")
         self.say(f"Simulated /sys and /proc in {self.root}; {self.speed:g} simulated seconds per second.")
 
     # --- the daemon -------------------------------------------------------------------
@@ -99,7 +105,7 @@ class _Demo:
             "# written by ksmtuned-py demo\n"
             f"KSM_MONITOR_INTERVAL={self.interval:g}\n"
             "DEBUG=1\n"
-            f"PIDFILE={self.tmp / 'ksmtune.pid'}\n"
+            f"PIDFILE={self.pidfile}\n"
         )
         cmd = [sys.executable, "-m", "ksmtuned_py.cli", "--root", str(self.root), "--config", str(conf), "run"]
         env = dict(os.environ)
@@ -116,23 +122,16 @@ class _Demo:
     def follow(self) -> int:
         """Show each cycle until the daemon ends, or ``cycles``/``duration`` is reached."""
         assert self.daemon is not None and self.daemon.stdout is not None
-        pending: dict[str, str] = {}
         for raw in self.daemon.stdout:
             line = raw.rstrip("\n")
             m = _DEBUG_LINE.match(line)
             text = m.group(1) if m else line
-            if text.startswith("committed "):
-                parts = text.split()
-                pending = {"committed": parts[1], "free": parts[3]}
-            elif text.endswith("stop ksm"):
-                self.show(pending, "stop: enough free memory")
-            elif text.startswith("KSMCTL start"):
-                _, _, npages, sleep = text.split()
-                self.show(pending, f"start: pages_to_scan {npages}, sleep {sleep} ms")
-            elif text.endswith((", boost", ", decay")) or text.endswith("start ksm"):
-                continue
+            if text.endswith("stop ksm") or text.startswith("KSMCTL start"):
+                self.show(self.next_report())
             elif text.startswith(("total ", "sleep ", "thres ")):
                 self.say(f"{'':>8}  daemon at start: {text}")
+            elif text.startswith("committed ") or text.endswith((", boost", ", decay", "start ksm")):
+                continue  # the cycle's own lines: its report says it all
             elif line.startswith("ksmtuned-py: INFO:"):
                 continue  # the same decisions, already in the table
             elif text:
@@ -141,15 +140,32 @@ class _Demo:
                 return 0
         return self.daemon.wait()
 
-    def show(self, pending: dict[str, str], decision: str) -> None:
+    def next_report(self, timeout: float = 10.0) -> dict:
+        """The report of the cycle that just ended, from the daemon's state.
+
+        The daemon publishes it before the cycle's closing debug line, so it is there when
+        the line is read; the wait is for a daemon that cannot write its state file.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            state = read_state(str(self.state), self.daemon.pid) or {}
+            report = state.get("last_decision")
+            if report and report["cycles"] > self.cycles_shown:
+                self.cycles_shown = report["cycles"]
+                return report
+            if time.monotonic() > deadline:
+                raise UserError(f"demo: the daemon published no report of its cycle in {self.state}")
+            time.sleep(0.005)
+
+    def show(self, report: dict) -> None:
         self.decisions += 1
-        ksm = self.root / "sys/kernel/mm/ksm"
-        sharing = read_int(ksm, "pages_sharing") or 0
-        guests = len([n for n in os.listdir(self.root / "proc") if n.isdigit()])
-        committed = int(pending.get("committed", 0)) * 1024
-        free = int(pending.get("free", 0)) * 1024
-        self.say(f"{format_clock(self.sim.now):>8}  {guests:>6}  {human_bytes(committed):>10}  "
-                 f"{human_bytes(free):>10}  {decision:<40} {human_bytes(sharing * 4096):>12}")
+        if report["action"] == "stop":
+            decision = "stop: enough free memory"
+        else:
+            decision = f"start: pages_to_scan {report['npages']}, sleep {report['sleep_ms']} ms"
+        self.say(f"{format_clock(self.sim.now):>8}  {report['guests']:>6}  "
+                 f"{human_bytes(report['committed_kb'] * 1024):>10}  {human_bytes(report['free_kb'] * 1024):>10}  "
+                 f"{decision:<40} {human_bytes(report['saved_bytes'] or 0):>12}")
 
     def done(self) -> bool:
         if self.cycles is not None and self.decisions >= self.cycles:
@@ -175,7 +191,7 @@ class _Demo:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run_demo(opts=None, *, scenario: str = "demo", speed: float = DEFAULT_SPEED,
+def run_demo(*, scenario: str = "demo", speed: float = DEFAULT_SPEED,
              interval: float = DEFAULT_INTERVAL, cycles: int | None = None,
              duration: float | None = None, out: TextIO | None = None) -> int:
     """Run the demo; returns the exit status (0 when stopped by Ctrl-C or the limits)."""
@@ -197,6 +213,8 @@ def run_demo(opts=None, *, scenario: str = "demo", speed: float = DEFAULT_SPEED,
         status = demo.follow()
     except KeyboardInterrupt:  # Ctrl-C: the normal way to end the demo
         status = 0
+    except EmuError as e:  # the simulator refused the host (its one-line message)
+        raise UserError(f"demo: the simulated host cannot start: {e}") from None
     finally:
         try:
             demo.stop()

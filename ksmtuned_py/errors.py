@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 

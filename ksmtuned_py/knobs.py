@@ -1,22 +1,85 @@
-"""Writing the decision to <root>/sys/kernel/mm/ksm, as the reference's KSMCTL does."""
+"""The KSM files: their names, what a cycle reads of them, and the files under <root>/sys/kernel/mm/ksm."""
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from ksmtuned_py.decision import START, Decision
 from ksmtuned_py.errors import EX_UNAVAILABLE, UserError
 
-log = logging.getLogger(__name__)
-
 KSM_DIR = "sys/kernel/mm/ksm"
+
+#: The knobs a policy sets (the reference writes them pages_to_scan, sleep_millisecs, run: see cycle.py).
+KNOBS = ("run", "pages_to_scan", "sleep_millisecs")
+#: The read-only counters, in the order ``status`` shows them (each kernel has a subset).
+COUNTERS = (
+    "pages_shared",
+    "pages_sharing",
+    "pages_unshared",
+    "pages_volatile",
+    "full_scans",
+    "pages_scanned",
+    "pages_skipped",
+    "ksm_zero_pages",
+    "stable_node_chains",
+    "stable_node_dups",
+    "general_profit",
+)
 
 
 class NoKsmError(UserError):
     exit_code = EX_UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class KsmState:
+    """The KSM files a cycle reads, as numbers; a file this kernel lacks (or that cannot be read) is left out."""
+
+    knobs: dict[str, int] = field(default_factory=dict)  # run, pages_to_scan, sleep_millisecs
+    counters: dict[str, int] = field(default_factory=dict)  # of COUNTERS, those the kernel has
+    advisor_mode: str | None = None  # the chosen mode ("none", "scan-time"); None before Linux 6.9
+
+    @property
+    def advisor_active(self) -> bool:
+        """The kernel's advisor sets pages_to_scan (advisor_mode ``[scan-time]``)."""
+        return self.advisor_mode == "scan-time"
+
+    def saved_bytes(self, page_size: int) -> int | None:
+        """The memory KSM saves: pages_sharing x the page size (None without pages_sharing)."""
+        sharing = self.counters.get("pages_sharing")
+        return sharing * page_size if sharing is not None else None
+
+    def get(self, name: str) -> int | None:
+        """A knob's or a counter's value, None when the kernel has no such file."""
+        return self.knobs.get(name, self.counters.get(name))
+
+    @classmethod
+    def from_texts(cls, read: Callable[[str], str | None]) -> "KsmState":
+        """Parse what ``read(name)`` returns for each file (its text, or None when missing)."""
+        knobs = {n: v for n in KNOBS if (v := _int(read(n))) is not None}
+        counters = {n: v for n in COUNTERS if (v := _int(read(n))) is not None}
+        return cls(knobs, counters, chosen_mode(read("advisor_mode")))
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def chosen_mode(text: str | None) -> str | None:
+    """``none [scan-time]`` -> ``scan-time`` (the bracketed word; the text itself when none is)."""
+    if not text or not text.strip():
+        return None
+    chosen = [w.strip("[]") for w in text.split() if w.startswith("[")]
+    return chosen[0] if chosen else text.strip()
+
+
+# --- the files under a root -----------------------------------------------------------
 
 
 def ksm_dir(root: str | os.PathLike = "/") -> Path:
@@ -40,18 +103,8 @@ def read_knob(directory: Path, name: str) -> str | None:
         return None
 
 
-def read_int(directory: Path, name: str) -> int | None:
-    text = read_knob(directory, name)
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-def advisor_active(directory: Path) -> bool:
-    """True while the kernel's advisor (advisor_mode ``[scan-time]``) owns pages_to_scan."""
-    text = read_knob(directory, "advisor_mode")
-    return text is not None and "[scan-time]" in text
+def read_ksm_state(directory: Path) -> KsmState:
+    return KsmState.from_texts(lambda name: read_knob(directory, name))
 
 
 def write_knob(directory: Path, name: str, value: int | str) -> None:
@@ -66,64 +119,3 @@ def write_knob(directory: Path, name: str, value: int | str) -> None:
 def describe_error(e: OSError) -> str:
     name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "error"
     return f"{name} ({e.strerror or e})"
-
-
-class Knobs:
-    """The KSM knobs of one root, remembering failures so a repeat is logged once."""
-
-    def __init__(self, root: str | os.PathLike = "/"):
-        self.root = root
-        self.dir = ksm_dir(root)
-        self._failures: dict[str, tuple[int, str]] = {}
-        self._advisor: bool | None = None
-
-    def check(self) -> None:
-        require_ksm(self.root)
-
-    def read(self, name: str) -> str | None:
-        return read_knob(self.dir, name)
-
-    def advisor_active(self) -> bool:
-        """Is the advisor active now?  Logs each change once."""
-        active = advisor_active(self.dir)
-        if active != self._advisor:
-            if active:
-                log.info(
-                    "the kernel's KSM advisor (advisor_mode=scan-time) sets pages_to_scan; "
-                    "leaving it to the advisor and tuning only run and sleep_millisecs"
-                )
-            elif self._advisor:
-                log.info("the kernel's KSM advisor is off; tuning pages_to_scan again")
-            self._advisor = active
-        return active
-
-    def write(self, name: str, value: int | str) -> bool:
-        """Write one knob; log a failure once per change of value or error."""
-        try:
-            write_knob(self.dir, name, value)
-        except OSError as e:
-            problem = describe_error(e)
-            if self._failures.get(name) != (value, problem):
-                log.error("cannot write %s to %s: %s", value, self.dir / name, problem)
-                self._failures[name] = (value, problem)
-            return False
-        if name in self._failures:
-            log.info("writing %s works again (%s)", self.dir / name, value)
-            del self._failures[name]
-        return True
-
-    def apply(self, decision: Decision) -> bool:
-        """The reference's order: pages_to_scan, sleep_millisecs, run=1; or run=0. True if all written."""
-        if decision.action != START:
-            return self.write("run", 0)
-        ok = True
-        if not self.advisor_active():
-            # the text, as the reference echoes it (e.g. "+64" when clamped to KSM_NPAGES_MIN=+64)
-            ok = self.write("pages_to_scan", decision.npages_text) and ok
-        ok = self.write("sleep_millisecs", decision.sleep) and ok
-        ok = self.write("run", 1) and ok
-        return ok
-
-    @property
-    def advisor(self) -> bool:
-        return bool(self._advisor)

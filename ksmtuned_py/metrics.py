@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ksmtuned_py.errors import UserError
-from ksmtuned_py import knobs
 
 if TYPE_CHECKING:
     from ksmtuned_py.report import CycleReport
@@ -43,18 +42,18 @@ class Sample:
     general_profit: int | None = None
     ksm_zero_pages: int | None = None
     pages_scanned: int | None = None
-    # The daemon's last cycle.
-    decision: str | None = None
+    # The daemon's last cycle, in the cycle's names (see ksmtuned_py/cycle.py).
+    decision: str | None = None  # "stop", "boost" or "decay"
     npages: int | None = None
     sleep_ms: int | None = None
-    thres_kib: int | None = None
-    total_kib: int | None = None
-    committed_kib: int | None = None
-    free_kib: int | None = None
+    thres_kb: int | None = None
+    total_kb: int | None = None
+    committed_kb: int | None = None
+    free_kb: int | None = None
     guests: int | None = None
-    cycle_timestamp: float | None = None
-    cycle_duration: float | None = None
-    cycles: int | None = None
+    time: float | None = None  # when the cycle started, seconds since the epoch
+    duration: float | None = None  # seconds
+    cycles: int | None = None  # cycles run since the daemon started
     # Labels for an info metric (e.g. the version).
     info: dict[str, str] = field(default_factory=dict)
 
@@ -101,20 +100,20 @@ def _families(s: Sample) -> list[tuple[_Family, list[tuple[dict[str, str], float
         s.sleep_ms, 1 / 1000)
     add("ksmtuned_threshold_bytes", "gauge",
         "Free-memory threshold below which the daemon boosts scanning (thres).",
-        s.thres_kib, KIB)
+        s.thres_kb, KIB)
     add("ksmtuned_memory_total_bytes", "gauge",
-        "Total memory the daemon works with (MemTotal).", s.total_kib, KIB)
+        "Total memory the daemon works with (MemTotal).", s.total_kb, KIB)
     add("ksmtuned_memory_committed_bytes", "gauge",
-        "Memory resident in the guests counted (committed).", s.committed_kib, KIB)
+        "Memory resident in the guests counted (committed).", s.committed_kb, KIB)
     add("ksmtuned_memory_free_bytes", "gauge",
-        "Memory the daemon counts as free (free).", s.free_kib, KIB)
+        "Memory the daemon counts as free (free).", s.free_kb, KIB)
     add("ksmtuned_guests", "gauge", "Guest processes counted.", s.guests)
     add("ksmtuned_cycles_total", "counter", "Tuning cycles run since the daemon started.",
         s.cycles)
     add("ksmtuned_last_cycle_timestamp_seconds", "gauge",
-        "When the last cycle ran, in seconds since the Unix epoch.", s.cycle_timestamp)
+        "When the last cycle ran, in seconds since the Unix epoch.", s.time)
     add("ksmtuned_last_cycle_duration_seconds", "gauge",
-        "How long the last cycle took.", s.cycle_duration)
+        "How long the last cycle took.", s.duration)
     return out
 
 
@@ -194,25 +193,25 @@ def _decision(action: str, level: str | None) -> str:
     return "stop" if action == "stop" else (level or action)
 
 
-def sample_from_report(report: "CycleReport", counters: dict[str, int | None]) -> Sample:
-    """The metrics of one daemon cycle, plus the kernel counters read after it."""
+def sample_from_report(report: "CycleReport") -> Sample:
+    """The metrics of one daemon cycle (the kernel counters as read right after its writes)."""
     from ksmtuned_py import __version__
 
-    profit = counters.get("general_profit")
     return Sample(
-        general_profit=profit if profit is not None else report.general_profit,
-        ksm_zero_pages=counters.get("ksm_zero_pages"),
-        pages_scanned=counters.get("pages_scanned"),
+        general_profit=report.general_profit,
+        ksm_zero_pages=report.ksm_zero_pages,
+        pages_scanned=report.pages_scanned,
         decision=_decision(report.action, report.level),
         npages=report.npages,
         sleep_ms=report.sleep_ms,
-        thres_kib=report.thres_kb,
-        total_kib=report.total_kb,
-        committed_kib=report.committed_kb,
-        free_kib=report.free_kb,
+        thres_kb=report.thres_kb,
+        total_kb=report.total_kb,
+        committed_kb=report.committed_kb,
+        free_kb=report.free_kb,
         guests=report.guests,
-        cycle_timestamp=report.time,
-        cycle_duration=report.duration,
+        time=report.time,
+        duration=report.duration,
+        cycles=report.cycles,
         info={"version": __version__},
     )
 
@@ -233,13 +232,13 @@ def sample_from_status(snap: dict, timestamp: float, duration: float) -> Sample:
         decision=_decision(nxt["action"], nxt["level"]),
         npages=nxt["npages"],
         sleep_ms=nxt["sleep_ms"],
-        thres_kib=mem["thres_kb"],
-        total_kib=mem["total_kb"],
-        committed_kib=mem["committed_kb"],
-        free_kib=mem["free_kb"],
+        thres_kb=mem["thres_kb"],
+        total_kb=mem["total_kb"],
+        committed_kb=mem["committed_kb"],
+        free_kb=mem["free_kb"],
         guests=len(snap["guests"]),
-        cycle_timestamp=timestamp,
-        cycle_duration=duration,
+        time=timestamp,
+        duration=duration,
         info={"version": __version__},
     )
 
@@ -251,13 +250,12 @@ class TextfileWriter:
     never every cycle; it never stops the daemon.
     """
 
-    def __init__(self, target: str | os.PathLike, root: str | os.PathLike = "/"):
+    def __init__(self, target: str | os.PathLike):
         self.target = target
-        self.ksm_dir = knobs.ksm_dir(root)
         self._last_error: str | None = None
 
     def __call__(self, report: "CycleReport") -> None:
-        sample = sample_from_report(report, read_ksm_counters(self.ksm_dir))
+        sample = sample_from_report(report)
         try:
             write_textfile(self.target, sample)
         except UserError as err:
@@ -271,9 +269,3 @@ class TextfileWriter:
 
     def __repr__(self) -> str:
         return f"TextfileWriter({str(self.target)!r})"
-
-
-def read_ksm_counters(ksm_dir: str | os.PathLike) -> dict[str, int | None]:
-    """general_profit, ksm_zero_pages and pages_scanned; None where the kernel lacks one."""
-    return {name: knobs.read_int(Path(ksm_dir), name)
-            for name in ("general_profit", "ksm_zero_pages", "pages_scanned")}

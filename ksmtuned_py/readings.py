@@ -1,4 +1,5 @@
-"""What the daemon reads from the host: /proc/meminfo and the guest processes.
+"""What a cycle reads from the host (:class:`Readings`), and reading it from files: /proc/meminfo,
+the guest processes and the KSM files.
 
 Everything is read below one root directory (``/`` normally, a simulated or
 test tree with ``--root``), without forking.  Guest processes are found by
@@ -12,15 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ksmtuned_py.errors import UserError
+from ksmtuned_py.knobs import KsmState, ksm_dir, read_ksm_state
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # How a known non-guest that becomes a guest is noticed.  Launchers (libvirt,
 # scripts) fork and exec qemu later, and a process may rename itself
 # (prctl PR_SET_NAME, as qemu's -name process=... does): the pid, the start time
@@ -65,6 +67,11 @@ def read_meminfo(root: str | os.PathLike = "/") -> MemInfo:
         text = path.read_text()
     except OSError as e:
         raise ReadingError(f"cannot read {path}: {e.strerror}") from None
+    return parse_meminfo(text, str(path))
+
+
+def parse_meminfo(text: str, where: str = "/proc/meminfo") -> MemInfo:
+    """The fields of a /proc/meminfo text; ReadingError naming ``where`` when one is missing."""
     fields: dict[str, int] = {}
     for line in text.splitlines():
         name, sep, rest = line.partition(":")
@@ -78,9 +85,9 @@ def read_meminfo(root: str | os.PathLike = "/") -> MemInfo:
                 continue
     missing = [k for k in ("MemTotal", "MemFree", "Buffers", "Cached") if k not in fields]
     if missing:
-        raise ReadingError(f"{path} has no {', '.join(missing)}")
+        raise ReadingError(f"{where} has no {', '.join(missing)}")
     if fields["MemTotal"] <= 0:
-        raise ReadingError(f"{path}: MemTotal is {fields['MemTotal']}")
+        raise ReadingError(f"{where}: MemTotal is {fields['MemTotal']}")
     return MemInfo(
         total=fields["MemTotal"],
         free=fields["MemFree"],
@@ -141,7 +148,6 @@ def rss_kb(rss_pages: int) -> int:
     return rss_pages * PAGE_SIZE // 1024
 
 
-
 def _read_small(path: str, size: int) -> str:
     """One read(2) of a small /proc file with os-level calls (this runs for every process)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -150,6 +156,7 @@ def _read_small(path: str, size: int) -> str:
     finally:
         os.close(fd)
     return data.decode("utf-8", errors="replace")
+
 
 class GuestScanner:
     """Finds guest processes and sums their memory, caching who is not a guest."""
@@ -280,17 +287,21 @@ class GuestScanner:
 
 
 @dataclass(frozen=True)
-class HostReading:
-    """One cycle's readings."""
+class Readings:
+    """What a host shows at the start of a cycle: the input of a policy."""
 
+    time: float  # the host's clock: seconds since the epoch, or simulated seconds in a simulation
     meminfo: MemInfo
-    free: int
-    committed: int
-    guests: list[Guest] = field(default_factory=list)
+    free_kb: int  # free memory by KSM_FREE_METRIC
+    committed_kb: int  # the guests' memory (KSM_MEMORY_METRIC), summed
+    guests: list[Guest]
+    ksm: KsmState
 
 
-def read_host(root, scanner: GuestScanner, free_metric: str = "classic") -> HostReading:
-    """Read meminfo and the guests once."""
+def read_host(root, scanner: GuestScanner, free_metric: str = "classic") -> Readings:
+    """Read meminfo, the guests and the KSM files under ``root`` once."""
+    started = time.time()
     mem = read_meminfo(root)
     guests = scanner.scan()
-    return HostReading(mem, mem.free_kb(free_metric), sum(g.kb for g in guests), guests)
+    return Readings(started, mem, mem.free_kb(free_metric), sum(g.kb for g in guests), guests,
+                    read_ksm_state(ksm_dir(root)))

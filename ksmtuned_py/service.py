@@ -16,11 +16,6 @@ except ImportError:  # pragma: no cover - exercised only on broken installs
 log = logging.getLogger(__name__)
 
 
-def under_systemd() -> bool:
-    """True when started by systemd with its journal as our stderr."""
-    return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
-
-
 def stderr_is_journal() -> bool:
     """True when standard error is connected to the journal (sd_journal_stream_fd).
 

@@ -1,56 +1,48 @@
-"""``status`` and ``adjust``: a snapshot of KSM and the decision the next cycle would make."""
+"""``status`` and ``adjust``: a snapshot of KSM and the decision the next cycle would make.
+
+Both run the daemon's one cycle (``cycle.Cycle``) on the files under the root, with the
+policy of the running daemon (rebuilt from the state it publishes next to its pidfile)
+or, when no daemon runs or its state cannot be used, the policy of a fresh start: the
+configuration on disk, MemTotal now, npages 0 — what a daemon starting now would do.
+"""
 
 from __future__ import annotations
 
-from ksmtuned_py import config as configmod
 import os
 import time
 from dataclasses import dataclass
 
-from ksmtuned_py.decision import Params, Tuner, Tuning
+from ksmtuned_py import config as configmod
+from ksmtuned_py import policies
+from ksmtuned_py.cycle import Cycle, Policy
 from ksmtuned_py.errors import UserError
-from ksmtuned_py.knobs import Knobs, read_int, read_knob, require_ksm
+from ksmtuned_py.filehost import FileHost
+from ksmtuned_py.knobs import KNOBS, require_ksm
 from ksmtuned_py.pidfile import read_state, running_pid, state_path
-from ksmtuned_py.readings import PAGE_SIZE, GuestScanner, read_meminfo
 from ksmtuned_py.report import human_bytes
 
-KNOBS = ("run", "pages_to_scan", "sleep_millisecs")
-COUNTERS = (
-    "pages_shared",
-    "pages_sharing",
-    "pages_unshared",
-    "pages_volatile",
-    "full_scans",
-    "pages_scanned",
-    "pages_skipped",
-    "ksm_zero_pages",
-    "stable_node_chains",
-    "stable_node_dups",
-    "general_profit",
-)
 RUN_STATES = {0: "stopped", 1: "running", 2: "unmerging"}
+DAEMON, FRESH = "daemon", "fresh start"
 
 
 @dataclass
 class Basis:
-    """What the prediction starts from: the running daemon's state, or the kernel's pages_to_scan."""
+    """What the prediction starts from: the running daemon's policy, or a fresh start."""
 
-    npages: int
-    source: str  # "daemon" or "pages_to_scan"
-    why: str  # for people: where npages came from
+    policy: Policy
+    source: str  # DAEMON or FRESH
+    why: str  # for people: where the policy's state came from
     daemon: dict  # the daemon's entry of the status snapshot
-    params: Params | None = None  # the daemon's, when its state is used
-    tuning: Tuning | None = None
 
 
-def _basis(cfg: configmod.Config, root: str, pages_to_scan: int | None) -> Basis:
-    """Find the running daemon and its published state; fall back to pages_to_scan."""
-    fallback = pages_to_scan or 0
+def _basis(cfg: configmod.Config, root: str) -> Basis:
+    """The running daemon's published policy; a fresh start when there is none to use."""
+    fresh = policies.from_config(cfg)  # started by its first decision, on MemTotal now
     try:
         pid = running_pid(cfg.pidfile)
     except UserError as e:
         daemon = {"running": False, "reason": str(e), "pidfile": cfg.pidfile}
-        return Basis(fallback, "pages_to_scan", "pages_to_scan (no daemon running)", daemon)
+        return Basis(fresh, FRESH, "a fresh start (no daemon running)", daemon)
     path = state_path(cfg.pidfile)
     daemon = {"running": True, "pid": pid, "pidfile": cfg.pidfile}
     state = read_state(path, pid)
@@ -61,74 +53,59 @@ def _basis(cfg: configmod.Config, root: str, pages_to_scan: int | None) -> Basis
         problem = f"the daemon runs on root {state.get('root')}, not {os.path.realpath(root)}"
     else:
         try:
-            params = Params(**state["params"])
-            tuning = Tuning(**state["tuning"])
-            npages = int(state["npages"])
+            # The daemon keeps the settings and tuning of its last start or reload: use those.
+            policy = policies.from_state(state)
         except (KeyError, TypeError, ValueError):
             problem = f"the state in {path} is not understood"
     if problem:
-        return Basis(fallback, "pages_to_scan", f"pages_to_scan ({problem})", daemon)
+        return Basis(fresh, FRESH, f"a fresh start ({problem})", daemon)
     daemon.update(state=path, config=state.get("config"), last_decision=state.get("last_decision"))
-    return Basis(npages, "daemon", f"the running daemon (pid {pid}, {path})", daemon, params, tuning)
+    return Basis(policy, DAEMON, f"the running daemon (pid {pid}, {path})", daemon)
 
 
-def _decide(cfg: configmod.Config, root: str, basis: Basis):
-    """Read the host and decide as the next cycle would, from ``basis``."""
-    mem = read_meminfo(root)
-    scanner = GuestScanner(root, cfg.process_regex, cfg.memory_metric)
-    guests = scanner.scan()
-    free = mem.free_kb(cfg.free_metric)
-    committed = sum(g.kb for g in guests)
-    # The daemon keeps the settings and tuning of its last start or reload: use those.
-    params = basis.params or Params.from_config(cfg)
-    tuner = Tuner(params, mem.total, npages=basis.npages, tuning=basis.tuning)
-    return tuner.tuning, guests, tuner.decide(free, committed)
+def _cycle(cfg: configmod.Config, root: str) -> tuple[Cycle, Basis, int | None]:
+    """A cycle on the files under ``root`` with the basis's policy; the basis; npages before the cycle."""
+    require_ksm(root)
+    basis = _basis(cfg, root)
+    return Cycle(FileHost.from_config(root, cfg), basis.policy), basis, basis.policy.npages
 
 
 def collect(cfg: configmod.Config, root: str = "/") -> dict:
     """Everything ``status`` shows, as plain data."""
-    d = require_ksm(root)
-    ksm: dict = {name: read_int(d, name) for name in KNOBS}
-    mode = read_knob(d, "advisor_mode")
-    ksm["advisor_mode"] = None
-    if mode:
-        chosen = [w.strip("[]") for w in mode.split() if w.startswith("[")]
-        ksm["advisor_mode"] = chosen[0] if chosen else mode
-    counters = {name: read_int(d, name) for name in COUNTERS}
-    counters = {k: v for k, v in counters.items() if v is not None}
-    sharing = counters.get("pages_sharing")
+    cycle, basis, before = _cycle(cfg, root)
+    readings, dec = cycle.decide()
+    ksm = readings.ksm
+    knobs: dict = {name: ksm.knobs.get(name) for name in KNOBS}
+    knobs["advisor_mode"] = ksm.advisor_mode
+    page_size = cycle.host.page_size
     saved = {
-        "bytes": sharing * PAGE_SIZE if sharing is not None else None,
-        "pages_sharing": sharing,
-        "page_size": PAGE_SIZE,
-        "general_profit": counters.get("general_profit"),
+        "bytes": ksm.saved_bytes(page_size),
+        "pages_sharing": ksm.counters.get("pages_sharing"),
+        "page_size": page_size,
+        "general_profit": ksm.counters.get("general_profit"),
     }
-    # The running daemon publishes its npages; without it, pages_to_scan is the
-    # best guess (it equals npages after any cycle that started KSM).
-    basis = _basis(cfg, root, ksm["pages_to_scan"])
-    tuning, guests, dec = _decide(cfg, root, basis)
     return {
-        "ksm": ksm,
-        "counters": counters,
+        "ksm": knobs,
+        "counters": dict(ksm.counters),
         "saved": saved,
         "memory": {
-            "total_kb": tuning.total,
-            "free_kb": dec.free,
+            "total_kb": dec.total_kb,
+            "free_kb": readings.free_kb,
             "free_metric": cfg.free_metric,
-            "committed_kb": dec.committed,
+            "committed_kb": readings.committed_kb,
             "memory_metric": cfg.memory_metric,
-            "thres_kb": dec.thres,
-            "sleep_ms": dec.sleep,
+            "thres_kb": dec.thres_kb,
+            "sleep_ms": dec.sleep_ms,
         },
-        "guests": [{"pid": g.pid, "comm": g.comm, "kb": g.kb} for g in guests],
+        "guests": [{"pid": g.pid, "comm": g.comm, "kb": g.kb} for g in readings.guests],
         "next": {
             "action": dec.action,
             "level": dec.level,
             "npages": dec.npages,
-            "sleep_ms": dec.sleep,
-            "advisor": ksm["advisor_mode"] == "scan-time",
-            "reason": dec.reason(),
-            "from_npages": basis.npages,
+            "sleep_ms": dec.sleep_ms,
+            "advisor": ksm.advisor_active,
+            "reason": dec.reason,
+            "from_npages": before,
             "npages_source": basis.source,
             "npages_from": basis.why,
         },
@@ -189,19 +166,15 @@ def render_text(s: dict) -> str:
 
 def adjust_once(cfg: configmod.Config, root: str = "/", apply: bool = False) -> tuple[list[str], bool]:
     """One decision now: the reference's debug lines, plus what was written. Returns (lines, ok)."""
-    d = require_ksm(root)
-    basis = _basis(cfg, root, read_int(d, "pages_to_scan"))
-    tuning, guests, dec = _decide(cfg, root, basis)
-    lines = tuning.debug_lines() + dec.debug_lines()
+    cycle, basis, before = _cycle(cfg, root)
     if not apply:
-        lines.append(f"dry run: nothing written (npages started from {basis.npages}, taken from {basis.why})")
+        _, dec = cycle.decide()
+        lines = [*basis.policy.start_lines(), *dec.debug_before, *dec.debug_after]
+        lines.append(f"dry run: nothing written (npages started from {before}, taken from {basis.why})")
         return lines, True
-    knobs = Knobs(root)
-    ok = knobs.apply(dec)
-    if dec.action == "start":
-        written = [] if knobs.advisor else [f"pages_to_scan={dec.npages_text}"]
-        written += [f"sleep_millisecs={dec.sleep}", "run=1"]
-    else:
-        written = ["run=0"]
-    lines.append(("wrote " if ok else "tried to write ") + ", ".join(written))
-    return lines, ok
+    cycle_lines: list[str] = []
+    cycle.debug = lambda *new: cycle_lines.extend(new)
+    report = cycle.run()
+    lines = [*basis.policy.start_lines(), *cycle_lines]
+    lines.append(("wrote " if report.writes_ok else "tried to write ") + ", ".join(report.writes))
+    return lines, report.writes_ok

@@ -12,16 +12,25 @@ from importlib import resources
 from pathlib import Path
 
 import click
-import yaml
+
+from sysfs_emu.errors import EmuError, one_line
 
 log = logging.getLogger("sysfs_emu")
 
 
-class CliError(click.ClickException):
-    """A user-facing error: one line on stderr, exit status 1."""
+class CliError(EmuError):
+    """A problem with what was asked on the command line."""
 
-    def show(self, file=None) -> None:  # one clear line, in our own words
-        click.echo(f"sysfs-emu: error: {self.format_message()}", err=True)
+
+class _Main(click.Group):
+    """The command group that reports every EmuError once: one line on stderr, exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EmuError as exc:
+            click.echo(f"sysfs-emu: error: {one_line(exc)}", err=True)
+            ctx.exit(1)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -48,9 +57,11 @@ def shipped_scenarios() -> dict[str, Path]:
 
 
 def scenario_description(path: Path) -> str:
+    from sysfs_emu.scenario import parse_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        data = parse_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError, EmuError):
         return "(unreadable)"
     text = data.get("description", "") if isinstance(data, dict) else ""
     return " ".join(str(text).split())
@@ -58,7 +69,7 @@ def scenario_description(path: Path) -> str:
 
 def idle_scenario() -> dict:
     """An idle host the size of this machine, with no guests."""
-    from sysfs_emu.scenario import machine_memory_bytes
+    from sysfs_emu.host import machine_memory_bytes
 
     return {
         "description": "An idle host the size of this machine, with no guests.",
@@ -69,32 +80,19 @@ def idle_scenario() -> dict:
 def load_simulation(scenario: str | None):
     """(Simulation, name) for a scenario file, a shipped scenario's name, or the idle host."""
     from sysfs_emu import Simulation
-    from sysfs_emu.scenario import ScenarioError
 
-    try:
-        if scenario is None:
-            return Simulation(idle_scenario()), "idle host (this machine's size)"
-        path = Path(scenario)
-        if not path.exists():
-            shipped = shipped_scenarios()
-            if scenario in shipped:
-                path = shipped[scenario]
-            else:
-                raise CliError(f"no scenario file {scenario} (and no shipped scenario of that name; "
-                               "see 'sysfs-emu scenarios')")
-        if path.is_dir():
-            raise CliError(f"{scenario} is a directory, not a scenario file")
-        return Simulation.from_yaml(path), path.stem
-    except ScenarioError as exc:
-        raise CliError(_one_line(exc)) from None
-    except yaml.YAMLError as exc:
-        raise CliError(f"{scenario}: not valid YAML: {_one_line(exc)}") from None
-    except OSError as exc:
-        raise CliError(f"cannot read {scenario}: {exc.strerror}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    if scenario is None:
+        return Simulation(idle_scenario()), "idle host (this machine's size)"
+    path = Path(scenario)
+    if not path.exists():
+        shipped = shipped_scenarios()
+        if scenario not in shipped:
+            raise CliError(f"no scenario file {scenario} (and no shipped scenario of that name; "
+                           "see 'sysfs-emu scenarios')")
+        path = shipped[scenario]
+    if path.is_dir():
+        raise CliError(f"{scenario} is a directory, not a scenario file")
+    return Simulation.from_yaml(path), path.stem
 
 
 def _duration(value: str | None) -> float | None:
@@ -111,7 +109,7 @@ def _duration(value: str | None) -> float | None:
 # --- commands ---------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ksmtuned-py", prog_name="sysfs-emu")
 def main() -> None:
     """A simulated KSM kernel: /sys/kernel/mm/ksm and /proc as a live file tree."""
@@ -129,7 +127,7 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def run(scenario, root, speed, duration, clean, verbose):
     """Serve SCENARIO (a YAML file or a shipped name; default: an idle host) under --root."""
-    from sysfs_emu.runner import Server, ServeError
+    from sysfs_emu.runner import Server
 
     _setup_logging(verbose)
     if not speed > 0 or speed != speed or speed == float("inf"):
@@ -154,8 +152,6 @@ def run(scenario, root, speed, duration, clean, verbose):
     started, sim_start = time.monotonic(), sim.now
     try:
         server.run()
-    except ServeError as exc:
-        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot keep the tree under {root}: {exc.strerror}: {exc.filename}") from None
     wall = time.monotonic() - started
@@ -169,12 +165,9 @@ def run(scenario, root, speed, duration, clean, verbose):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def snapshot(root, as_json):
     """The current KSM counters and memory of the host under --root."""
-    from sysfs_emu.snapshot import SnapshotError, format_snapshot, take_snapshot
+    from sysfs_emu.snapshot import format_snapshot, take_snapshot
 
-    try:
-        snap = take_snapshot(root)
-    except SnapshotError as exc:
-        raise CliError(str(exc)) from None
+    snap = take_snapshot(root)
     if as_json:
         click.echo(json.dumps(snap, indent=2, sort_keys=True))
     else:
@@ -201,7 +194,8 @@ def event(event, root, timeout):
     'start: {name: qemu-system-x86, id: vm2, regions: [{pages: 262144, fill: pool, pool: debian}]}'
     or 'exit: vm2'.
     """
-    from sysfs_emu.runner import ServeError, send_event
+    from sysfs_emu.runner import send_event
+    from sysfs_emu.scenario import parse_yaml
 
     if event.startswith("@"):
         try:
@@ -209,15 +203,13 @@ def event(event, root, timeout):
         except OSError as exc:
             raise CliError(f"cannot read {event[1:]}: {exc.strerror}") from None
     try:
-        parsed = yaml.safe_load(event)
-    except yaml.YAMLError as exc:
-        raise CliError(f"the event is not valid YAML: {_one_line(exc)}") from None
+        parsed = parse_yaml(event)
+    except EmuError as exc:
+        raise CliError(f"the event is not valid YAML: {exc}") from None
     if not isinstance(parsed, dict):
         raise CliError("an event is a mapping such as 'start: {...}' or 'exit: ID'")
     try:
         answer = send_event(root, event, timeout=timeout)
-    except ServeError as exc:
-        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot queue the event under {root}: {exc.strerror}") from None
     if answer != "ok":
@@ -236,15 +228,14 @@ def simulate(scenario, config_path, duration, as_json):
     """Drive ksmtuned-py's decision over SCENARIO in simulated time; print each decision and the saving."""
     from ksmtuned_py import config as configmod
     from ksmtuned_py.errors import UserError
-    from sysfs_emu.simulate import Simulate
-    from ksmtuned_py.report import human_bytes
-    from sysfs_emu.units import format_clock
+    from sysfs_emu.simulate import Simulate, json_row
+    from sysfs_emu.units import format_bytes, format_clock
 
     seconds = _duration(duration)
     try:
         config = configmod.load(config_path or os.devnull)
     except UserError as exc:
-        raise CliError(_one_line(exc)) from None
+        raise CliError(one_line(exc)) from None
     if config_path and not config.file_found:
         raise CliError(f"no config file {config_path}")
     sim, name = load_simulation(scenario)
@@ -267,20 +258,14 @@ def simulate(scenario, config_path, duration, as_json):
             if c.saved_bytes > peak[0]:
                 peak = (c.saved_bytes, c.time)
             if as_json:
-                click.echo(json.dumps(c.as_dict()))
+                click.echo(json.dumps(json_row(c)))
                 continue
-            what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_ms} ms"
+            what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_millisecs} ms"
                     if c.action == "start" else "stop")
-            click.echo(f"{format_clock(c.time):>8}  {c.guests:>6}  {human_bytes(c.committed_kb * 1024):>10}  "
-                       f"{human_bytes(c.free_kb * 1024):>10}  {what:<46} {human_bytes(c.saved_bytes):>10}")
+            click.echo(f"{format_clock(c.time):>8}  {c.guests:>6}  {format_bytes(c.committed_kb * 1024):>10}  "
+                       f"{format_bytes(c.free_kb * 1024):>10}  {what:<46} {format_bytes(c.saved_bytes):>10}")
     except KeyboardInterrupt:
         raise CliError("interrupted") from None
-    except Exception as exc:  # a simulation error (e.g. out of memory) ends the run with its message
-        from sysfs_emu.scenario import SysfsEmuError
-
-        if isinstance(exc, SysfsEmuError):
-            raise CliError(_one_line(exc)) from None
-        raise
     wall = time.monotonic() - started
     if as_json:
         return
@@ -288,9 +273,9 @@ def simulate(scenario, config_path, duration, as_json):
         click.echo(f"no decision: --duration {duration} is shorter than the interval ({run.interval:g} s)")
         return
     first = format_clock(first_saving) if first_saving is not None else "never"
-    click.echo(f"after {format_clock(last.time)}: KSM saves {human_bytes(last.saved_bytes)} "
-               f"(general_profit {human_bytes(last.general_profit)}); first saving at {first}; "
-               f"peak {human_bytes(peak[0])} at {format_clock(peak[1])}; {wall:.1f} s of wall time")
+    click.echo(f"after {format_clock(last.time)}: KSM saves {format_bytes(last.saved_bytes)} "
+               f"(general_profit {format_bytes(last.general_profit)}); first saving at {first}; "
+               f"peak {format_bytes(peak[0])} at {format_clock(peak[1])}; {wall:.1f} s of wall time")
     if run.advisor_noted:
         click.echo("note: advisor_mode is scan-time, so the kernel's advisor set pages_to_scan")
 

@@ -1,4 +1,7 @@
-"""The host's /proc/meminfo, computed from the simulated memory in the kernel's layout.
+"""Host facts: the simulated host's /proc/meminfo in the kernel's layout, and the real machine's size.
+
+:func:`machine_memory_bytes` and :func:`machine_cpus` read the machine sysfs-emu
+runs on, for scenarios that do not say how big their host is.
 
 The model (all in kB, as /proc/meminfo counts):
 
@@ -24,11 +27,31 @@ aligned in 8, then `` kB``; the HugePages counts have no unit.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
-__all__ = ["MemorySnapshot", "meminfo_text", "meminfo_values", "watermarks_kb"]
+__all__ = ["MemorySnapshot", "meminfo_text", "meminfo_values", "watermarks_kb", "machine_memory_bytes",
+           "machine_cpus", "PID_MAX"]
 
+PID_MAX = 4194304  # /proc/sys/kernel/pid_max on 64-bit Linux: simulated PIDs stay below it
 VMALLOC_TOTAL_KB = 34359738367  # 32 TiB - 1 kB of vmalloc space on x86_64 with 4-level paging
+
+
+def machine_memory_bytes() -> int:
+    """MemTotal of the machine this runs on (bytes), for hosts that give no ``memory``."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def machine_cpus() -> int:
+    """CPUs of the machine this runs on, for hosts that give no ``cpus``."""
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -57,15 +80,8 @@ def watermarks_kb(total_kb: int) -> tuple[int, int, int]:
     return wmin, wmin + step, wmin + 2 * step
 
 
-def meminfo_values(s: MemorySnapshot) -> list[tuple[str, int, bool]]:
-    """The fields of /proc/meminfo in order: (name, value, has_kB_unit)."""
-    kb = lambda b: b // 1024  # noqa: E731
-    total = kb(s.memory)
-    used = kb(s.used)
-    guests = kb(s.guest_physical)
-    buffers = kb(s.buffers)
-    cached = kb(s.cached)
-    # Page cache gives way to the guests before free memory goes negative.
+def _after_reclaim(total: int, used: int, buffers: int, cached: int, guests: int) -> tuple[int, int, int]:
+    """(Buffers, Cached, MemFree) in kB: the page cache gives way to the guests before free memory goes negative."""
     short = used + buffers + cached + guests - total
     if short > 0:
         take = min(short, cached)
@@ -73,7 +89,28 @@ def meminfo_values(s: MemorySnapshot) -> list[tuple[str, int, bool]]:
         short -= take
         take = min(short, buffers)
         buffers -= take
-    free = max(0, total - used - buffers - cached - guests)
+    return buffers, cached, max(0, total - used - buffers - cached - guests)
+
+
+def _direct_map_kb(total: int) -> tuple[int, int, int]:
+    """(DirectMap4k, DirectMap2M, DirectMap1G): the kernel maps all RAM directly, a little of it in
+    4k pages, the first GiB(s) in 2M pages and the rest in 1G pages."""
+    direct_4k = 28672 if total > 65536 else total // 2
+    rest = max(0, -(-total // 2048) * 2048 - direct_4k)
+    gib = 1024 * 1024
+    if total > 4 * gib:
+        direct_2m = 2 * gib - direct_4k
+        return direct_4k, direct_2m, -(-(rest - direct_2m) // gib) * gib
+    return direct_4k, -(-rest // 2048) * 2048, 0
+
+
+def meminfo_values(s: MemorySnapshot) -> list[tuple[str, int, bool]]:
+    """The fields of /proc/meminfo in order: (name, value, has_kB_unit)."""
+    kb = lambda b: b // 1024  # noqa: E731
+    total = kb(s.memory)
+    used = kb(s.used)
+    guests = kb(s.guest_physical)
+    buffers, cached, free = _after_reclaim(total, used, kb(s.buffers), kb(s.cached), guests)
 
     # The host's own share, split among the kernel's consumers.
     host_anon = used * 30 // 100
@@ -104,17 +141,7 @@ def meminfo_values(s: MemorySnapshot) -> list[tuple[str, int, bool]]:
     commit_limit = swap + total // 2
     committed = host_anon * 3 + shmem + kb(s.guest_committed)
 
-    # The kernel's direct map covers all RAM: a little in 4k pages, the first
-    # GiB(s) in 2M pages and the rest in 1G pages.
-    direct_4k = 28672 if total > 65536 else total // 2
-    rest = max(0, -(-total // 2048) * 2048 - direct_4k)
-    gib = 1024 * 1024
-    if total > 4 * gib:
-        direct_2m = 2 * gib - direct_4k
-        direct_1g = -(-(rest - direct_2m) // gib) * gib
-    else:
-        direct_2m = -(-rest // 2048) * 2048
-        direct_1g = 0
+    direct_4k, direct_2m, direct_1g = _direct_map_kb(total)
 
     return [
         ("MemTotal", total, True),

@@ -1,39 +1,19 @@
 """The 24 files of /sys/kernel/mm/ksm (Linux 6.18, CONFIG_NUMA=y) as a Python object.
 
+The files are one declarative table, :data:`ATTRS`, as mm/ksm.c lists its
+attributes: each row is a file's name, its default, the parser its store uses
+and the store's rule; a row without a default is a read-only counter. Most
+stores follow one rule (:func:`_store_number`): parse, answer EINVAL for any
+parse error, check a bound, keep the variable's width. Only ``run``,
+``advisor_mode``, ``max_page_sharing`` and ``merge_across_nodes`` have stores
+of their own, because the kernel gives them rules of their own.
+
 ``Kernel`` holds the tunables as plain attributes, answers reads with the exact
 text of the file and applies writes with the kernel's parsing rules, errno for
 errno (see tests/data/ksm_conformance.json, recorded on the real kernel).
 Counters and the effects of unmerging come from an optional ``engine`` (the
 memory/ksmd model); without one the kernel has no memory: every counter is 0
 and pages are never shared.
-
-Write rules, as measured (parsers in :mod:`sysfs_emu.kstrto`):
-
-============================== ============ ===========================================
-file (default)                 parser       rule
-============================== ============ ===========================================
-run (0)                        kstrtouint   0, 1 or 2, else EINVAL (every error EINVAL);
-                                            a change to 2 unmerges everything
-pages_to_scan (100)            kstrtouint   EINVAL while advisor_mode is scan-time (even
-                                            before parsing); every error EINVAL
-sleep_millisecs (20)           kstrtouint   any u32, 0 allowed; every error EINVAL
-stable_node_chains_prune_      kstrtouint   any u32, 0 allowed; every error EINVAL
-millisecs (2000)
-max_page_sharing (256)         kstrtoint    EINVAL/ERANGE as parsed; < 2 EINVAL; same
-                                            value accepted; else EBUSY while shared
-merge_across_nodes (1)         kstrtoul     EINVAL/ERANGE as parsed; > 1 EINVAL; same
-                                            value accepted; else EBUSY while shared
-use_zero_pages (0),            kstrtobool   first character decides; error EINVAL
-smart_scan (1)
-advisor_mode ([none])          sysfs_streq  "none" or "scan-time", one trailing newline;
-                                            a change sets pages_to_scan to 100 (none) or
-                                            to advisor_min_pages_to_scan's low 32 bits
-advisor_max_cpu (70)           kstrtoul     every error EINVAL; keeps the low 32 bits
-advisor_min_pages_to_scan      kstrtoul     every error EINVAL; any u64, 0 allowed
-(500), advisor_max_pages_to_
-scan (30000)
-advisor_target_scan_time (200) kstrtoul     every error EINVAL; 0 is EINVAL
-============================== ============ ===========================================
 
 For every file: an empty write is accepted (0 bytes) and changes nothing; only
 the first 4096 bytes of a write reach the store, which then reports 4096 bytes
@@ -46,7 +26,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol
 
 from sysfs_emu.kstrto import (
     U32_MAX,
@@ -60,45 +41,11 @@ from sysfs_emu.kstrto import (
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 4096
-"""A sysfs store sees at most one page of a write; the rest is left unwritten."""
+SYSFS_WRITE_MAX = 4096
+"""Bytes of one write a sysfs store sees (one page of the kernel's buffer); the rest is left unwritten."""
 
 DEFAULT_PAGES_TO_SCAN = 100
-
-COUNTERS = (
-    "full_scans",
-    "general_profit",
-    "ksm_zero_pages",
-    "pages_scanned",
-    "pages_shared",
-    "pages_sharing",
-    "pages_skipped",
-    "pages_unshared",
-    "pages_volatile",
-    "stable_node_chains",
-    "stable_node_dups",
-)
-
-TUNABLES = (
-    "advisor_max_cpu",
-    "advisor_max_pages_to_scan",
-    "advisor_min_pages_to_scan",
-    "advisor_mode",
-    "advisor_target_scan_time",
-    "max_page_sharing",
-    "merge_across_nodes",
-    "pages_to_scan",
-    "run",
-    "sleep_millisecs",
-    "smart_scan",
-    "stable_node_chains_prune_millisecs",
-    "use_zero_pages",
-)
-
-FILES = tuple(sorted(COUNTERS + TUNABLES))
-
 ADVISOR_MODES = ("none", "scan-time")
-
 RUN_STOP, RUN_MERGE, RUN_UNMERGE = 0, 1, 2
 
 
@@ -114,39 +61,183 @@ class Engine(Protocol):
     def advisor_reset(self) -> None: ...
 
 
+Store = Callable[["Kernel", "Attr", bytes], None]
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One file of /sys/kernel/mm/ksm: a counter (``default`` None) or a tunable and its store rule.
+
+    The common rule, for a tunable without its own ``store``: ``parse`` the
+    data, any parse error is EINVAL; a value below ``minimum`` is EINVAL; keep
+    the low 32 bits when ``u32`` (an unsigned int the kernel fills from a
+    kstrtoul); refuse the write (EINVAL, before parsing) while the advisor is
+    on when ``advisor_owns``. A read shows the value in decimal and a newline
+    unless ``show`` says otherwise.
+    """
+
+    name: str
+    default: int | str | None = None
+    parse: Callable[[bytes], int | bool] | None = None
+    minimum: int | None = None
+    u32: bool = False
+    advisor_owns: bool = False
+    store: Store | None = None
+    show: Callable[["Kernel"], str] | None = None  # the text of a read, when it is not the value in decimal
+
+    @property
+    def counter(self) -> bool:
+        return self.default is None
+
+
+# ---- the stores ------------------------------------------------------------------------
+
+
+def _parsed(attr: Attr, raw: bytes) -> int:
+    """``attr.parse(raw)``, every parse error answered as EINVAL (as most KSM stores do)."""
+    assert attr.parse is not None
+    try:
+        return int(attr.parse(raw))
+    except OSError:
+        raise kernel_error(errno.EINVAL) from None
+
+
+def _store_number(kernel: "Kernel", attr: Attr, raw: bytes) -> None:
+    if attr.advisor_owns and kernel.advisor_mode != "none":
+        raise kernel_error(errno.EINVAL)
+    value = _parsed(attr, raw)
+    if attr.minimum is not None and value < attr.minimum:
+        raise kernel_error(errno.EINVAL)
+    setattr(kernel, attr.name, value & U32_MAX if attr.u32 else value)
+
+
+def _store_run(kernel: "Kernel", attr: Attr, raw: bytes) -> None:
+    """0, 1 or 2; a change to 2 unmerges every KSM page."""
+    flags = _parsed(attr, raw)
+    if flags > RUN_UNMERGE:
+        raise kernel_error(errno.EINVAL)
+    if kernel.run != flags:
+        kernel.run = flags
+        if flags == RUN_UNMERGE and kernel.engine is not None:
+            kernel.engine.unmerge_all()
+
+
+def _change_while_idle(kernel: "Kernel", attr: Attr, knob: int) -> None:
+    """Set the knob; a change (not a rewrite of the same value) is EBUSY while pages are merged."""
+    if knob == getattr(kernel, attr.name):
+        return
+    if kernel.engine is not None and kernel.engine.busy():
+        raise kernel_error(errno.EBUSY)
+    setattr(kernel, attr.name, knob)
+
+
+def _store_max_page_sharing(kernel: "Kernel", attr: Attr, raw: bytes) -> None:
+    """At least 2; the parser's EINVAL and ERANGE pass through; EBUSY on a change while shared."""
+    knob = kstrtoint(raw)
+    if knob < 2:
+        raise kernel_error(errno.EINVAL)
+    _change_while_idle(kernel, attr, knob)
+
+
+def _store_merge_across_nodes(kernel: "Kernel", attr: Attr, raw: bytes) -> None:
+    """0 or 1; the parser's EINVAL and ERANGE pass through; EBUSY on a change while shared."""
+    knob = kstrtoul(raw)
+    if knob > 1:
+        raise kernel_error(errno.EINVAL)
+    _change_while_idle(kernel, attr, knob)
+
+
+def _store_advisor_mode(kernel: "Kernel", attr: Attr, raw: bytes) -> None:
+    """``none`` or ``scan-time``; a change resets pages_to_scan and the advisor."""
+    for mode in ADVISOR_MODES:
+        if sysfs_streq(mode.encode(), raw):
+            break
+    else:
+        raise kernel_error(errno.EINVAL)
+    if mode == kernel.advisor_mode:
+        return
+    kernel.advisor_mode = mode
+    if mode == "none":
+        kernel.pages_to_scan = DEFAULT_PAGES_TO_SCAN
+    else:
+        # pages_to_scan is an unsigned int: only the low 32 bits survive.
+        kernel.pages_to_scan = kernel.advisor_min_pages_to_scan & U32_MAX
+    if kernel.engine is not None:
+        kernel.engine.advisor_reset()
+
+
+def _show_advisor_mode(kernel: "Kernel") -> str:
+    return " ".join(f"[{m}]" if m == kernel.advisor_mode else m for m in ADVISOR_MODES) + "\n"
+
+
+# ---- the table -------------------------------------------------------------------------
+
+# In the order of the directory listing. A row without a default is a counter.
+ATTRS: tuple[Attr, ...] = (
+    Attr("advisor_max_cpu", 70, kstrtoul, u32=True),
+    Attr("advisor_max_pages_to_scan", 30000, kstrtoul),
+    Attr("advisor_min_pages_to_scan", 500, kstrtoul),
+    Attr("advisor_mode", "none", store=_store_advisor_mode, show=_show_advisor_mode),
+    Attr("advisor_target_scan_time", 200, kstrtoul, minimum=1),
+    Attr("full_scans"),
+    Attr("general_profit"),
+    Attr("ksm_zero_pages"),
+    Attr("max_page_sharing", 256, store=_store_max_page_sharing),
+    Attr("merge_across_nodes", 1, store=_store_merge_across_nodes),
+    Attr("pages_scanned"),
+    Attr("pages_shared"),
+    Attr("pages_sharing"),
+    Attr("pages_skipped"),
+    Attr("pages_to_scan", DEFAULT_PAGES_TO_SCAN, kstrtouint, advisor_owns=True),
+    Attr("pages_unshared"),
+    Attr("pages_volatile"),
+    Attr("run", RUN_STOP, kstrtouint, store=_store_run),
+    Attr("sleep_millisecs", 20, kstrtouint),
+    Attr("smart_scan", 1, kstrtobool),
+    Attr("stable_node_chains"),
+    # The kernel parses a kstrtoul and refuses more than UINT_MAX: the same answers as kstrtouint.
+    Attr("stable_node_chains_prune_millisecs", 2000, kstrtouint),
+    Attr("stable_node_dups"),
+    Attr("use_zero_pages", 0, kstrtobool),
+)
+
+BY_NAME: Mapping[str, Attr] = {a.name: a for a in ATTRS}
+FILES = tuple(a.name for a in ATTRS)
+COUNTERS = tuple(a.name for a in ATTRS if a.counter)
+TUNABLES = tuple(a.name for a in ATTRS if not a.counter)
+
+
+def saved_bytes(pages_sharing: int, page_size: int) -> int:
+    """What KSM saves, as its documentation counts it: one page for each extra mapping of a KSM page."""
+    return int(pages_sharing) * int(page_size)
+
+
+# ---- the kernel ------------------------------------------------------------------------
+
+
 class Kernel:
     """Linux's KSM sysfs attributes with their defaults, read text and write rules."""
 
     def __init__(self, engine: Engine | None = None) -> None:
         self.engine = engine
-        self.run = RUN_STOP
-        self.pages_to_scan = DEFAULT_PAGES_TO_SCAN
-        self.sleep_millisecs = 20
-        self.max_page_sharing = 256
-        self.merge_across_nodes = 1
-        self.use_zero_pages = 0
-        self.smart_scan = 1
-        self.stable_node_chains_prune_millisecs = 2000
-        self.advisor_mode = "none"
-        self.advisor_max_cpu = 70
-        self.advisor_min_pages_to_scan = 500
-        self.advisor_max_pages_to_scan = 30000
-        self.advisor_target_scan_time = 200
-        self._stores: dict[str, Callable[[bytes], None]] = {
-            "advisor_max_cpu": self._store_advisor_max_cpu,
-            "advisor_max_pages_to_scan": self._store_advisor_max_pages_to_scan,
-            "advisor_min_pages_to_scan": self._store_advisor_min_pages_to_scan,
-            "advisor_mode": self._store_advisor_mode,
-            "advisor_target_scan_time": self._store_advisor_target_scan_time,
-            "max_page_sharing": self._store_max_page_sharing,
-            "merge_across_nodes": self._store_merge_across_nodes,
-            "pages_to_scan": self._store_pages_to_scan,
-            "run": self._store_run,
-            "sleep_millisecs": self._store_sleep_millisecs,
-            "smart_scan": self._store_smart_scan,
-            "stable_node_chains_prune_millisecs": self._store_prune_millisecs,
-            "use_zero_pages": self._store_use_zero_pages,
-        }
+        for attr in ATTRS:
+            if not attr.counter:
+                setattr(self, attr.name, attr.default)
+
+    # The tunables, for readers and type checkers (set from the table above).
+    run: int
+    pages_to_scan: int
+    sleep_millisecs: int
+    max_page_sharing: int
+    merge_across_nodes: int
+    use_zero_pages: int
+    smart_scan: int
+    stable_node_chains_prune_millisecs: int
+    advisor_mode: str
+    advisor_max_cpu: int
+    advisor_min_pages_to_scan: int
+    advisor_max_pages_to_scan: int
+    advisor_target_scan_time: int
 
     # ---- reading -------------------------------------------------------------
 
@@ -158,16 +249,22 @@ class Kernel:
 
     def read_attr(self, name: str) -> str:
         """The exact text a read of /sys/kernel/mm/ksm/<name> returns."""
-        if name not in FILES:
+        attr = BY_NAME.get(name)
+        if attr is None:
             raise kernel_error(errno.ENOENT)
-        if name in COUNTERS:
-            return f"{int(self.counters()[name])}\n"
-        if name == "advisor_mode":
-            return " ".join(f"[{m}]" if m == self.advisor_mode else m for m in ADVISOR_MODES) + "\n"
-        return f"{int(getattr(self, name))}\n"
+        return self._show(attr, self.counters() if attr.counter else {})
 
     def read_all(self) -> dict[str, str]:
-        return {name: self.read_attr(name) for name in FILES}
+        """Every file's text, with one read of the engine's counters."""
+        counters = self.counters()
+        return {attr.name: self._show(attr, counters) for attr in ATTRS}
+
+    def _show(self, attr: Attr, counters: Mapping[str, int]) -> str:
+        if attr.counter:
+            return f"{int(counters[attr.name])}\n"
+        if attr.show is not None:
+            return attr.show(self)
+        return f"{int(getattr(self, attr.name))}\n"
 
     # ---- writing -------------------------------------------------------------
 
@@ -180,10 +277,10 @@ class Kernel:
         that page (a short write). The store sees the data as a C string, so it
         ends at the first NUL.
         """
-        if name not in FILES:
+        attr = BY_NAME.get(name)
+        if attr is None:
             raise kernel_error(errno.ENOENT)
-        store = self._stores.get(name)
-        if store is None:
+        if attr.counter:
             raise kernel_error(errno.EACCES)
         if isinstance(data, str):
             raw = data.encode()
@@ -191,10 +288,10 @@ class Kernel:
             raw = bytes(data)
         else:
             raise TypeError(f"write_attr({name!r}): data must be str or bytes, not {type(data).__name__}")
-        raw = raw[:PAGE_SIZE]
+        raw = raw[:SYSFS_WRITE_MAX]
         if not raw:
             return 0
-        store(raw)
+        (attr.store or _store_number)(self, attr, raw)
         log.debug("ksm %s <- %r", name, raw)
         return len(raw)
 
@@ -209,105 +306,3 @@ class Kernel:
         while 0 < done < len(raw):
             raw = raw[done:]
             done = self.write_attr(name, raw)
-
-    def _busy(self) -> bool:
-        return self.engine is not None and self.engine.busy()
-
-    def _store_run(self, raw: bytes) -> None:
-        try:
-            flags = kstrtouint(raw)
-        except OSError:
-            raise kernel_error(errno.EINVAL) from None
-        if flags > RUN_UNMERGE:
-            raise kernel_error(errno.EINVAL)
-        if self.run != flags:
-            self.run = flags
-            if flags == RUN_UNMERGE and self.engine is not None:
-                self.engine.unmerge_all()
-
-    def _store_pages_to_scan(self, raw: bytes) -> None:
-        if self.advisor_mode != "none":
-            raise kernel_error(errno.EINVAL)
-        try:
-            self.pages_to_scan = kstrtouint(raw)
-        except OSError:
-            raise kernel_error(errno.EINVAL) from None
-
-    def _store_sleep_millisecs(self, raw: bytes) -> None:
-        try:
-            self.sleep_millisecs = kstrtouint(raw)
-        except OSError:
-            raise kernel_error(errno.EINVAL) from None
-
-    def _store_prune_millisecs(self, raw: bytes) -> None:
-        try:
-            self.stable_node_chains_prune_millisecs = kstrtouint(raw)
-        except OSError:
-            raise kernel_error(errno.EINVAL) from None
-
-    def _change_while_idle(self, name: str, knob: int) -> None:
-        """Set ``name``; a change (not a rewrite of the same value) is EBUSY while pages are merged."""
-        if knob == getattr(self, name):
-            return
-        if self._busy():
-            raise kernel_error(errno.EBUSY)
-        setattr(self, name, knob)
-
-    def _store_max_page_sharing(self, raw: bytes) -> None:
-        knob = kstrtoint(raw)  # EINVAL and ERANGE pass through
-        if knob < 2:
-            raise kernel_error(errno.EINVAL)
-        self._change_while_idle("max_page_sharing", knob)
-
-    def _store_merge_across_nodes(self, raw: bytes) -> None:
-        knob = kstrtoul(raw)  # EINVAL and ERANGE pass through
-        if knob > 1:
-            raise kernel_error(errno.EINVAL)
-        self._change_while_idle("merge_across_nodes", knob)
-
-    def _store_use_zero_pages(self, raw: bytes) -> None:
-        self.use_zero_pages = int(kstrtobool(raw))
-
-    def _store_smart_scan(self, raw: bytes) -> None:
-        self.smart_scan = int(kstrtobool(raw))
-
-    def _store_advisor_mode(self, raw: bytes) -> None:
-        if sysfs_streq(b"scan-time", raw):
-            mode = "scan-time"
-        elif sysfs_streq(b"none", raw):
-            mode = "none"
-        else:
-            raise kernel_error(errno.EINVAL)
-        if mode == self.advisor_mode:
-            return
-        self.advisor_mode = mode
-        if mode == "none":
-            self.pages_to_scan = DEFAULT_PAGES_TO_SCAN
-        else:
-            # pages_to_scan is an unsigned int: only the low 32 bits survive.
-            self.pages_to_scan = self.advisor_min_pages_to_scan & U32_MAX
-        if self.engine is not None:
-            self.engine.advisor_reset()
-
-    @staticmethod
-    def _parse_ulong(raw: bytes) -> int:
-        try:
-            return kstrtoul(raw)
-        except OSError:
-            raise kernel_error(errno.EINVAL) from None
-
-    def _store_advisor_max_cpu(self, raw: bytes) -> None:
-        # The variable is an unsigned int: the low 32 bits are kept silently.
-        self.advisor_max_cpu = self._parse_ulong(raw) & U32_MAX
-
-    def _store_advisor_min_pages_to_scan(self, raw: bytes) -> None:
-        self.advisor_min_pages_to_scan = self._parse_ulong(raw)
-
-    def _store_advisor_max_pages_to_scan(self, raw: bytes) -> None:
-        self.advisor_max_pages_to_scan = self._parse_ulong(raw)
-
-    def _store_advisor_target_scan_time(self, raw: bytes) -> None:
-        value = self._parse_ulong(raw)
-        if value < 1:
-            raise kernel_error(errno.EINVAL)
-        self.advisor_target_scan_time = value

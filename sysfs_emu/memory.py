@@ -6,7 +6,9 @@ pages, and content 0 is the empty (all-zero) page. Fresh ids come from
 too (the content tables grow to the largest id seen).
 
 Every simulated page owns one slot in each per-page array (19 bytes in
-all, plus 8 bytes per distinct content id); a process's regions are contiguous runs of slots, scanned in order. The
+all, plus 8 bytes per distinct content id; the arrays are in
+:mod:`sysfs_emu.pagearrays`); a process's regions are contiguous runs of
+slots, scanned in order. The
 arrays hold both the page table view (is the page mapped, is it the KSM zero
 page, which KSM page does it map) and ksmd's bookkeeping (the rmap item of the
 page: whether it exists, its checksum at the last scan, its place in the
@@ -17,63 +19,33 @@ second until ksmd comes back to it.
 KSM pages ("stable nodes") are also kept here in growable arrays, because they
 are physical memory: a KSM page lives while at least one page table entry maps
 it. ksmd (sysfs_emu.ksmd) owns the tree logic on top.
+
+Who writes what: the running totals (``mapped_pages``, ``zero_pages``,
+``ksm_mapped``, ``ksm_pages``, ``rmap_items``) change only inside the methods
+here, and so do the page table fields (``content``, ``kpage``, the MAPPED and
+ZERO bits, a KSM page's ``mapcount``). ksmd changes them through the
+operations it needs (:meth:`Memory.merge_pages`, :meth:`Memory.map_ksm_page`,
+:meth:`Memory.map_zero_pages`, :meth:`Memory.break_ksm`,
+:meth:`Memory.new_rmap_items`, :meth:`Memory.free_rmap_items`,
+:meth:`Memory.new_ksm_pages`, :meth:`Memory.leave_ksm`) and writes its own
+bookkeeping stored here directly: an rmap item's ``oldsum``, ``rnode``,
+``age``, ``skips`` and UNSTABLE/SEQ bits, a KSM page's ``count``, ``chain`` and
+``alive``, and the content tables.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-PAGE_SIZE = 4096
-RMAP_ITEM_SIZE = 64
-"""sizeof(struct ksm_rmap_item) on 64-bit Linux: the cost counted in general_profit."""
-
-# Per-page flag bits.
-MAPPED = np.uint8(1)  # a page table entry maps a page here
-RMAP = np.uint8(2)  # ksmd holds an rmap item for this page
-UNSTABLE = np.uint8(4)  # the rmap item is a node of the unstable tree
-SEQ = np.uint8(8)  # parity of the full scan that inserted it in the unstable tree
-ZERO = np.uint8(16)  # the entry maps the shared zero page (placed by KSM)
-
-NO_NODE = -1
-
-LARGE = 1 << 20
-"""Pages from which a memory counts as large (4 GiB): see :func:`keep_temporaries_on_heap`."""
-
-_malloc_tuned = False
-
-
-def keep_temporaries_on_heap() -> None:
-    """Let glibc serve ksmd's multi-megabyte numpy temporaries from its heap, not from fresh mmaps.
-
-    A pass over a large memory allocates and frees arrays of several MiB.
-    glibc maps any block above its mmap threshold (128 KiB until the process
-    happens to free a large mapped block, which raises it) afresh, and the
-    kernel zero-fills it page by page when first touched: passes ran up to
-    twice as slow whenever nothing large had been freed before, e.g. when the
-    arrays were sized up front with :meth:`Memory.reserve`. Raising the
-    thresholds (32 MiB to map, 128 MiB to give back) makes the speed not
-    depend on that history. Process-wide, done once, only for large memories;
-    a no-op without glibc.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    if mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 128 << 20):
-        log.debug("malloc thresholds raised for large simulated memories")
+from sysfs_emu import procstats
+from sysfs_emu.pagearrays import (
+    LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, NOT_AN_ITEM, ONE_EACH, PAGE_ARRAYS, RMAP, SEQ, UNSTABLE, ZERO,
+    Growable, keep_temporaries_on_heap, resident,
+)
+from sysfs_emu.pagearrays import PAGE_SIZE, RMAP_ITEM_SIZE  # noqa: F401  (the model's sizes, named here for importers)
+from sysfs_emu.procstats import ProcessStats
 
 
 class MemoryError_(ValueError):
@@ -107,117 +79,9 @@ class Process:
     in_ksm: bool = False  # has an mm slot on ksmd's list (MMF_VM_MERGEABLE)
 
 
-@dataclass
-class ProcessStats:
-    """What /proc/PID/ksm_stat and /proc/PID/ksm_merging_pages report."""
-
-    ksm_rmap_items: int
-    ksm_zero_pages: int
-    ksm_merging_pages: int
-    ksm_process_profit: int
-    ksm_merge_any: bool
-    ksm_mergeable: bool
-
-    def ksm_stat_text(self) -> str:
-        """The exact text of /proc/PID/ksm_stat on Linux 6.18."""
-        return (
-            f"ksm_rmap_items {self.ksm_rmap_items}\n"
-            f"ksm_zero_pages {self.ksm_zero_pages}\n"
-            f"ksm_merging_pages {self.ksm_merging_pages}\n"
-            f"ksm_process_profit {self.ksm_process_profit}\n"
-            f"ksm_merge_any: {'yes' if self.ksm_merge_any else 'no'}\n"
-            f"ksm_mergeable: {'yes' if self.ksm_mergeable else 'no'}\n"
-        )
-
-    def ksm_merging_pages_text(self) -> str:
-        return f"{self.ksm_merging_pages}\n"
-
-
 def checksum(contents: np.ndarray) -> np.ndarray:
     """The page checksum ksmd compares between scans: never 0 (0 = no checksum yet)."""
     return contents.astype(np.uint32) + np.uint32(1)
-
-
-class _Growable:
-    """Flat numpy arrays of one length that grow together.
-
-    ``halves`` names int32 views of the two halves of an int64 array
-    (``{"count": ("cm", 0)}``): two fields often read together share one
-    cache line, and a random look-up fetches both at once.
-    """
-
-    def __init__(
-        self, specs: dict[str, tuple[np.dtype, int]], capacity: int = 0, halves: dict[str, tuple[str, int]] | None = None
-    ) -> None:
-        self._specs = specs
-        self._halves = halves or {}
-        self.size = 0
-        for name, (dtype, fill) in specs.items():
-            setattr(self, name, np.full(capacity, fill, dtype=dtype))
-        self._set_halves()
-
-    def _set_halves(self) -> None:
-        for name, (base, half) in self._halves.items():
-            setattr(self, name, getattr(self, base).view(np.int32)[half::2])
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in self._halves}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._set_halves()  # copies and pickles keep the halves views of their own array
-
-    @property
-    def capacity(self) -> int:
-        first = next(iter(self._specs))
-        return len(getattr(self, first))
-
-    def reserve(self, n: int, factor: float = 1.25) -> None:
-        if n <= self.capacity:
-            return
-        new = max(n, int(self.capacity * factor) + 16)
-        for name, (dtype, fill) in self._specs.items():
-            old = getattr(self, name)
-            arr = np.full(new, fill, dtype=dtype)
-            arr[: len(old)] = old
-            setattr(self, name, arr)
-        self._set_halves()
-
-    def shrink(self, n: int) -> None:
-        """Keep room for ``n`` entries only (at least ``size``)."""
-        n = max(n, self.size)
-        if n >= self.capacity:
-            return
-        for name in self._specs:
-            setattr(self, name, getattr(self, name)[:n].copy())
-        self._set_halves()
-
-    def nbytes(self) -> int:
-        return sum(getattr(self, name).nbytes for name in self._specs)
-
-
-PAGE_ARRAYS = {
-    "content": (np.dtype(np.int32), 0),  # content id of the page mapped (or to be faulted in)
-    "oldsum": (np.dtype(np.uint32), 0),  # rmap item's checksum at the last scan (0 = none)
-    "kpage": (np.dtype(np.int32), NO_NODE),  # KSM page (stable node) this entry maps
-    "rnode": (np.dtype(np.int32), NO_NODE),  # stable node the rmap item hangs off
-    "flags": (np.dtype(np.uint8), 0),
-    "age": (np.dtype(np.uint8), 0),  # smart scan: visits without merging
-    "skips": (np.dtype(np.uint8), 0),  # smart scan: remaining skips
-}
-
-NODE_ARRAYS = {
-    "content": (np.dtype(np.int64), 0),
-    "cm": (np.dtype(np.int64), 0),  # count and mapcount side by side (see NODE_HALVES)
-    "chain": (np.dtype(np.int32), NO_NODE),  # chain id when the node is a dup
-    "alive": (np.dtype(np.bool_), False),  # still in the stable tree
-}
-NODE_HALVES = {
-    "count": ("cm", 0),  # rmap items on the node (rmap_hlist_len)
-    "mapcount": ("cm", 1),  # page table entries mapping the KSM page
-}
-ONE_EACH = np.int64(0x1_0000_0001)
-"""Added to ``nodes.cm``: one more rmap item and one more mapping (both halves stay below 2**31)."""
 
 
 class Memory:
@@ -226,8 +90,8 @@ class Memory:
     def __init__(self, capacity: int = 0) -> None:
         if capacity >= LARGE:
             keep_temporaries_on_heap()
-        self.pages = _Growable(PAGE_ARRAYS, capacity)
-        self.nodes = _Growable(NODE_ARRAYS, halves=NODE_HALVES)
+        self.pages = Growable(PAGE_ARRAYS, capacity)
+        self.nodes = Growable(NODE_ARRAYS, capacity=16, halves=NODE_HALVES)  # node 0 always indexable (masked look-ups)
         self.regions: list[Region] = []
         self.processes: dict[int, Process] = {}
         self._free_ranges: list[tuple[int, int]] = []  # (start, npages) of released slots
@@ -245,13 +109,6 @@ class Memory:
         self.ksm_pages = 0  # KSM pages in memory (mapcount > 0)
         self.rmap_items = 0
         self.listeners: list = []  # called with (event, pid) on process changes
-
-    def reserve(self, pages: int, contents: int = 0) -> None:
-        """Make room for ``pages`` pages (and ``contents`` content ids) at once, without growth slack."""
-        if pages >= LARGE:
-            keep_temporaries_on_heap()
-        self.pages.reserve(pages, factor=1.0)
-        self._grow_tables(contents, slack=False)
 
     def trim(self) -> None:
         """Drop the room kept for growth: page arrays and content tables shrink to what is in use."""
@@ -282,10 +139,10 @@ class Memory:
         self.stable_of = halves[0::2]
         self.unstable_of = halves[1::2]
 
-    def _grow_tables(self, n: int, slack: bool = True) -> None:
+    def _grow_tables(self, n: int) -> None:
         if n <= len(self.ctab):
             return
-        new = max(n, int(len(self.ctab) * 1.25) + 16) if len(self.ctab) and slack else n
+        new = max(n, int(len(self.ctab) * 1.25) + 16) if len(self.ctab) else n
         arr = np.full(new, -1, dtype=np.int64)  # NO_NODE in both halves
         arr[: len(self.ctab)] = self.ctab
         self.ctab = arr
@@ -368,13 +225,6 @@ class Memory:
             raise MemoryError_(f"region {region_id} belongs to a process that exited")
         return region
 
-    def set_region_mergeable(self, region_id: int) -> None:
-        """madvise(MADV_MERGEABLE) on a whole region."""
-        region = self.region(region_id)
-        if not region.mergeable:
-            region.mergeable = True
-            self._enter_ksm(self._process(region.pid))
-
     def set_process_mergeable(self, pid: int) -> None:
         """prctl(PR_SET_MEMORY_MERGE, 1): every region, present and future, is mergeable."""
         proc = self._process(pid)
@@ -400,8 +250,8 @@ class Memory:
             )
         return slice(region.start + first, region.start + first + n)
 
-    def _unmap_ksm(self, idx: np.ndarray) -> None:
-        """Drop the KSM page / zero page mappings of slots ``idx`` (they stay mapped or not)."""
+    def break_ksm(self, idx: np.ndarray) -> None:
+        """Drop the KSM page / zero page mappings of slots ``idx`` (they stay mapped or not): each gets its own copy."""
         p = self.pages
         zero = (p.flags[idx] & ZERO) != 0
         nz = int(zero.sum())
@@ -428,7 +278,7 @@ class Memory:
         arr = self._check_contents(contents)
         sl = self._slice(region_id, first, arr.size)
         idx = np.arange(sl.start, sl.stop)
-        self._unmap_ksm(idx)
+        self.break_ksm(idx)
         p = self.pages
         newly = int(((p.flags[sl] & MAPPED) == 0).sum())
         self.mapped_pages += newly
@@ -453,7 +303,7 @@ class Memory:
         for rid in proc.regions:
             region = self.regions[rid]
             idx = np.arange(region.start, region.stop)
-            self._unmap_ksm(idx)
+            self.break_ksm(idx)
             self.mapped_pages -= int(((p.flags[idx] & MAPPED) != 0).sum())
             p.flags[idx] &= ~MAPPED
             region.alive = False
@@ -476,6 +326,90 @@ class Memory:
                 self.pages.kpage[region.start : region.stop] = NO_NODE
         del self.processes[pid]
 
+    # ---- ksmd's operations --------------------------------------------------
+
+    def new_ksm_pages(self, contents: np.ndarray) -> np.ndarray:
+        """Stable nodes for new KSM pages of ``contents`` (no rmap item, no mapping yet); returns their ids."""
+        nodes = self.nodes
+        n = contents.size
+        start = nodes.size
+        nodes.reserve(start + n, factor=1.5)
+        nodes.size = start + n
+        sl = slice(start, start + n)
+        nodes.content[sl] = contents
+        nodes.cm[sl] = 0  # no rmap item, no mapping
+        nodes.chain[sl] = NO_NODE
+        nodes.alive[sl] = True
+        return np.arange(start, start + n, dtype=np.int32)
+
+    def map_ksm_page(self, slot: int, node: int) -> None:
+        """The entry of ``slot`` now maps KSM page ``node``; its own page is freed (replace_page())."""
+        self.pages.kpage[slot] = node
+        mapcount = self.nodes.mapcount
+        if mapcount[node] == 0:
+            self.ksm_pages += 1
+        mapcount[node] += 1
+        self.ksm_mapped += 1
+
+    def merge_pages(self, slots: np.ndarray, node_ids: np.ndarray, nodes=None, per_node=1, packed=None) -> np.ndarray:
+        """Pages ``slots`` merge into KSM pages ``node_ids``: each entry maps its KSM page and its rmap item hangs off it.
+
+        ``nodes`` are the distinct KSM pages among ``node_ids`` and ``per_node``
+        how many of ``slots`` each takes (by default ``node_ids`` are distinct,
+        one each); ``packed`` is ``self.nodes.cm[nodes]`` when the caller has
+        read it already. The item count and the mapcount of a KSM page share
+        one int64, so both change in one write. Returns the number of rmap
+        items each of ``nodes`` had before.
+        """
+        p = self.pages
+        p.kpage[slots] = node_ids
+        p.rnode[slots] = node_ids
+        if nodes is None:
+            nodes = node_ids
+        if packed is None:
+            packed = self.nodes.cm[nodes]
+        self.nodes.cm[nodes] = packed + per_node * ONE_EACH
+        halves = packed.view(np.int32)
+        self.ksm_pages += int(np.count_nonzero(halves[1::2] == 0))
+        self.ksm_mapped += slots.size
+        return halves[0::2]
+
+    def map_zero_pages(self, slots) -> None:
+        """The entries of ``slots`` (an array or one slot) now map the shared zero page: their own pages are freed."""
+        self.pages.flags[slots] |= ZERO
+        self.zero_pages += int(np.size(slots))
+
+    def new_rmap_items(self, window: slice, mask: np.ndarray) -> int:
+        """ksmd's first visit of the pages ``mask`` selects in ``window``: an rmap item each, no checksum yet."""
+        n = int(np.count_nonzero(mask))
+        if n:
+            p = self.pages
+            flags = p.flags[window]
+            flags[mask] = (flags[mask] | RMAP) & ~(UNSTABLE | SEQ)
+            p.oldsum[window][mask] = 0
+            p.age[window][mask] = 0
+            p.skips[window][mask] = 0
+            p.rnode[window][mask] = NO_NODE
+            self.rmap_items += n
+        return n
+
+    def free_rmap_items(self, slots) -> None:
+        """Free the rmap items of ``slots`` (an array or one slot; already out of both trees)."""
+        self.pages.flags[slots] &= NOT_AN_ITEM
+        self.rmap_items -= int(np.size(slots))
+
+    def has_rmap_items(self, pid: int) -> bool:
+        return bool((self.pages.flags[self.process_slots(pid)] & RMAP).any())
+
+    def leave_ksm(self, pid: int) -> None:
+        """ksmd dropped the process from its list; an exited one is forgotten (its slots reused)."""
+        proc = self.processes.get(pid)
+        if proc is None:
+            return
+        proc.in_ksm = False
+        if not proc.alive:
+            self.release_process(pid)
+
     # ---- views -------------------------------------------------------------
 
     def process_slots(self, pid: int) -> np.ndarray:
@@ -485,33 +419,21 @@ class Memory:
         parts = [np.arange(self.regions[r].start, self.regions[r].stop) for r in proc.regions]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
+    def process_pages(self, pid: int) -> procstats.ProcessPages:
+        """A running process's page counts (RSS, rmap items, merged pages...), in one pass over its regions."""
+        return procstats.count_pages(self, self._process(pid))
+
     def process_stats(self, pid: int) -> ProcessStats:
-        """The numbers of /proc/PID/ksm_stat."""
-        proc = self.processes.get(pid)
-        if proc is None or not proc.alive:
-            raise MemoryError_(f"no running process {pid}")
-        idx = self.process_slots(pid)
-        flags = self.pages.flags[idx]
-        rmap = int(((flags & RMAP) != 0).sum())
-        zero = int(((flags & ZERO) != 0).sum())
-        rnode = self.pages.rnode[idx]
-        rnode = rnode[rnode >= 0]
-        merging = int(self.nodes.alive[rnode].sum())  # items of a vanished KSM page no longer count
-        mergeable = any(self.regions[r].mergeable for r in proc.regions)
-        return ProcessStats(
-            ksm_rmap_items=rmap,
-            ksm_zero_pages=zero,
-            ksm_merging_pages=merging,
-            ksm_process_profit=(merging + zero) * PAGE_SIZE - rmap * RMAP_ITEM_SIZE,
-            ksm_merge_any=proc.merge_any,
-            ksm_mergeable=mergeable,
-        )
+        """The numbers of /proc/PID/ksm_stat of a running process."""
+        return self.process_pages(pid).stats()
 
     def rss_pages(self, pid: int) -> int:
         """Resident pages: every mapped page, merged or not; KSM zero pages are not counted."""
-        idx = self.process_slots(pid)
-        flags = self.pages.flags[idx]
-        return int((((flags & MAPPED) != 0) & ((flags & ZERO) == 0)).sum())
+        proc = self.processes.get(pid)
+        if proc is None:
+            raise MemoryError_(f"no process {pid}")
+        flags = self.pages.flags
+        return sum(int(resident(flags[self.regions[r].start : self.regions[r].stop]).sum()) for r in proc.regions)
 
     def physical_pages(self) -> int:
         """Pages of RAM in use by all processes: a KSM page counts once, the zero page not at all."""

@@ -1,7 +1,7 @@
 """Text of the /proc files for simulated processes and the host, in the kernel's layout.
 
 Pure functions: each takes plain numbers (or a process-like object with ``pid``,
-``name``, ``cmdline``, ``start_time``, ``rss_pages``, ``vsz_pages``) and returns the
+``name``, ``cmdline``, ``start_time``, ``rss_pages``, ``vsz_pages``, ``page_size``) and returns the
 exact text Linux 6.18 would show.  The field order and separators follow the real
 files (``/proc/self/stat``, ``statm``, ``status``) so parsers written for Linux —
 psutil, procps, node_exporter — read them unchanged.
@@ -67,7 +67,7 @@ def stat_text(proc, cpu: int = 0) -> str:
         1,  # num_threads
         0,  # itrealvalue
         starttime,
-        proc.vsz_pages * _page_size(proc),  # vsize, bytes
+        proc.vsz_pages * proc.page_size,  # vsize, bytes
         proc.rss_pages,  # rss, pages
         _RLIM_INFINITY,  # rsslim
         _START_CODE, _START_CODE + _CODE_SIZE, _STACK_TOP,  # startcode endcode startstack
@@ -88,14 +88,14 @@ def stat_text(proc, cpu: int = 0) -> str:
 
 def statm_text(proc) -> str:
     """``/proc/PID/statm``: size resident shared text lib data dt, in pages."""
-    text = _CODE_SIZE // _page_size(proc)
+    text = _CODE_SIZE // proc.page_size
     data = max(proc.vsz_pages - text, 0)
     return f"{proc.vsz_pages} {proc.rss_pages} 0 {text} 0 {data} 0\n"
 
 
 def status_text(proc, owner: Owner, hwm_pages: int | None = None) -> str:
     """``/proc/PID/status`` with every line Linux 6.18 prints, in its order."""
-    kb = _page_size(proc) // 1024
+    kb = proc.page_size // 1024
     size_kb = proc.vsz_pages * kb
     rss_kb = proc.rss_pages * kb
     hwm_kb = max(hwm_pages or 0, proc.rss_pages) * kb
@@ -202,10 +202,6 @@ def loadavg_text(nprocs: int, last_pid: int) -> str:
     return f"0.00 0.00 0.00 1/{nprocs} {last_pid}\n"
 
 
-def _page_size(proc) -> int:
-    return getattr(proc, "page_size", 4096)
-
-
 def _pte_kb(vsz_pages: int) -> int:
     """Page-table size for a mapping: one 4 KiB table per 512 pages."""
     return ((vsz_pages + 511) // 512) * 4
@@ -228,7 +224,7 @@ class Rollup:
     ksm: int  # entries mapping a KSM page
 
 
-def smaps_rollup_text(r: Rollup, vsz_pages: int, page_size: int = 4096) -> str:
+def smaps_rollup_text(r: Rollup, vsz_pages: int, page_size: int) -> str:
     """``/proc/PID/smaps_rollup`` with Linux 6.18's lines: ``Key:`` in 16 columns, value in 8, `` kB``."""
     end = _STACK_TOP + 0x21000
     start = min(_START_CODE, end - vsz_pages * page_size)

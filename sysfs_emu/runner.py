@@ -20,21 +20,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
+from sysfs_emu.errors import EmuError, ServeError, TreeError
+from sysfs_emu.files import replace_file
+from sysfs_emu.scenario import parse_yaml
+from sysfs_emu.tree import STATE_DIR, Tree
 
-from sysfs_emu.scenario import SysfsEmuError
-from sysfs_emu.tree import STATE_DIR, Tree, TreeError
+if TYPE_CHECKING:
+    from sysfs_emu.simulation import Simulation
 
 log = logging.getLogger(__name__)
 
 TICK = 0.1  # wall seconds between two looks at the tree
 MAX_LAG = 2.0  # wall seconds the simulation may fall behind before it stops catching up
 MIN_STEP = 0.001  # simulated seconds: the least a tick advances
-
-
-class ServeError(Exception):
-    """The root cannot be served; the message says why."""
 
 
 def _state_dir(root: Path) -> Path:
@@ -131,7 +131,7 @@ def holder_pid(root: Path) -> int | None:
 class Server:
     """Runs a Simulation at ``speed`` and keeps its tree under ``root`` current."""
 
-    sim: object
+    sim: "Simulation"
     root: Path
     speed: float = 1.0
     duration: float | None = None  # simulated seconds to run, None = until stopped
@@ -176,7 +176,7 @@ class Server:
                      self.scenario_name, self.root, self.speed, self.root)
             try:
                 self._loop()
-            except SysfsEmuError as exc:  # e.g. a scenario event that runs out of memory
+            except EmuError as exc:  # e.g. a scenario event that runs out of memory
                 raise ServeError(f"the simulation stopped at {self.sim.now:.1f}s: {exc}") from None
         finally:
             if self.clean:
@@ -257,24 +257,26 @@ class Server:
             except OSError:
                 continue
             result = self.apply_event_text(text)
-            tmp = self.events_dir / f".{name}.result.tmp"
-            tmp.write_text(result + "\n")
-            os.replace(tmp, self.events_dir / (name[: -len(".yaml")] + ".result"))
+            replace_file(self.events_dir / (name[: -len(".yaml")] + ".result"), (result + "\n").encode(),
+                         tmp=self.events_dir / f".{name}.result.tmp")
         return bool(names)
 
     def apply_event_text(self, text: str) -> str:
         """Apply one event given as YAML; return ``ok`` or ``error: ...``."""
         try:
-            event = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            return f"error: the event is not valid YAML: {str(exc).splitlines()[0]}"
+            event = parse_yaml(text)
+        except EmuError as exc:
+            return f"error: the event is not valid YAML: {exc}"
         if not isinstance(event, dict):
             return "error: an event is a mapping such as 'start: {...}' or 'exit: ID'"
         event = {k: v for k, v in event.items() if k != "at"}
         try:
             self.sim.apply(event)
-        except Exception as exc:  # the simulation's own errors carry the user-facing text
+        except EmuError as exc:
             log.warning("event refused: %s", exc)
+            return f"error: {exc}"
+        except Exception as exc:  # a bug: keep serving, and keep its traceback in the log
+            log.exception("event failed: %s", exc)
             return f"error: {exc}"
         log.info("event applied at %.1fs: %s", self.sim.now, json.dumps(event, default=str))
         self.tree.sync()
@@ -288,12 +290,10 @@ class Server:
             "scenario": self.scenario_name,
             "speed": self.speed,
             "now": self.sim.now,
-            "page_size": getattr(self.sim, "page_size", 4096),
+            "page_size": self.sim.page_size,
         }
         path = _state_dir(self.root) / "state.json"
-        tmp = path.with_name("state.json.tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+        replace_file(path, json.dumps(state).encode(), tmp=path.with_name("state.json.tmp"))
 
     def _remove_own_files(self) -> None:
         state = _state_dir(self.root)
@@ -331,9 +331,7 @@ def send_event(root: Path, text: str, timeout: float = 10.0) -> str:
         raise ServeError(f"no sysfs-emu is serving {root}")
     events = _state_dir(root) / "events"
     name = f"{time.time_ns()}-{os.getpid()}"
-    tmp = events / f".{name}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, events / f"{name}.yaml")
+    replace_file(events / f"{name}.yaml", text.encode(), tmp=events / f".{name}.tmp")
     result = events / f"{name}.result"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,41 +1,22 @@
-"""``sysfs-emu simulate``: ksmtuned-py's decision driven in simulated time, no files, no daemon.
+"""``sysfs-emu simulate``: ksmtuned-py's cycle driven in simulated time, no files, no daemon.
 
-Each cycle advances the Simulation by ``KSM_MONITOR_INTERVAL`` seconds, reads free
-and committed memory from it the way the daemon reads /proc, asks ksmtuned_py's
-pure :class:`~ksmtuned_py.decision.Tuner`, and writes the knobs through
-``Kernel.write_attr`` in the daemon's order.  The result answers "what would these
-settings save on my host, and how fast" in seconds of wall time.
+Each step advances the Simulation by ``KSM_MONITOR_INTERVAL`` seconds and runs the
+daemon's one cycle (``ksmtuned_py.cycle.Cycle``: read, decide with the configured
+policy, write the knobs in the daemon's order) on it through
+``ksmtuned_py.simhost.SimulationHost``.  So it writes exactly what the daemon would
+write on the same host, and answers "what would these settings save on my host, and
+how fast" in seconds of wall time.  This command is the only part of sysfs_emu that
+imports ksmtuned_py.
 """
 
 from __future__ import annotations
 
-import errno
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-from ksmtuned_py.decision import START, Params, Tuner
-from sysfs_emu import procstats
-
-
-@dataclass(frozen=True)
-class Cycle:
-    """One decision and the host right after it."""
-
-    time: float  # simulated seconds
-    guests: int
-    committed_kb: int
-    free_kb: int
-    action: str  # start / stop
-    level: str | None  # boost / decay on start
-    pages_to_scan: int
-    sleep_ms: int
-    run: int
-    pages_sharing: int
-    saved_bytes: int
-    general_profit: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from ksmtuned_py import policies
+from ksmtuned_py.cycle import Cycle
+from ksmtuned_py.report import CycleReport
+from ksmtuned_py.simhost import SimulationHost
 
 
 class Simulate:
@@ -43,60 +24,23 @@ class Simulate:
 
     def __init__(self, sim, config):
         self.sim = sim
-        self.config = config
         self.interval = float(config.monitor_interval)
-        self.pattern = re.compile(config.process_regex)
-        self.tuner = Tuner(Params.from_config(config), sim.mem_total_kb)
-        self.advisor_noted = False
+        host = SimulationHost.from_config(sim, config)
+        policy = policies.from_config(config)
+        policy.start(host.read_meminfo())  # a daemon starting with the simulation
+        self.tuning_cycle = Cycle(host, policy)
+        self.advisor_noted = False  # the kernel's advisor set pages_to_scan in some cycle
 
-    def readings(self) -> tuple[int, int, int]:
-        """(free kB, committed kB, guests) as the daemon computes them."""
-        mem = self.sim.meminfo_kb()
-        if self.config.free_metric == "available":
-            free = mem["MemAvailable"]
-        else:
-            free = mem["MemFree"] + mem["Buffers"] + mem["Cached"]
-        guests = [p for p in self.sim.processes if self.pattern.search(p.name)]
-        committed = sum(self._guest_kb(p) for p in guests)
-        return free, committed, len(guests)
-
-    def _guest_kb(self, proc) -> int:
-        """RSS in kB (the reference), or PSS with KSM_MEMORY_METRIC=pss, as the daemon reads them."""
-        if self.config.memory_metric == "pss":
-            fast = procstats.numbers(getattr(self.sim, "memory", None), proc.pid)
-            if fast is not None:
-                return fast.rollup.pss
-        return proc.rss_pages * proc.page_size // 1024
-
-    def _write(self, name: str, value: int) -> bool:
-        try:
-            self.sim.kernel.write_attr(name, f"{value}\n")
-            return True
-        except OSError as exc:
-            if name == "pages_to_scan" and exc.errno == errno.EINVAL:
-                self.advisor_noted = True
-                return False
-            raise
-
-    def cycle(self) -> Cycle:
+    def cycle(self) -> CycleReport:
+        """One interval of simulated time, then one cycle."""
         self.sim.advance(self.interval)
-        free, committed, guests = self.readings()
-        d = self.tuner.decide(free, committed)
-        if d.action == START:
-            if "[scan-time]" not in self.sim.kernel.read_attr("advisor_mode"):
-                self._write("pages_to_scan", d.npages)
-            else:
-                self.advisor_noted = True
-            self._write("sleep_millisecs", d.sleep)
-            self._write("run", 1)
-        else:
-            self._write("run", 0)
-        k = self.sim.kernel
-        sharing = int(k.read_attr("pages_sharing"))
-        return Cycle(
-            time=self.sim.now, guests=guests, committed_kb=committed, free_kb=free,
-            action=d.action, level=d.level, pages_to_scan=int(k.read_attr("pages_to_scan")),
-            sleep_ms=int(k.read_attr("sleep_millisecs")), run=int(k.read_attr("run")),
-            pages_sharing=sharing, saved_bytes=sharing * self.sim.page_size,
-            general_profit=int(k.read_attr("general_profit")),
-        )
+        report = self.tuning_cycle.run()
+        self.advisor_noted = self.advisor_noted or report.advisor_active
+        return report
+
+
+def json_row(report: CycleReport) -> dict:
+    """A cycle as ``--json`` prints it: the report, without the wall time it took (runs compare equal)."""
+    row = asdict(report)
+    del row["duration"]
+    return row

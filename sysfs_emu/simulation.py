@@ -18,35 +18,33 @@ read; keep it stable.
 
 from __future__ import annotations
 
-import errno as errno_mod
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from sysfs_emu.errors import SimulationError, errno_text
 from sysfs_emu.host import MemorySnapshot, meminfo_text
-from sysfs_emu.kernel import Kernel
+from sysfs_emu.kernel import Kernel, saved_bytes
 from sysfs_emu.ksmd import Ksmd
-from sysfs_emu.memory import Memory, ProcessStats
+from sysfs_emu.memory import PAGE_SIZE, Memory
+from sysfs_emu.processes import LiveProcess, SimProcess
 from sysfs_emu.scenario import (
-    PAGE_SIZE,
-    PID_MAX,
     ContentIds,
     Event,
     ExitProcess,
     ProcessSpec,
     Rewrite,
     Scenario,
-    ScenarioError,
     StartProcess,
     SysfsWrite,
     Touch,
     load_scenario,
     load_yaml,
     parse_event,
-    resolve_page_range,
 )
+from sysfs_emu.scenario.timeline import ProcessIds, guest_budget_pages, not_running, pid_error, resolve_page_range
 from sysfs_emu.units import describe_size, format_duration
 
 __all__ = ["Simulation", "SimProcess", "SimulationError"]
@@ -54,83 +52,6 @@ __all__ = ["Simulation", "SimProcess", "SimulationError"]
 log = logging.getLogger(__name__)
 
 DEFAULT_RUN_UNTIL_TIMEOUT = 86400.0
-
-
-class SimulationError(ScenarioError):
-    """The simulation cannot do what was asked (a refused event, a goal ksmd cannot reach, out of memory)."""
-
-
-@dataclass
-class _Live:
-    """Book-keeping for one running process."""
-
-    spec: ProcessSpec
-    pid: int
-    start_time: float  # seconds since boot
-    regions: list[int]  # the memory model's region handles, in spec order
-
-
-class SimProcess:
-    """One live simulated process, as /proc/PID shows it; numbers are read live from the memory model."""
-
-    def __init__(self, sim: "Simulation", live: _Live) -> None:
-        self._sim = sim
-        self._live = live
-
-    @property
-    def pid(self) -> int:
-        """Simulated PID: ``host.pid_base + id``."""
-        return self._live.pid
-
-    @property
-    def id(self) -> int:
-        """The scenario's process id."""
-        return self._live.spec.id
-
-    @property
-    def name(self) -> str:
-        """The comm: the scenario's name cut to 15 bytes, as the kernel keeps it."""
-        return self._live.spec.name.encode()[:15].decode(errors="ignore")
-
-    @property
-    def cmdline(self) -> list[str]:
-        return list(self._live.spec.cmdline)
-
-    @property
-    def start_time(self) -> float:
-        """When the process started, in seconds since boot (/proc/PID/stat starttime / USER_HZ)."""
-        return self._live.start_time
-
-    @property
-    def page_size(self) -> int:
-        return PAGE_SIZE
-
-    @property
-    def rss_pages(self) -> int:
-        """Resident pages: every page the process maps, merged or not (merging does not lower RSS)."""
-        return int(self._sim.memory.rss_pages(self.pid))
-
-    @property
-    def vsz_pages(self) -> int:
-        """Mapped size in pages: all regions, lazy ones included."""
-        return self._live.spec.pages
-
-    def ksm_stats(self) -> ProcessStats:
-        """The numbers of /proc/PID/ksm_stat (``ksm_rmap_items``, ``ksm_zero_pages``, ``ksm_merging_pages``,
-        ``ksm_process_profit``, ``ksm_merge_any``, ``ksm_mergeable``)."""
-        return self._sim.memory.process_stats(self.pid)
-
-    @property
-    def ksm_merging_pages(self) -> int:
-        """/proc/PID/ksm_merging_pages: this process's pages that map a KSM page."""
-        return int(self.ksm_stats().ksm_merging_pages)
-
-    def ksm_stat_text(self) -> str:
-        """/proc/PID/ksm_stat exactly as Linux 6.18 prints it."""
-        return self.ksm_stats().ksm_stat_text()
-
-    def __repr__(self) -> str:
-        return f"SimProcess(pid={self.pid}, id={self.id}, name={self.name!r})"
 
 
 class Simulation:
@@ -152,22 +73,19 @@ class Simulation:
         # Room for the guests running at time 0 up front: growing page arrays one region at a time is slow.
         self.memory = Memory(capacity=sum(p.pages for p in scenario.processes if p.start == 0))
         self.kernel = Kernel()
-        self.ksmd = Ksmd(self.kernel, self.memory)  # plugs itself in as kernel.engine
+        self.ksmd = Ksmd(self.kernel, self.memory)  # reads its tunables from the kernel's attributes
+        self.kernel.engine = self.ksmd  # the kernel's counters, run=2 and EBUSY come from ksmd
         self.contents = ContentIds(self.memory.new_contents)
         self.now: float = 0.0
         self.uptime_at_start: float = host.uptime
         self.boot_time: int = int(host.boot_time if host.boot_time is not None else time.time() - host.uptime)
-        self._live: dict[int, _Live] = {}  # by scenario id
-        self._used_ids: set[int] = {p.id for p in scenario.processes} | {
-            e.action.process.id for e in scenario.events if isinstance(e.action, StartProcess)
-        }
+        self._live: dict[int, LiveProcess] = {}  # by scenario id
+        self._ids = ProcessIds.of(scenario.processes, scenario.events)
         self._timeline = list(scenario.timeline)
-        self._next = 0
+        self._next = 0  # the first timeline entry not applied yet
+        self.events_applied = 0
         for name, text in scenario.ksm:
-            try:
-                self.kernel.write_attr(name, text)
-            except OSError as exc:  # validated already; only a model bug lands here
-                raise scenario.error(f"ksm.{name}", f"the kernel refuses {text!r}: {_errno_text(exc)}") from None
+            self.kernel.write_attr(name, text)  # load_scenario tried them on a kernel like this one
         self._apply_due(0.0)
         self.memory.trim()  # the content tables grew while guests were built: no slack kept at rest
 
@@ -247,9 +165,7 @@ class Simulation:
             return "run is 0 (ksmd is stopped); write 1 to run"
         if run == 2:
             return "run is 2 (ksmd only unmerges); write 1 to run"
-        if not any(
-            lv.spec.mergeable_all or any(r.mergeable for r in lv.spec.regions) for lv in self._live.values()
-        ):
+        if not any(lv.spec.mergeable for lv in self._live.values()):
             return "no running process has mergeable memory, so ksmd has nothing to scan"
         return None
 
@@ -273,7 +189,7 @@ class Simulation:
         self._timeline.insert(i, ev)
 
     def _resolve(self, ev: Event) -> Event:
-        """The reference checks load_scenario does on the timeline, against the live table.
+        """The checks load_scenario does on the timeline, against the live table.
 
         Returns the event with defaults filled in (a new process's id, a rewrite's page count).
         """
@@ -281,20 +197,17 @@ class Simulation:
         if isinstance(action, StartProcess):
             p = action.process
             if p.id < 0:
-                pid_id = 0
-                while pid_id in self._used_ids:
-                    pid_id += 1
-                action = StartProcess(replace(p, id=pid_id, where="start"))
-            elif p.id in self._used_ids:
+                action = StartProcess(replace(p, id=self._ids.lowest_free(), where="start"))
+            elif p.id in self._ids:
                 raise SimulationError(
                     f"event: start.id: id {p.id} is already used by another process of this simulation"
                 )
-            pid = self.scenario.host.pid_base + action.process.id
-            if pid >= PID_MAX:
-                raise SimulationError(f"event: start.id: host.pid_base + id must be < {PID_MAX}, got {pid}")
+            problem = pid_error(self.scenario.host, action.process.id)
+            if problem:
+                raise SimulationError(f"event: start.id: {problem}")
         elif isinstance(action, ExitProcess):
             if action.id not in self._live:
-                raise SimulationError(f"event: exit: no process with id {action.id} is running")
+                raise SimulationError(f"event: exit: {not_running(action.id)}")
         elif isinstance(action, (Rewrite, Touch)):
             live = {i: lv.spec for i, lv in self._live.items()}
             resolved, place, message = resolve_page_range(Event(ev.at, action, ""), live, "")
@@ -312,43 +225,49 @@ class Simulation:
     def _apply_event(self, ev: Event) -> None:
         action = ev.action
         log.debug("t=%s %s: %s", format_duration(self.now), ev.where or "event", action)
+        self.events_applied += 1
         if isinstance(action, SysfsWrite):
-            for name, text in action.writes:
-                try:
-                    self.kernel.write_attr(name, text)
-                except OSError as exc:
-                    raise SimulationError(
-                        f"{self._place(ev)}sysfs.{name}: at {format_duration(self.now)} "
-                        f"the kernel refuses {text!r}: {_errno_text(exc)}"
-                    ) from None
+            self._write_sysfs(action, ev)
         elif isinstance(action, StartProcess):
             self._start(action.process, ev)
         elif isinstance(action, ExitProcess):
             self._exit(action.id)
-        elif isinstance(action, Rewrite):
+        elif isinstance(action, (Rewrite, Touch)):
             self._write(action, ev)
-        elif isinstance(action, Touch):
-            self._write(action, ev)
-        else:  # pragma: no cover - parse_event only builds the four kinds
+        else:  # pragma: no cover - parse_event only builds these kinds
             raise TypeError(action)
+
+    def _write_sysfs(self, action: SysfsWrite, ev: Event) -> None:
+        for name, text in action.writes:
+            try:
+                self.kernel.write_attr(name, text)
+            except OSError as exc:
+                raise SimulationError(
+                    f"{self._place(ev)}sysfs.{name}: at {format_duration(self.now)} "
+                    f"the kernel refuses {text!r}: {errno_text(exc.errno)}"
+                ) from None
 
     def _place(self, ev: Event) -> str:
         """The start of a message about an event: ``file: events[3].`` or ``event: `` for apply()."""
         return f"{self.scenario.source}: {ev.where}." if ev.where else "event: "
+
+    def _budget_text(self) -> str:
+        """The guests' memory budget, for out-of-memory messages."""
+        return describe_size(guest_budget_pages(self.scenario.host) * PAGE_SIZE)
 
     # ---- processes -------------------------------------------------------------------
 
     def _start(self, spec: ProcessSpec, ev: Event) -> None:
         pid = self.scenario.host.pid_base + spec.id
         need = self.memory.physical_pages() + spec.resident_pages_at_start
-        if need > self._guest_budget_pages():
+        if need > guest_budget_pages(self.scenario.host):
             prefix = f"{self.scenario.source}: " if ev.where else "event: "
             raise SimulationError(
                 f"{prefix}{spec.where or 'start'}: starting process {spec.id} at {format_duration(self.now)} brings the "
                 f"guests' resident memory to {describe_size(need * PAGE_SIZE)}, more than the host has for them "
-                f"({describe_size(self._guest_budget_pages() * PAGE_SIZE)}): out of memory"
+                f"({self._budget_text()}): out of memory"
             )
-        self._used_ids.add(spec.id)
+        self._ids.claim(spec.id, spec.where or "start")
         self.memory.add_process(pid)
         if spec.mergeable_all:
             self.memory.set_process_mergeable(pid)  # prctl(PR_SET_MEMORY_MERGE) before mapping guest RAM
@@ -356,7 +275,7 @@ class Simulation:
         for region in spec.regions:
             contents = self.contents.contents(region.fill, 0, region.pages)
             handles.append(self.memory.add_region(pid, contents, mergeable=region.mergeable, mapped=not region.lazy))
-        self._live[spec.id] = _Live(spec=spec, pid=pid, start_time=self.uptime, regions=handles)
+        self._live[spec.id] = LiveProcess(spec=spec, pid=pid, start_time=self.uptime, regions=handles)
         log.debug("process %d (%s, pid %d) started with %d pages", spec.id, spec.name, pid, spec.pages)
 
     def _exit(self, pid_id: int) -> None:
@@ -375,31 +294,27 @@ class Simulation:
         else:
             self.memory.fault_in(region, action.first, action.pages)
         after = self.memory.physical_pages()
-        if after > before and after > self._guest_budget_pages():
+        if after > before and after > guest_budget_pages(self.scenario.host):
             kind = "rewrite" if isinstance(action, Rewrite) else "touch"
             raise SimulationError(
                 f"{self._place(ev)}{kind}: at {format_duration(self.now)} the guests need "
-                f"{describe_size(after * PAGE_SIZE)}, more than the host has for them ({describe_size(self._guest_budget_pages() * PAGE_SIZE)}): "
+                f"{describe_size(after * PAGE_SIZE)}, more than the host has for them ({self._budget_text()}): "
                 "out of memory"
             )
-
-    def _guest_budget_pages(self) -> int:
-        host = self.scenario.host
-        return (host.memory - host.used) // PAGE_SIZE
 
     @property
     def processes(self) -> list[SimProcess]:
         """The live processes, by PID."""
-        return [SimProcess(self, lv) for lv in sorted(self._live.values(), key=lambda lv: lv.pid)]
+        return [SimProcess(self.memory, lv) for lv in sorted(self._live.values(), key=lambda lv: lv.pid)]
 
     def process(self, pid_id: int) -> SimProcess:
         """The live process with scenario id ``pid_id`` (KeyError if none)."""
-        return SimProcess(self, self._live[pid_id])
+        return SimProcess(self.memory, self._live[pid_id])
 
     def process_by_pid(self, pid: int) -> SimProcess | None:
         for lv in self._live.values():
             if lv.pid == pid:
-                return SimProcess(self, lv)
+                return SimProcess(self.memory, lv)
         return None
 
     # ---- the host --------------------------------------------------------------------
@@ -407,6 +322,25 @@ class Simulation:
     @property
     def mem_total_kb(self) -> int:
         return self.scenario.host.memory // 1024
+
+    @property
+    def cpus(self) -> int:
+        return self.scenario.host.cpus
+
+    @property
+    def saved_bytes(self) -> int:
+        """What KSM saves now: ``pages_sharing`` pages."""
+        return saved_bytes(self.kernel.counters()["pages_sharing"], PAGE_SIZE)
+
+    def state_key(self) -> tuple:
+        """A value that changes whenever a process's resident or KSM numbers can have changed.
+
+        Readers that recompute per-process numbers (a pass over each process's
+        pages) compare it to skip the work when nothing moved.
+        """
+        mem = self.memory
+        return (mem.mapped_pages, mem.zero_pages, mem.ksm_mapped, mem.ksm_pages, mem.rmap_items,
+                self.events_applied)
 
     def memory_snapshot(self) -> MemorySnapshot:
         host = self.scenario.host
@@ -432,8 +366,3 @@ class Simulation:
             name, _, rest = line.partition(":")
             out[name] = int(rest.split()[0])
         return out
-
-
-def _errno_text(exc: OSError) -> str:
-    code = errno_mod.errorcode.get(exc.errno or 0, str(exc.errno))
-    return f"{code} ({os.strerror(exc.errno or 0)})"

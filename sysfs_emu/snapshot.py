@@ -8,16 +8,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ksmtuned_py.report import human_bytes
+from sysfs_emu.errors import SnapshotError
+from sysfs_emu.kernel import saved_bytes
 from sysfs_emu.runner import holder_pid, read_state
 from sysfs_emu.tree import KSM_DIR
-from sysfs_emu.units import format_clock
+from sysfs_emu.units import format_bytes, format_clock
 
 MEMINFO_KEYS = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached")
-
-
-class SnapshotError(Exception):
-    """Nothing to show under this root; the message says why."""
 
 
 def take_snapshot(root: str | os.PathLike) -> dict:
@@ -50,7 +47,7 @@ def take_snapshot(root: str | os.PathLike) -> dict:
         "ksm": ksm,
         "memory": memory,
         "page_size": page_size,
-        "saved_bytes": sharing * page_size if isinstance(sharing, int) else None,
+        "saved_bytes": saved_bytes(sharing, page_size) if isinstance(sharing, int) else None,
         "processes": _ksm_processes(root, page_size),
     }
     if state:
@@ -100,14 +97,14 @@ def format_snapshot(snap: dict) -> str:
     saved = snap.get("saved_bytes")
     profit = ksm.get("general_profit")
     if saved is not None:
-        extra = f", general_profit {human_bytes(profit)}" if isinstance(profit, int) else ""
-        lines.append(f"saved       {human_bytes(saved)} (pages_sharing x page size){extra}")
+        extra = f", general_profit {format_bytes(profit)}" if isinstance(profit, int) else ""
+        lines.append(f"saved       {format_bytes(saved)} (pages_sharing x page size){extra}")
     if mem:
-        parts = [f"{k[:-3]} {human_bytes(v * 1024)}" for k, v in mem.items()]
+        parts = [f"{k[:-3]} {format_bytes(v * 1024)}" for k, v in mem.items()]
         lines.append("memory      " + ", ".join(parts))
     procs = snap.get("processes") or []
     lines.append(f"processes   {len(procs)}")
     for p in procs:
-        lines.append(f"  {p['pid']:>7}  {p['name']:<16} rss {human_bytes(p['rss_bytes']):>10}  "
+        lines.append(f"  {p['pid']:>7}  {p['name']:<16} rss {format_bytes(p['rss_bytes']):>10}  "
                      f"merging {p['ksm_merging_pages']} pages")
     return "\n".join(lines) + "\n"

@@ -17,7 +17,6 @@ run (or ``--clean``) removes exactly what sysfs-emu made and nothing else.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -25,9 +24,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sysfs_emu import procfs, procstats
-from sysfs_emu.kernel import FILES, TUNABLES
+from sysfs_emu.errors import OnceLog, TreeError, errno_text
+from sysfs_emu.files import replace_file
+from sysfs_emu.kernel import ATTRS
+
+if TYPE_CHECKING:
+    from sysfs_emu.simulation import Simulation
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ KSM_DIR = "sys/kernel/mm/ksm"
 STATE_DIR = ".sysfs-emu"
 
 # The files of /sys/kernel/mm/ksm on Linux 6.18 and whether each can be written (0644) or not (0444).
-KSM_ATTRS: dict[str, bool] = {name: name in TUNABLES for name in FILES}
+KSM_ATTRS: dict[str, bool] = {attr.name: not attr.counter for attr in ATTRS}
 
 PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages", "smaps_rollup")
 HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg")
@@ -56,20 +61,15 @@ class _ProcView:
     page_size: int
     ksm_stat_text: str
     ksm_merging_pages: int
-    rollup: procfs.Rollup | None = None
+    rollup: procfs.Rollup
 
     @classmethod
-    def of(cls, proc, memory=None) -> "_ProcView":
-        fast = procstats.numbers(memory, proc.pid) if memory is not None else None
-        if fast is not None:
-            rss, stat_text, merging, rollup = fast.rss_pages, fast.ksm_stat_text, fast.ksm_merging_pages, fast.rollup
-        else:
-            stats = proc.ksm_stats()
-            rss, stat_text, merging, rollup = proc.rss_pages, stats.ksm_stat_text(), stats.ksm_merging_pages, None
+    def of(cls, proc, memory) -> "_ProcView":
+        n = procstats.numbers(memory, proc.pid)
         return cls(
             pid=proc.pid, name=proc.name, cmdline=tuple(proc.cmdline), start_time=proc.start_time,
-            rss_pages=int(rss), vsz_pages=int(proc.vsz_pages), page_size=getattr(proc, "page_size", 4096),
-            ksm_stat_text=stat_text, ksm_merging_pages=int(merging), rollup=rollup,
+            rss_pages=int(n.rss_pages), vsz_pages=int(proc.vsz_pages), page_size=proc.page_size,
+            ksm_stat_text=n.ksm_stat_text, ksm_merging_pages=int(n.ksm_merging_pages), rollup=n.rollup,
         )
 
 
@@ -79,10 +79,6 @@ def _shown(data: bytes, limit: int = 40) -> str:
     if len(data) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(data)} bytes)"
-
-
-class TreeError(Exception):
-    """The tree cannot be created under this root; the message says why."""
 
 
 @dataclass
@@ -122,22 +118,21 @@ class Manifest:
         return len(parts) >= 2 and parts[0] == "proc" and parts[1].isdigit() and int(parts[1]) in self.pids
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"dirs": self.dirs, "files": self.files, "pids": sorted(self.pids)}))
-        os.replace(tmp, self.path)
+        data = json.dumps({"dirs": self.dirs, "files": self.files, "pids": sorted(self.pids)}).encode()
+        replace_file(self.path, data, tmp=self.path.with_name(self.path.name + ".tmp"))
 
 
 class Tree:
     """The files of one simulated host under ``root``."""
 
-    def __init__(self, sim, root: str | os.PathLike, owner: procfs.Owner | None = None):
+    def __init__(self, sim: "Simulation", root: str | os.PathLike, owner: procfs.Owner | None = None):
         self.sim = sim
         self.root = Path(root)
         self.state_dir = self.root / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
         self.owner = owner or procfs.Owner.current()
-        host = getattr(getattr(sim, "scenario", None), "host", None)
-        self.cpus = getattr(host, "cpus", None) or os.cpu_count() or 1
+        self.cpus = sim.cpus
+        self._problems = OnceLog(log)
         self._written: dict[str, _Written] = {}
         self._pending_empty: set[str] = set()
         self._pids: dict[int, float] = {}  # pid -> start time of the process shown there
@@ -239,8 +234,9 @@ class Tree:
                 self._written.pop(rel)
                 continue
             except OSError as exc:
-                log.warning("cannot read %s: %s", rel, exc)
+                self._problems.fail(rel, f"cannot read {rel}: {exc}")
                 continue
+            self._problems.ok(rel, f"{rel} can be read again")
             touched = (st.st_ino, st.st_mtime_ns) != (mine.ino, mine.mtime_ns)
             if data == mine.data and not touched:
                 self._pending_empty.discard(rel)
@@ -254,10 +250,9 @@ class Tree:
             try:
                 kernel.write_attr(name, data)
             except OSError as exc:
-                code = errno.errorcode.get(exc.errno, str(exc.errno))
                 log.warning(
-                    "%s: write %s refused with %s (%s); value restored to %r",
-                    rel, _shown(data), code, os.strerror(exc.errno or 0), kernel.read_attr(name).rstrip("\n"),
+                    "%s: write %s refused with %s; value restored to %r",
+                    rel, _shown(data), errno_text(exc.errno), kernel.read_attr(name).rstrip("\n"),
                 )
                 self._written.pop(rel)  # forces the rewrite below
             else:
@@ -280,9 +275,7 @@ class Tree:
         return changed
 
     def _refresh_ksm(self) -> None:
-        kernel = self.sim.kernel
-        # One read of ksmd's counters for all 24 files.
-        texts = kernel.read_all() if hasattr(kernel, "read_all") else {n: kernel.read_attr(n) for n in KSM_ATTRS}
+        texts = self.sim.kernel.read_all()  # one read of ksmd's counters for all 24 files
         for name, writable in KSM_ATTRS.items():
             self._put(f"{KSM_DIR}/{name}", texts[name].encode(), 0o644 if writable else 0o444)
 
@@ -318,7 +311,7 @@ class Tree:
             self.manifest.save()
         key = self._memory_key()
         now = time.monotonic()
-        if not force and key is not None and key == self._proc_key:
+        if not force and key == self._proc_key:
             return
         if not force and now < self._next_proc_refresh:
             return
@@ -329,22 +322,17 @@ class Tree:
         self._proc_key = key
         self._next_proc_refresh = now + 4 * (time.monotonic() - now)
 
-    def _memory_key(self) -> tuple | None:
-        """Totals that move whenever a process's resident or KSM numbers can have changed."""
-        mem = getattr(self.sim, "memory", None)
-        try:
-            return (mem.mapped_pages, mem.zero_pages, mem.ksm_mapped, mem.ksm_pages, mem.rmap_items,
-                    getattr(self.sim, "_next", None), tuple(sorted(self._pids.items())))
-        except AttributeError:
-            return None
+    def _memory_key(self) -> tuple:
+        """A value that moves whenever a process's resident or KSM numbers can have changed."""
+        return self.sim.state_key(), tuple(sorted(self._pids.items()))
 
     def _view(self, proc) -> _ProcView:
-        return _ProcView.of(proc, getattr(self.sim, "memory", None))
+        return _ProcView.of(proc, self.sim.memory)
 
     def _proc_texts(self, proc: "_ProcView") -> dict[str, bytes]:
         hwm = max(self._hwm.get(proc.pid, 0), proc.rss_pages)
         self._hwm[proc.pid] = hwm
-        texts = {
+        return {
             "comm": procfs.comm_text(proc.name).encode(),
             "cmdline": procfs.cmdline_bytes(list(proc.cmdline)),
             "stat": procfs.stat_text(proc).encode(),
@@ -352,18 +340,17 @@ class Tree:
             "status": procfs.status_text(proc, self.owner, hwm).encode(),
             "ksm_stat": proc.ksm_stat_text.encode(),
             "ksm_merging_pages": f"{proc.ksm_merging_pages}\n".encode(),
+            "smaps_rollup": procfs.smaps_rollup_text(proc.rollup, proc.vsz_pages, proc.page_size).encode(),
         }
-        if proc.rollup is not None:
-            texts["smaps_rollup"] = procfs.smaps_rollup_text(proc.rollup, proc.vsz_pages, proc.page_size).encode()
-        return texts
 
     def _add_pid_dir(self, proc, texts: dict[str, bytes]) -> bool:
         """Build ``proc/PID`` aside and rename it into place, so it appears complete."""
         target = self.root / "proc" / str(proc.pid)
         if os.path.lexists(target):
-            log.error("%s exists and was not made by sysfs-emu; process %s (pid %d) is not shown",
-                      target, proc.name, proc.pid)
+            self._problems.fail(("pid", proc.pid, proc.start_time), f"{target} exists and was not made by sysfs-emu; "
+                                f"process {proc.name} (pid {proc.pid}) is not shown")
             return False
+        self._problems.ok(("pid", proc.pid, proc.start_time), f"{target} is free again; process {proc.name} (pid {proc.pid}) is shown")
         build = self.tmp_dir / f"new-{proc.pid}"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
@@ -402,22 +389,9 @@ class Tree:
         mine = self._written.get(rel)
         if mine is not None and mine.data == data and mine.mode == mode:
             return
-        tmp = self.tmp_dir / f"f{self._next_seq()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, mode)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.root / rel)
+        st = replace_file(self.root / rel, data, mode, tmp=self.tmp_dir / f"f{self._next_seq()}")
         self._written[rel] = _Written(data, mode, st.st_ino, st.st_mtime_ns)
 
     def _next_seq(self) -> int:
         self._tmp_seq += 1
         return self._tmp_seq
-
-    def written(self, rel: str) -> bytes | None:
-        """The bytes this tree last wrote to ``rel`` (None if it holds none)."""
-        mine = self._written.get(rel)
-        return mine.data if mine else None

@@ -27,10 +27,13 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-__all__ = ["UnitError", "parse_size", "parse_duration", "format_size", "format_duration", "format_clock", "describe_size"]
+from sysfs_emu.errors import EmuError
+
+__all__ = ["UnitError", "parse_size", "parse_duration", "format_size", "format_duration", "format_clock", "describe_size",
+           "format_bytes"]
 
 
-class UnitError(ValueError):
+class UnitError(EmuError, ValueError):
     """A size or duration that cannot be parsed; the message quotes the input."""
 
 
@@ -170,3 +173,13 @@ def describe_size(nbytes: int) -> str:
             if nbytes >= factor:
                 return f"{nbytes / factor:.3g}{unit}"
     return exact
+
+
+def format_bytes(nbytes: int | float) -> str:
+    """A size for reports, as ksmtuned-py's status prints them: ``512 B``, ``1.2 GiB``, ``-12.0 KiB``."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -62,7 +62,7 @@ def test_global_options_after_the_command(host, tmp_path):
     r = subprocess.run([*ksmtuned_py(), "adjust", "--apply", "--config", str(host.conf), "--root", str(host.root)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert host.knob("pages_to_scan") == "400\n"
+    assert host.knob("pages_to_scan") == "300\n"
 
 
 def test_install_refuses_root_after_it(host):
@@ -153,10 +153,10 @@ def test_status_text(host):
         f"saved:      10.0 MiB (pages_sharing 2560 x {PAGE} B); general_profit 9.5 MiB\n"
         "memory:     total 1000000 kB, free 100000 kB (classic), committed 0 kB (rss, 0 guests), "
         "thres 200000 kB\n"
-        "next cycle: start ksm (boost): pages_to_scan 400, sleep_millisecs 167, because "
+        "next cycle: start ksm (boost): pages_to_scan 300, sleep_millisecs 167, because "
         "free 100000 kB <= thres 200000 kB; free 100000 kB < thres 200000 kB, "
-        "so boost pages_to_scan from 100 to 400\n"
-        "npages:     100 now, from pages_to_scan (no daemon running)\n"
+        "so boost pages_to_scan from 0 to 300\n"
+        "npages:     0 now, from a fresh start (no daemon running)\n"
         f"daemon:     not running (no ksmtuned-py daemon is running: {host.pidfile} does not exist)\n"
     )
     assert r.stderr == ""
@@ -233,12 +233,12 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
         (other / "sys/kernel/mm/ksm" / name).write_text(value + "\n")
     (other / "proc/meminfo").write_text((host.root / "proc/meminfo").read_text())
     r = cli(host, "status", "--root", str(other))
-    assert (f"npages:     100 now, from pages_to_scan (the daemon runs on root {host.root}, not {other})\n"
+    assert (f"npages:     0 now, from a fresh start (the daemon runs on root {host.root}, not {other})\n"
             in r.stdout), r.stdout
     assert d.finish() == 0
     assert not state.exists() and not host.pidfile.exists()
     assert list(host.base.glob(".ksmtune.state.*")) == []
-    assert "from pages_to_scan (no daemon running)" in cli(host, "adjust").stdout
+    assert "taken from a fresh start (no daemon running)" in cli(host, "adjust").stdout
 
 
 def test_status_without_ksm(host):
@@ -258,8 +258,8 @@ def test_adjust_dry_run_writes_nothing(host):
     assert r.returncode == 0
     assert r.stdout.splitlines() == [
         "total 1000000", "sleep 167", "thres 200000", "committed 0 free 100000",
-        "200000 > 1000000, start ksm", "100000 < 200000, boost", "KSMCTL start 400 167",
-        "dry run: nothing written (npages started from 100, taken from pages_to_scan (no daemon running))",
+        "200000 > 1000000, start ksm", "100000 < 200000, boost", "KSMCTL start 300 167",
+        "dry run: nothing written (npages started from 0, taken from a fresh start (no daemon running))",
     ]
     assert {n: host.knob(n) for n in KSM_FILES} == before
     assert cli(host, "adjust").stdout == r.stdout  # dry run is the default
@@ -268,9 +268,9 @@ def test_adjust_dry_run_writes_nothing(host):
 def test_adjust_apply_writes_and_reports_failures(host):
     r = cli(host, "adjust", "--apply")
     assert r.returncode == 0
-    assert r.stdout.splitlines()[-1] == "wrote pages_to_scan=400, sleep_millisecs=167, run=1"
+    assert r.stdout.splitlines()[-1] == "wrote pages_to_scan=300, sleep_millisecs=167, run=1"
     assert (host.knob("pages_to_scan"), host.knob("sleep_millisecs"), host.knob("run")) == (
-        "400\n", "167\n", "1\n")
+        "300\n", "167\n", "1\n")
     host.set_meminfo(total=1000000, free=900000)
     r = cli(host, "adjust", "--apply")
     assert r.stdout.splitlines()[-2:] == ["200000 < 1000000 and free > 200000, stop ksm", "wrote run=0"]

@@ -613,7 +613,7 @@ def test_reload_in_process_applies_new_keys_and_keeps_the_pidfile(host, caplog):
         daemon.reload()
     assert daemon.scanner is scanner  # same rule: the process cache is kept
     assert f"PIDFILE changed to {host.base}/other.pid; that takes effect at the next start" in caplog.text
-    assert daemon.tuner.npages == 0
+    assert daemon.policy.npages == 0
     host.write_config("KSM_PROCESS_REGEX=^kvm$\nKSM_FREE_METRIC=available\nKSM_MEMORY_METRIC=pss\n")
     daemon.reload()
     assert daemon.scanner is not scanner

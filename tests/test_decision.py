@@ -79,7 +79,7 @@ def test_total_zero_is_refused():
 
 def test_stop_when_guests_fit_and_free_above_thres():
     tu = tuner(total=1000000, npages=700)
-    d = tu.decide(free=200001, committed=799999)  # 799999 + 200000 < 1000000
+    d = tu.decide(free_kb=200001, committed_kb=799999)  # 799999 + 200000 < 1000000
     assert (d.action, d.npages, d.level) == (STOP, 700, None)
     assert tu.npages == 700
     assert d.debug_lines() == [
@@ -90,8 +90,8 @@ def test_stop_when_guests_fit_and_free_above_thres():
 
 def test_committed_plus_thres_equal_total_starts():
     tu = tuner(total=1000000)
-    d = tu.decide(free=900000, committed=800000)  # 800000 + 200000 == total: not "<"
-    assert (d.action, d.level, d.npages, d.sleep) == (START, DECAY, 64, 167)
+    d = tu.decide(free_kb=900000, committed_kb=800000)  # 800000 + 200000 == total: not "<"
+    assert (d.action, d.level, d.npages, d.sleep_ms) == (START, DECAY, 64, 167)
     assert d.debug_lines() == [
         "committed 800000 free 900000",
         "1000000 > 1000000, start ksm",
@@ -102,7 +102,7 @@ def test_committed_plus_thres_equal_total_starts():
 
 def test_free_equal_thres_starts_and_decays():
     tu = tuner(total=1000000, npages=500)
-    d = tu.decide(free=200000, committed=0)  # free == thres: not "> thres", not "< thres"
+    d = tu.decide(free_kb=200000, committed_kb=0)  # free == thres: not "> thres", not "< thres"
     assert (d.action, d.level, d.npages) == (START, DECAY, 450)
     assert d.debug_lines()[1:] == [
         "200000 > 1000000, start ksm",
@@ -112,71 +112,71 @@ def test_free_equal_thres_starts_and_decays():
 
 
 def test_free_one_above_thres_stops():
-    assert tuner(total=1000000).decide(free=200001, committed=0).action == STOP
+    assert tuner(total=1000000).decide(free_kb=200001, committed_kb=0).action == STOP
 
 
 def test_free_below_thres_boosts():
     tu = tuner(total=1000000)
-    d = tu.decide(free=199999, committed=0)
+    d = tu.decide(free_kb=199999, committed_kb=0)
     assert (d.action, d.level, d.npages) == (START, BOOST, 300)
     assert d.debug_lines()[2] == "199999 < 200000, boost"
-    assert tu.decide(free=199999, committed=0).npages == 600
+    assert tu.decide(free_kb=199999, committed_kb=0).npages == 600
 
 
 def test_boost_clamped_to_max():
     tu = tuner(total=1000000, npages=1000)
-    assert tu.decide(free=0, committed=0).npages == 1250
-    assert tu.decide(free=0, committed=0).npages == 1250
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 1250
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 1250
 
 
 def test_negative_decay_crossing_min_clamps_to_min():
     tu = tuner(total=1000000, npages=100)
-    d = tu.decide(free=500000, committed=900000)
+    d = tu.decide(free_kb=500000, committed_kb=900000)
     assert (d.level, d.previous_npages, d.npages) == (DECAY, 100, 64)  # 50 < 64
-    assert tu.decide(free=500000, committed=900000).npages == 64
+    assert tu.decide(free_kb=500000, committed_kb=900000).npages == 64
     # exactly MIN after decay stays MIN; one above stays
-    assert tuner(total=1000000, npages=114).decide(free=500000, committed=900000).npages == 64
-    assert tuner(total=1000000, npages=115).decide(free=500000, committed=900000).npages == 65
+    assert tuner(total=1000000, npages=114).decide(free_kb=500000, committed_kb=900000).npages == 64
+    assert tuner(total=1000000, npages=115).decide(free_kb=500000, committed_kb=900000).npages == 65
 
 
 def test_min_greater_than_max_follows_the_reference_order():
     # MIN is checked first: below MIN gives MIN even though it is above MAX;
     # otherwise above MAX gives MAX even though it is below MIN.
     tu = tuner(total=1000000, npages_min=500, npages_max=100)
-    assert tu.decide(free=0, committed=0).npages == 500  # 0 + 300 < 500
-    assert tu.decide(free=0, committed=0).npages == 100  # 800 > 100
-    assert tu.decide(free=0, committed=0).npages == 500  # 400 < 500
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 500  # 0 + 300 < 500
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 100  # 800 > 100
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 500  # 400 < 500
 
 
 def test_npages_kept_across_stop():
     tu = tuner(total=1000000)
-    assert tu.decide(free=0, committed=0).npages == 300
-    assert tu.decide(free=0, committed=0).npages == 600
-    stop = tu.decide(free=900000, committed=0)
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 300
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 600
+    stop = tu.decide(free_kb=900000, committed_kb=0)
     assert (stop.action, stop.npages) == (STOP, 600)
-    assert tu.decide(free=0, committed=0).npages == 900
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 900
 
 
 def test_npages_overflow_wraps_then_clamps():
     top = (1 << 63) - 1
     tu = tuner(total=1000000, npages=top, npages_max=top, npages_boost=1)
-    assert tu.decide(free=0, committed=0).npages == 64  # wraps negative -> MIN
+    assert tu.decide(free_kb=0, committed_kb=0).npages == 64  # wraps negative -> MIN
 
 
 def test_committed_plus_thres_wraps_like_bash():
     tu = tuner(total=1000000)
-    d = tu.decide(free=900000, committed=(1 << 63) - 1)  # + 200000 wraps negative: "< total"
+    d = tu.decide(free_kb=900000, committed_kb=(1 << 63) - 1)  # + 200000 wraps negative: "< total"
     assert d.action == STOP
     assert d.debug_lines()[1] == "-9223372036854575809 < 1000000 and free > 200000, stop ksm"
 
 
 def test_reason_names_the_numbers():
-    d = tuner(total=1000000, npages=100).decide(free=100000, committed=0)
+    d = tuner(total=1000000, npages=100).decide(free_kb=100000, committed_kb=0)
     assert d.reason() == (
         "free 100000 kB <= thres 200000 kB; free 100000 kB < thres 200000 kB, "
         "so boost pages_to_scan from 100 to 400"
     )
-    d = tuner(total=1000000).decide(free=300000, committed=100000)
+    d = tuner(total=1000000).decide(free_kb=300000, committed_kb=100000)
     assert d.reason() == (
         "committed + thres = 300000 kB < total 1000000 kB and free 300000 kB > thres 200000 kB"
     )
@@ -201,22 +201,22 @@ def test_wrap_and_div_match_bash_arithmetic(triples):
 def test_clamp_to_min_keeps_the_configured_text():
     # npages=$KSM_NPAGES_MIN copies the text; `echo $npages` writes and prints it as written
     tu = tuner(total=1000000, npages=100, npages_min=64, npages_min_text="+64")
-    d = tu.decide(free=500000, committed=900000)  # decay: 50 < 64
+    d = tu.decide(free_kb=500000, committed_kb=900000)  # decay: 50 < 64
     assert (d.npages, d.npages_text) == (64, "+64")
     assert d.debug_lines()[-1] == "KSMCTL start +64 167"
     # the next cycle computes with the number: 64 - 50 = 14 -> MIN again; 64 + 300 is plain
-    assert tu.decide(free=0, committed=0).npages_text == "364"
+    assert tu.decide(free_kb=0, committed_kb=0).npages_text == "364"
 
 
 def test_clamp_to_max_keeps_the_configured_text_split_like_an_unquoted_echo():
     tu = tuner(total=1000000, npages=1000, npages_max=1250, npages_max_text=" +1250\t")
-    d = tu.decide(free=0, committed=0)
+    d = tu.decide(free_kb=0, committed_kb=0)
     assert (d.npages, d.npages_text) == (1250, "+1250")
     assert d.debug_lines()[-1] == "KSMCTL start +1250 167"
 
 
 def test_unclamped_npages_is_plain_decimal():
-    d = tuner(total=1000000, npages=100, npages_min_text="+64").decide(free=0, committed=0)
+    d = tuner(total=1000000, npages=100, npages_min_text="+64").decide(free_kb=0, committed_kb=0)
     assert (d.npages, d.npages_text) == (400, "400")
 
 
@@ -227,10 +227,10 @@ def test_thres_from_const_keeps_its_text_in_every_line():
     # `debug thres $thres` is unquoted (one space); the cycle lines quote "$thres" (raw)
     assert t.debug_lines()[2] == "thres +300000"
     tu = Tuner(p, 1000000)
-    assert tu.decide(free=400000, committed=0).debug_lines()[1:] == [
+    assert tu.decide(free_kb=400000, committed_kb=0).debug_lines()[1:] == [
         "300000 < 1000000 and free >  +300000, stop ksm"]
-    assert tu.decide(free=299999, committed=0).debug_lines()[2] == "299999 <  +300000, boost"
-    assert tu.decide(free=300000, committed=800000).debug_lines()[2] == "300000 >  +300000, decay"
+    assert tu.decide(free_kb=299999, committed_kb=0).debug_lines()[2] == "299999 <  +300000, boost"
+    assert tu.decide(free_kb=300000, committed_kb=800000).debug_lines()[2] == "300000 >  +300000, decay"
 
 
 def test_thres_computed_is_plain_decimal_even_with_a_const_text():
@@ -240,10 +240,11 @@ def test_thres_computed_is_plain_decimal_even_with_a_const_text():
 
 def test_params_from_config_carry_the_text(tmp_path):
     from ksmtuned_py import config as configmod
+    from ksmtuned_py.policies import ksmtuned_params
 
     conf = tmp_path / "ksmtuned.conf"
     conf.write_text("KSM_NPAGES_MIN=+64\nKSM_NPAGES_MAX='+900'\nKSM_THRES_CONST=\"+4096\"\n")
-    p = Params.from_config(configmod.load(str(conf), environ={}))
+    p = ksmtuned_params(configmod.load(str(conf), environ={}))
     assert (p.npages_min, p.npages_max, p.thres_const) == (64, 900, 4096)
     assert (p.text("npages_min"), p.text("npages_max"), p.text("thres_const")) == ("+64", "+900", "+4096")
-    assert Params.from_config(configmod.load(str(tmp_path / "none"), environ={})).text("npages_min") == "64"
+    assert ksmtuned_params(configmod.load(str(tmp_path / "none"), environ={})).text("npages_min") == "64"

@@ -120,6 +120,7 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
     kernel = Kernel()
     memory = Memory()
     ksmd = Ksmd(kernel, memory)
+    kernel.engine = ksmd
     settings = {"pages_to_scan": 100000, "sleep_millisecs": 0, **knobs}
     for name, value in settings.items():
         kernel.write_attr(name, str(value))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from sysfs_emu import procstats
 from sysfs_emu.kernel import Kernel
-from sysfs_emu.ksmd import TICK, Ksmd, msecs_to_jiffies
+from sysfs_emu.ksmd import TICK, CostModel, Ksmd, msecs_to_jiffies
+from sysfs_emu.ksmd.timing import Work, batch_period, split_into_batches, wake_after
 from sysfs_emu.memory import Memory
 
 
@@ -17,7 +20,7 @@ def make(vectorise: bool = True, **attrs):
     kernel = Kernel()
     memory = Memory()
     ksmd = Ksmd(kernel, memory, vectorise=vectorise)
-    assert kernel.engine is ksmd
+    kernel.engine = ksmd
     settings = {"pages_to_scan": 100000, "sleep_millisecs": 0, **attrs}
     for name, value in settings.items():
         kernel.write_attr(name, str(value))
@@ -339,3 +342,66 @@ def test_vanished_ksm_page_leaves_the_other_sharers_stats():
     # the first rmap item removed finds the page gone and takes the node (and all its items) away
     assert core(c)[:2] == (1, 1)
     assert [memory.process_stats(pid).ksm_merging_pages for pid in (1, 2, 3)] == [1, 1, 0]
+
+
+def test_process_numbers_agree_after_a_shared_ksm_page_vanishes():
+    """/proc/PID/ksm_stat and the live tree's numbers are one count: items of a vanished KSM page stop merging."""
+    kernel, memory, ksmd = make()
+    r1 = memory.add_region(1, [10, 11])
+    r2 = memory.add_region(2, [10, 11])
+    r3 = memory.add_region(3, [10])
+    scans(kernel, ksmd, 2)
+    for r, content in ((r1, 20), (r2, 20), (r3, 21)):
+        memory.write_pages(r, 0, [content])
+    kernel.write_attr("pages_to_scan", "1")
+    ksmd.advance(3600, until_pages_scanned=ksmd.pages_scanned + 1)
+    # process 1's visit removed the KSM page of 10 from the stable tree; the rmap items of processes 2
+    # and 3 still point at it, unvisited, but no longer count as merging (remove_node_from_stable_tree)
+    for pid, merging in ((1, 1), (2, 1), (3, 0)):
+        stats = memory.process_stats(pid)
+        fast = procstats.numbers(memory, pid)
+        assert (stats.ksm_merging_pages, fast.ksm_merging_pages) == (merging, merging)
+        assert fast.ksm_stat_text == stats.ksm_stat_text()
+        assert fast.rss_pages == memory.rss_pages(pid)
+
+
+def test_cost_model_and_batch_timing_alone():
+    cost = CostModel()
+    assert cost.tree(4096) == pytest.approx(4.7e-6)  # measured with 4096 pages in the unstable tree
+    assert cost.tree(8192) == pytest.approx(4.7e-6 + 0.75e-6)  # one level more
+    assert cost.tree(2) == cost.tree(0) == cost.checksum  # never below a checksum
+    work = Work(visits=15, ksm=1, skipped=2, changed=3, tree=4, merges=5)
+    assert work.seconds(cost, 4096) == pytest.approx(0.37e-6 + 2 * 0.30e-6 + 3 * 1.0e-6 + 4 * 4.7e-6 + 5 * 1.5e-6)
+    # a batch sleeps msecs_to_jiffies(sleep) and wakes one tick later; work past a tick adds a tick
+    assert batch_period(100e-6, 20, cost) == pytest.approx(6 * TICK)
+    assert batch_period(4.7e-3, 20, cost) == pytest.approx(7 * TICK)
+    assert batch_period(100e-6, 10, cost) == pytest.approx(4 * TICK)
+    assert batch_period(100e-6, 0, cost) == pytest.approx(100e-6 + cost.batch)  # no sleep: just the work
+    # 4000 pages at 100 a batch: 40 full batches and the empty one that finds the end (984 ms on Linux 6.18)
+    b = split_into_batches(40e-3, 4000, 100, ended=True)
+    assert (b.count, b.full, b.last) == (41, pytest.approx(1e-3), pytest.approx(0.0))
+    last_start = wake_after(0.0, b.count - 1, b.full, 20, cost)
+    assert wake_after(last_start, 1, b.last, 20, cost) == pytest.approx(41 * 6 * TICK)
+    # at 1000 a batch each full batch's work passes a tick: 4 x 7 + 6 ticks (136 ms on Linux 6.18)
+    b = split_into_batches(4 * 4.7e-3, 4000, 1000, ended=True)
+    last_start = wake_after(0.0, b.count - 1, b.full, 20, cost)
+    assert (b.count, wake_after(last_start, 1, b.last, 20, cost)) == (5, pytest.approx(34 * TICK))
+    # a run that stops inside a full scan: every batch is a full one
+    b = split_into_batches(3e-3, 250, 100, ended=False)
+    assert (b.count, b.full, b.last) == (3, pytest.approx(1.2e-3), pytest.approx(1.2e-3))
+
+
+def test_ksmd_reads_its_tunables_through_a_small_interface():
+    tunables = SimpleNamespace(
+        run=1, pages_to_scan=100000, sleep_millisecs=0, max_page_sharing=256, use_zero_pages=0, smart_scan=1,
+        stable_node_chains_prune_millisecs=2000, advisor_mode="none", advisor_max_cpu=70,
+        advisor_max_pages_to_scan=30000, advisor_target_scan_time=200,
+    )
+    memory = Memory()
+    ksmd = Ksmd(tunables, memory)
+    memory.add_region(1, [5, 5, 9])
+    ksmd.advance(3600, until_full_scans=2)
+    assert core(ksmd.counters()) == (1, 1, 1, 0, 0, 0, 0, 4096 - 3 * 64)
+    kernel = Kernel()
+    Ksmd(kernel, Memory())
+    assert kernel.engine is None  # plugging it in is the builder's choice, not a side effect

@@ -23,13 +23,13 @@ SAMPLE = metrics.Sample(
     decision="boost",
     npages=364,
     sleep_ms=20,
-    thres_kib=419430,
-    total_kib=2097152,
-    committed_kib=1048576,
-    free_kib=300000,
+    thres_kb=419430,
+    total_kb=2097152,
+    committed_kb=1048576,
+    free_kb=300000,
     guests=3,
-    cycle_timestamp=1700000000.25,
-    cycle_duration=0.0042,
+    time=1700000000.25,
+    duration=0.0042,
     cycles=5,
     info={"version": "0.1.0"},
 )
@@ -116,10 +116,14 @@ def test_explicit_prom_path_and_bad_targets(tmp_path: Path):
         metrics.write_textfile(tmp_path / "nodir" / "ksm.prom", SAMPLE)
 
 
-def test_read_ksm_counters_missing_files_are_none(tmp_path: Path):
+def test_ksm_counters_missing_files_are_none(tmp_path: Path):
+    # The cycle reads the KSM files once; a counter this kernel lacks is None, and left out of the metrics.
+    from ksmtuned_py.knobs import read_ksm_state
+
     (tmp_path / "general_profit").write_text("-4096\n")
     (tmp_path / "pages_scanned").write_text("99\n")
-    assert metrics.read_ksm_counters(tmp_path) == {
+    state = read_ksm_state(tmp_path)
+    assert {n: state.get(n) for n in ("general_profit", "ksm_zero_pages", "pages_scanned")} == {
         "general_profit": -4096, "ksm_zero_pages": None, "pages_scanned": 99,
     }
 
@@ -173,9 +177,10 @@ def test_one_shot_command_through_node_exporter(node_exporter_bin: Path, tmp_pat
     assert got.stdout == f"wrote {textdir / metrics.DEFAULT_NAME}\n"
     values, _ = parse(scrape_through_node_exporter(node_exporter_bin, textdir))
     assert values[("node_textfile_scrape_error", "")] == 0
-    # free 100000 kB < thres 419430 kB: a cycle now would boost pages_to_scan 100 -> 400.
+    # free 100000 kB < thres 419430 kB: with no daemon running, a cycle now is a fresh start's
+    # first (npages 0, whatever pages_to_scan says): boost to 300, as a starting daemon writes.
     assert values[("ksmtuned_decision", 'decision="boost"')] == 1
-    assert values[("ksmtuned_pages_to_scan", "")] == 400
+    assert values[("ksmtuned_pages_to_scan", "")] == 300
     assert values[("ksmtuned_sleep_seconds", "")] == pytest.approx(0.08)
     assert values[("ksmtuned_threshold_bytes", "")] == 419430 * 1024
     assert values[("ksmtuned_memory_free_bytes", "")] == 100000 * 1024
@@ -230,3 +235,25 @@ def test_daemon_logs_a_failing_metrics_write_once(tmp_path: Path):
         log = daemon.log_text()
     assert log.count(f"metrics textfile {missing}: directory {missing.parent} does not exist") == 1
     assert "Traceback" not in log
+
+
+def test_cycles_total_counts_the_daemons_cycles_across_reloads(tmp_path: Path):
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    host = make_host(tmp_path / "host", extra_config=f"KSM_METRICS_TEXTFILE={textdir}\n")
+    prom = textdir / metrics.DEFAULT_NAME
+
+    def cycles_total() -> float | None:
+        return parse(prom.read_text())[0].get(("ksmtuned_cycles_total", "")) if prom.exists() else None
+
+    with RunningDaemon(host) as daemon:
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: cycles_total() == 1, what="cycle 1 in the metrics file")
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: cycles_total() == 2, what="cycle 2 in the metrics file")
+        # A reload retunes (npages back to 0) but the counter goes on: it counts since the start.
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: cycles_total() == 3, what="the reload's cycle in the metrics file")
+        assert parse(prom.read_text())[1]["ksmtuned_cycles_total"] == "counter"

@@ -151,10 +151,10 @@ def test_read_host_sums_committed_memory(tmp_path):
             link_process(root, p.pid)
         scanner = GuestScanner(root)
         reading = read_host(root, scanner, "classic")
-        assert reading.free == 1600000
-        assert reading.committed == sum(rss_kib(p.pid) for p in procs)
+        assert reading.free_kb == 1600000
+        assert reading.committed_kb == sum(rss_kib(p.pid) for p in procs)
         assert [g.pid for g in reading.guests] == sorted(p.pid for p in procs)
-        assert read_host(root, scanner, "available").free == 2500000
+        assert read_host(root, scanner, "available").free_kb == 2500000
 
 
 def test_a_root_without_processes_has_no_guests(tmp_path):

@@ -385,6 +385,14 @@ def test_yaml_errors_name_the_file(tmp_path, text, message):
     assert str(info.value) == f"{path}: {message}"
 
 
+def test_deeply_nested_yaml_is_one_error(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("processes: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ScenarioError) as info:
+        load_yaml(path)
+    assert str(info.value) == f"{path}: malformed YAML: nested too deeply"
+
+
 def test_missing_yaml_file(tmp_path):
     with pytest.raises(ScenarioError) as info:
         Simulation.from_yaml(tmp_path / "nope.yaml")
@@ -421,6 +429,20 @@ def test_content_ids():
     assert 0 not in u1 and 0 not in p1 and 0 not in a
     # ids are dense: 2 tags + 15 + 10 pool entries + 2000 unique pages, numbered from 1
     assert everything.max() == 2 + 15 + 10 + 2000
+
+
+def test_fill_values_take_their_kinds_defaults_and_only_their_keys():
+    assert Fill("pool", pool="p") == Fill("pool", pool="p", offset=0) != Fill("pool", pool="p", offset=1)
+    assert (Fill("pool", pool="p").pool, Fill("pool", pool="p").offset, Fill("same", tag="t").tag) == ("p", 0, "t")
+    assert repr(Fill("pool", pool="p", offset=3)) == "Fill('pool', pool='p', offset=3)"
+    with pytest.raises(AttributeError):
+        Fill("zero").tag
+    with pytest.raises(TypeError):
+        Fill("zero", tag="x")
+    with pytest.raises(ValueError):
+        Fill("random")
+    assert hash(Fill("same", tag="t")) == hash(Fill("same", tag="t"))
+    assert copy.deepcopy(Fill("pool", pool="p", offset=2)) == Fill("pool", pool="p", offset=2)
 
 
 def test_content_ids_use_the_given_allocator():

@@ -241,6 +241,27 @@ def test_processes_come_and_go(tree, sim):
     assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == sorted(p.pid for p in sim.processes)
 
 
+def test_a_foreign_pid_directory_is_logged_once_and_its_end_too(tree, sim, caplog):
+    """A proc/PID that is not ours hides the process; the log says so once, not every tick."""
+    caplog.set_level(logging.INFO, logger="sysfs_emu.tree")
+    foreign = tree.root / "proc" / "1007"  # pid_base 1000 + id 7
+    foreign.mkdir()
+    (foreign / "comm").write_text("someone else\n")
+    sim.apply({"start": {"name": "qemu-kvm", "id": 7, "regions": [{"pages": 100, "fill": "zero"}]}})
+    for _ in range(5):
+        tree.sync()
+    said = [r.getMessage() for r in caplog.records if "1007" in r.getMessage()]
+    assert said == [f"{foreign} exists and was not made by sysfs-emu; process qemu-kvm (pid 1007) is not shown"]
+    assert read(foreign / "comm") == "someone else\n"
+    shutil.rmtree(foreign)
+    caplog.clear()
+    for _ in range(3):
+        tree.sync()
+    assert read(foreign / "comm") == "qemu-kvm\n"
+    assert [r.getMessage() for r in caplog.records if "1007" in r.getMessage()] == [
+        f"{foreign} is free again; process qemu-kvm (pid 1007) is shown"]
+
+
 def test_remove_deletes_only_what_it_made(sim, tmp_path):
     root = tmp_path / "host"
     (root / "proc").mkdir(parents=True)

@@ -1,0 +1,40 @@
+"""The host as files under a root: the real ``/``, a test tree, or a tree sysfs-emu serves."""
+
+from __future__ import annotations
+
+import os
+
+from ksmtuned_py import config as configmod
+from ksmtuned_py.knobs import KsmState, ksm_dir, read_ksm_state, write_knob
+from ksmtuned_py.readings import PAGE_SIZE, GuestScanner, MemInfo, Readings, read_host, read_meminfo
+
+
+class FileHost:
+    """``cycle.Host`` over ``<root>/proc`` and ``<root>/sys/kernel/mm/ksm``."""
+
+    page_size = PAGE_SIZE
+
+    def __init__(self, root: str | os.PathLike = "/", scanner: GuestScanner | None = None,
+                 free_metric: str = "classic"):
+        self.root = root
+        self.scanner = scanner if scanner is not None else GuestScanner(root)
+        self.free_metric = free_metric
+        self._ksm = ksm_dir(root)
+        self.ksm_dir = str(self._ksm)
+
+    @classmethod
+    def from_config(cls, root: str | os.PathLike, config: configmod.Config) -> "FileHost":
+        scanner = GuestScanner(root, config.process_regex, config.memory_metric)
+        return cls(root, scanner, config.free_metric)
+
+    def read_meminfo(self) -> MemInfo:
+        return read_meminfo(self.root)
+
+    def read(self) -> Readings:
+        return read_host(self.root, self.scanner, self.free_metric)
+
+    def read_ksm(self) -> KsmState:
+        return read_ksm_state(self._ksm)
+
+    def write_ksm(self, name: str, value: str) -> None:
+        write_knob(self._ksm, name, value)
