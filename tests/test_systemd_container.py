@@ -482,9 +482,10 @@ def test_reload_rereads_config_and_retunes(container: Container):
     pid = c.show("ksmtuned-py", "MainPID")["MainPID"]
     c.sh("systemctl reload ksmtuned-py")
     expected_sleep = str(_sleep_for(c, 200))
-    _wait(lambda: c.ksm_knobs()["sleep_millisecs"] == expected_sleep, 20, "the retune after reload")
-    knobs = c.ksm_knobs()
-    assert (knobs["run"], knobs["pages_to_scan"]) == ("1", "300")
+    # The scratch knobs are plain files, rewritten one after the other: wait for all three
+    # (a read between a file's truncation and its write sees it empty).
+    _wait(lambda: [c.ksm_knobs()[k] for k in ("run", "pages_to_scan", "sleep_millisecs")]
+          == ["1", "300", expected_sleep], 20, "the retune after reload")
     props = c.show("ksmtuned-py", "ActiveState", "SubState", "StatusText", "MainPID")
     assert props["MainPID"] == pid and props["SubState"] == "running"
     _wait(lambda: c.show("ksmtuned-py", "StatusText")["StatusText"].startswith(
