@@ -13,7 +13,7 @@ daemons alternating. Prints both, and the ratio.
 
 Also prints ksmtuned-py's guest scan alone, in this process: the first scan
 (every process read in full) and later ones (known non-guests: only their comm
-is re-read, to notice an exec or a rename).
+is re-read, from the file kept open, to notice an exec or a rename).
 
 Needs root (namespaces, bind mounts) and Debian's ksmtuned package (fetched
 into the test cache with apt-get download). Usage:
@@ -114,6 +114,9 @@ def scan_alone(repeat: int) -> list[str]:
         from ksmtuned_py import readings
     except ImportError as e:
         return [f"(guest scan alone not measured: {e})"]
+    from ksmtuned_py.daemon import raise_open_files_limit
+
+    raise_open_files_limit()  # as the daemon does: a comm file kept open per process
     scanner = readings.GuestScanner("/")
     t0 = time.process_time()
     scanner.scan()
@@ -140,7 +143,10 @@ def inside(args) -> int:
                    for i in range(args.guests)]
     benches: list[Bench] = []
     try:
-        with stand_in_guests(*guests_spec), tempfile.TemporaryDirectory(dir="/tmp", prefix="ksmtuned-bench-") as tmp:
+        # The scratch /run, knobs and meminfo on a tmpfs, as /run and sysfs are on a real host (a
+        # disk file system would make every state-file rename and knob write cost milliseconds).
+        scratch_dir = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+        with stand_in_guests(*guests_spec), tempfile.TemporaryDirectory(dir=scratch_dir, prefix="ksmtuned-bench-") as tmp:
             conf = "KSM_MONITOR_INTERVAL=3600\n"
             if args.debug:
                 conf += "DEBUG=1\nLOGFILE=/run/ksmtuned.log\n"

@@ -36,6 +36,23 @@ def _ignore(signum, frame) -> None:
     """Empty handler: the wakeup fd carries the signal to the main loop."""
 
 
+def raise_open_files_limit(wanted: int = 1 << 16) -> None:
+    """Let the guest scan keep a comm file open per process: the soft open-files limit up to the hard one.
+
+    (systemd starts services with a soft limit of 1024; the scan reads processes beyond
+    what it may keep open the slower way, so a limit that cannot be raised costs only time.)
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as e:
+            log.debug("cannot raise the open-files limit to %d: %s", target, e)
+
+
 def config_listeners(config: configmod.Config) -> list[CycleListener]:
     """Cycle listeners the configuration asks for (rebuilt on every reload).
 
@@ -121,6 +138,8 @@ class Daemon:
         old = self.scanner
         if old is None or old.pattern.pattern != cfg.process_regex or old.metric != cfg.memory_metric:
             self.scanner = GuestScanner(self.root, cfg.process_regex, cfg.memory_metric)
+            if old is not None:
+                old.close()
         self.host = FileHost(self.root, self.scanner, cfg.free_metric)
         if self.tuning_cycle is not None:
             self.tuning_cycle.host = self.host
@@ -279,6 +298,7 @@ class Daemon:
         """Set up, write the pidfile, and loop until SIGTERM/SIGINT."""
         # Handlers first: a SIGUSR1 sent as soon as the pidfile appears must not kill us.
         old = self._install_signals()
+        raise_open_files_limit()
         try:
             self.load_config()
             # The lock before any debug line: a refused second instance writes nothing.

@@ -279,10 +279,10 @@ def test_exited_pids_leave_the_cache(tmp_path):
     fake_process(root, 30, "bash", 1, 1)
     scanner = GuestScanner(root)
     scanner.scan()
-    assert 30 in scanner._cache
+    assert "30" in scanner._cache
     shutil.rmtree(root / "proc" / "30")
     scanner.scan()
-    assert 30 not in scanner._cache
+    assert "30" not in scanner._cache
 
 
 def test_vmrss_from_status_wins_over_stat_rss(tmp_path):
@@ -309,3 +309,65 @@ def test_an_unlistable_proc_is_logged_once_per_change(tmp_path, caplog):
         f"listing {root}/proc works again",
         f"cannot list {root}/proc: No such file or directory; counting no guests",
     ]
+
+
+# --- the live procfs: comm files kept open ---------------------------------------------------
+
+RENAMER = r"""
+import ctypes, sys
+sys.stdin.readline()
+ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b"qemu:vm1"), 0, 0, 0)  # PR_SET_NAME
+print("renamed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _wait_comm(pid: int, comm: str) -> None:
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/comm").read_text() != comm + "\n":
+        assert time.monotonic() < deadline, f"pid {pid} never got comm {comm}"
+        time.sleep(0.01)
+
+
+def test_on_the_real_proc_known_processes_are_watched_and_an_exec_or_a_rename_is_seen(tmp_path):
+    """On a live procfs the comm files stay open; a watched process that execs qemu or renames itself is counted."""
+    qemu = tmp_path / "qemu-system-x86_64"
+    qemu.symlink_to(shutil.which("sleep"))
+    execs = subprocess.Popen(["sh", "-c", 'read line; exec "$0" 600', str(qemu)], stdin=subprocess.PIPE)
+    renames = subprocess.Popen(["python3", "-c", RENAMER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        scanner = GuestScanner("/")
+        mine = {execs.pid, renames.pid}
+        assert not mine & {g.pid for g in scanner.scan()}
+        assert str(execs.pid) in scanner.watch and str(renames.pid) in scanner.watch
+        entries = {pid: scanner._cache[str(pid)] for pid in mine}
+        assert not mine & {g.pid for g in scanner.scan()}
+        # Nothing changed: they were not read again (a read makes a new entry), only their comm files.
+        assert all(scanner._cache[str(pid)] is entry for pid, entry in entries.items())
+        execs.stdin.write(b"go\n")
+        execs.stdin.flush()
+        _wait_comm(execs.pid, "qemu-system-x86")
+        renames.stdin.write(b"go\n")
+        renames.stdin.flush()
+        assert renames.stdout.readline() == b"renamed\n"
+        found = {g.pid: g for g in scanner.scan()}
+        assert found[execs.pid].comm == "qemu-system-x86" and found[execs.pid].kb == rss_kib(execs.pid)
+        assert found[renames.pid].comm == "qemu:vm1"
+        assert str(execs.pid) not in scanner.watch  # a guest is read in full every scan
+    finally:
+        for p in (execs, renames):
+            p.kill()
+            p.wait()
+    scanner.scan()
+    assert str(execs.pid) not in scanner.watch and str(execs.pid) not in scanner._cache
+    scanner.close()
+    assert len(scanner.watch) == 0
+
+
+def test_on_the_real_proc_the_ksmd_thread_is_found():
+    if not Path("/sys/kernel/mm/ksm").is_dir():
+        pytest.skip("the kernel has no KSM, so no ksmd thread")
+    scanner = GuestScanner("/")
+    scanner.scan()
+    assert Path(f"/proc/{scanner.ksmd_pid}/comm").read_text() == "ksmd\n"
+    scanner.close()
