@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from ksmtuned_py import config as configmod
+from ksmtuned_py import procinfo
 from ksmtuned_py.knobs import KsmState, ksm_dir, read_ksm_state, write_knob
 from ksmtuned_py.readings import PAGE_SIZE, GuestScanner, MemInfo, Readings, read_host, read_meminfo
 
@@ -20,6 +22,7 @@ class FileHost:
         self.scanner = scanner if scanner is not None else GuestScanner(root)
         self.free_metric = free_metric
         self._ksm = ksm_dir(root)
+        self._proc = os.path.join(root, "proc")
         self.ksm_dir = str(self._ksm)
 
     @classmethod
@@ -31,7 +34,10 @@ class FileHost:
         return read_meminfo(self.root)
 
     def read(self) -> Readings:
-        return read_host(self.root, self.scanner, self.free_metric)
+        readings = read_host(self.root, self.scanner, self.free_metric)
+        proc = self._proc
+        return dataclasses.replace(readings, ksmd_cpu_seconds=procinfo.ksmd_cpu_seconds(proc, self.scanner.ksmd_pid),
+                                   cow_ksm=procinfo.vmstat_counter(proc, "cow_ksm"))
 
     def read_ksm(self) -> KsmState:
         return read_ksm_state(self._ksm)

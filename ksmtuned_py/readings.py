@@ -57,6 +57,7 @@ class MemInfo:
     buffers: int
     cached: int
     available: int | None
+    swap_free: int | None = None  # SwapFree (what unmerged pages could be pushed to)
 
     def free_kb(self, metric: str = "classic") -> int:
         """Free memory: MemFree+Buffers+Cached (classic, the reference) or MemAvailable."""
@@ -100,6 +101,7 @@ def parse_meminfo(text: str, where: str = "/proc/meminfo") -> MemInfo:
         buffers=fields["Buffers"],
         cached=fields["Cached"],
         available=fields.get("MemAvailable"),
+        swap_free=fields.get("SwapFree"),
     )
 
 
@@ -396,6 +398,9 @@ class Readings:
     committed_kb: int  # the guests' memory (KSM_MEMORY_METRIC), summed
     guests: list[Guest]
     ksm: KsmState
+    # Beyond ksmtuned's rule (None where the host cannot tell): what scanning costs and undoes.
+    ksmd_cpu_seconds: float | None = None  # CPU time the ksmd thread has used since boot
+    cow_ksm: int | None = None  # KSM pages copied on write since boot (/proc/vmstat cow_ksm)
 
 
 def read_host(root, scanner: GuestScanner, free_metric: str = "classic") -> Readings:

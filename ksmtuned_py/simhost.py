@@ -3,7 +3,9 @@
 What it reads is what the daemon would read from the same simulation served as files
 (``sysfs-emu run``): the /proc/meminfo text parsed by the daemon's own parser, guests
 matched on their ``comm`` (the name cut at 15 bytes) with the size of /proc/PID/status's
-VmRSS or smaps_rollup's Pss, the KSM files' text; each knob is one ``write(2)`` of the
+VmRSS or smaps_rollup's Pss, the KSM files' text, ksmd's CPU time as the simulated ksmd
+accounts it (its /proc/PID/stat) and the copy-on-write breaks of KSM pages (/proc/vmstat's
+cow_ksm); each knob is one ``write(2)`` of the
 value and a newline, as the daemon's.  Only ``sysfs-emu simulate`` uses it, so the
 daemon never imports the simulator (numpy).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import re
 
 from ksmtuned_py import config as configmod
+from ksmtuned_py import procinfo
 from ksmtuned_py.knobs import KsmState
 from ksmtuned_py.readings import Guest, MemInfo, Readings, parse_meminfo
 from sysfs_emu import procfs, procstats
@@ -47,9 +50,11 @@ class SimulationHost:
         for proc in self.sim.processes:
             comm = procfs.comm_text(proc.name)[:-1]
             if self.pattern.search(comm):
-                guests.append(Guest(proc.pid, comm, self._size_kb(proc)))
+                name = procinfo.guest_name(proc.cmdline, proc.pid)
+                guests.append(Guest(proc.pid, comm, self._size_kb(proc), name))
         return Readings(self.sim.now, meminfo, meminfo.free_kb(self.free_metric),
-                        sum(g.kb for g in guests), guests, self.read_ksm())
+                        sum(g.kb for g in guests), guests, self.read_ksm(),
+                        ksmd_cpu_seconds=self.sim.ksmd.cpu_time, cow_ksm=self.sim.memory.cow_ksm)
 
     def _size_kb(self, proc) -> int:
         """VmRSS, or with KSM_MEMORY_METRIC=pss the Pss of smaps_rollup."""

@@ -108,6 +108,7 @@ class Memory:
         self.ksm_mapped = 0  # entries mapping a KSM page
         self.ksm_pages = 0  # KSM pages in memory (mapcount > 0)
         self.rmap_items = 0
+        self.cow_ksm = 0  # entries that left a KSM page for a copy of their own on a write (/proc/vmstat cow_ksm)
         self.listeners: list = []  # called with (event, pid) on process changes
 
     def trim(self) -> None:
@@ -250,8 +251,12 @@ class Memory:
             )
         return slice(region.start + first, region.start + first + n)
 
-    def break_ksm(self, idx: np.ndarray) -> None:
-        """Drop the KSM page / zero page mappings of slots ``idx`` (they stay mapped or not): each gets its own copy."""
+    def break_ksm(self, idx: np.ndarray, cow: bool = False) -> None:
+        """Drop the KSM page / zero page mappings of slots ``idx`` (they stay mapped or not): each gets its own copy.
+
+        ``cow``: by a write fault (a write, or run=2's unsharing), which Linux counts in cow_ksm
+        for KSM pages (not for the zero page, which is no KSM page); an exit is none.
+        """
         p = self.pages
         zero = (p.flags[idx] & ZERO) != 0
         nz = int(zero.sum())
@@ -264,6 +269,8 @@ class Memory:
             nodes = kp[ksm]
             p.kpage[idx[ksm]] = NO_NODE
             self.ksm_mapped -= nodes.size
+            if cow:
+                self.cow_ksm += int(nodes.size)
             self._drop_mappings(nodes)
 
     def _drop_mappings(self, nodes: np.ndarray) -> None:
@@ -278,7 +285,7 @@ class Memory:
         arr = self._check_contents(contents)
         sl = self._slice(region_id, first, arr.size)
         idx = np.arange(sl.start, sl.stop)
-        self.break_ksm(idx)
+        self.break_ksm(idx, cow=True)
         p = self.pages
         newly = int(((p.flags[sl] & MAPPED) == 0).sum())
         self.mapped_pages += newly

@@ -1,4 +1,5 @@
-"""The simulated ksmd against the real one: the same workloads, the same counters, the same scan times.
+"""The simulated ksmd against the real one: the same workloads, the same counters (and /proc/vmstat's
+cow_ksm), the same scan times.
 
 Each workload runs first on the real kernel (real processes with madvise'd
 memory, the real ksmd with a large ``pages_to_scan`` and ``sleep_millisecs``
@@ -30,6 +31,14 @@ from tests.fidelity_workload import (
 pytestmark = pytest.mark.realksm
 
 EXACT = ("pages_shared", "pages_sharing", "ksm_zero_pages", "stable_node_chains", "stable_node_dups", "general_profit")
+
+
+def cow_ksm() -> int:
+    """/proc/vmstat's cow_ksm: KSM pages copied on write since boot (every process's)."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("cow_ksm "):
+            return int(line.split()[1])
+    pytest.skip("this kernel's /proc/vmstat has no cow_ksm")
 
 
 def pool(first: int, n: int) -> list[int]:
@@ -71,7 +80,8 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
     for name, value in settings.items():
         realksm.write(name, value)
     readings, marks = [], []
-    base = {"pages_scanned": read_counter("pages_scanned"), "pages_skipped": read_counter("pages_skipped")}
+    base = {"pages_scanned": read_counter("pages_scanned"), "pages_skipped": read_counter("pages_skipped"),
+            "cow_ksm": cow_ksm()}
 
     def position() -> tuple[int, int]:
         return read_counter("full_scans"), read_counter("pages_scanned") - base["pages_scanned"]
@@ -110,7 +120,8 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
                 realksm.write(step[1], step[2])
             elif step[0] == "read":
                 counters = {key: read_counter(key) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
-                counters.update({key: read_counter(key) - value for key, value in base.items()})
+                counters.update({key: read_counter(key) - value for key, value in base.items() if key != "cow_ksm"})
+                counters["cow_ksm"] = cow_ksm() - base["cow_ksm"]
                 stats = [Path(f"/proc/{p.pid}/ksm_stat").read_text() for p in procs if p.process.poll() is None]
                 readings.append({"counters": counters, "ksm_stat": stats})
     return readings, marks
@@ -150,6 +161,7 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
                 key: int(kernel.read_attr(key))
                 for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans", "pages_scanned", "pages_skipped")
             }
+            counters["cow_ksm"] = memory.cow_ksm
             live = [pid for pid in range(1, len(processes) + 1) if pid in memory.processes and memory.processes[pid].alive]
             stats = [memory.process_stats(pid).ksm_stat_text() for pid in live]
             readings.append({"counters": counters, "ksm_stat": stats})
@@ -160,7 +172,7 @@ def check(real: list[dict], sim: list[dict]) -> None:
     assert len(real) == len(sim)
     for i, (r, s) in enumerate(zip(real, sim)):
         rc, sc = r["counters"], s["counters"]
-        keys = EXACT + ("full_scans", "pages_scanned", "pages_skipped")
+        keys = EXACT + ("full_scans", "pages_scanned", "pages_skipped", "cow_ksm")
         got = {k: sc[k] for k in keys}
         want = {k: rc[k] for k in keys}
         assert got == want, f"reading {i}"

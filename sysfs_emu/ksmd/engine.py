@@ -126,7 +126,7 @@ class Ksmd:
         for pid in list(self.mm.slots):
             idx = mem.process_slots(pid)
             if mem.processes[pid].alive:
-                mem.break_ksm(idx)  # break_ksm(): a private copy of every KSM / zero page
+                mem.break_ksm(idx, cow=True)  # break_ksm(): a private copy of every KSM / zero page
             self.rmap.free(idx)
         for pid in list(self.mm.slots):
             if not mem.processes[pid].alive:

@@ -1,0 +1,121 @@
+"""Readings beyond ksmtuned's rule: ksmd's CPU time, copy-on-write breaks, guests' names and KSM numbers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ksmtuned_py import config as configmod
+from ksmtuned_py import procinfo
+from ksmtuned_py.filehost import FileHost
+from ksmtuned_py.simhost import SimulationHost
+from sysfs_emu import Simulation
+
+TWO_GUESTS = {
+    "host": {"memory": "2GiB"},
+    "ksm": {"pages_to_scan": 5000, "sleep_millisecs": 10, "run": 1},
+    "processes": [
+        {"name": "qemu-system-x86", "cmdline": "qemu-system-x86_64 -name guest=web-1,debug-threads=on -m 64",
+         "regions": [{"pages": 3000, "fill": "pool", "pool": "p"}, {"pages": 1000, "fill": "unique"}]},
+        {"name": "kvm", "cmdline": "/usr/bin/kvm -id 101 -m 64",
+         "regions": [{"pages": 3000, "fill": "pool", "pool": "p"}]},
+    ],
+}
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["qemu-system-x86_64", "-name", "guest=web-1,debug-threads=on"], "web-1"),  # libvirt
+    (["qemu-system-x86_64", "-name", "debug-threads=on,guest=db"], "db"),
+    (["qemu-system-x86_64", "-name", "guest=a,,b,debug-threads=on"], "a,b"),  # ",," is a comma
+    (["qemu-system-x86_64", "-name", "plain"], "plain"),
+    (["qemu-system-x86_64", "--name=eq"], "eq"),
+    (["/usr/bin/kvm", "-id", "100", "-name", "vm100,debug-threads=on"], "vm100"),  # Proxmox VE
+    (["/usr/bin/kvm", "-id", "101"], "101"),
+    (["qemu-system-x86_64", "-name", "process=qemu-x"], "42"),  # no guest name: the pid
+    (["qemu-system-x86_64", "-m", "1024"], "42"),
+    ([], "42"),
+])
+def test_guest_names(argv, name):
+    assert procinfo.guest_name(argv, 42) == name
+
+
+# --- ksm_stat, stat, vmstat, smaps texts ------------------------------------------------------
+
+
+def test_ksm_stat_of_every_kernel_generation():
+    new = b"ksm_rmap_items 200\nksm_zero_pages 3\nksm_merging_pages 100\nksm_process_profit -4096\n" \
+          b"ksm_merge_any: no\nksm_mergeable: yes\n"
+    assert procinfo.parse_ksm_stat(new) == procinfo.KsmStat(200, 3, 100, -4096, False, True)
+    # Linux 6.1: only the first lines, so whether memory is mergeable is not said
+    old = b"ksm_rmap_items 5\nksm_merging_pages 2\nksm_process_profit 8192\n"
+    assert procinfo.parse_ksm_stat(old) == procinfo.KsmStat(5, None, 2, 8192, None, None)
+    assert procinfo.parse_ksm_stat(b"") is None
+    assert procinfo.parse_ksm_stat(b"ksm_rmap_items \xb2\n") is None
+
+
+def test_stat_cpu_time_and_vmstat_counters(tmp_path):
+    line = b"37 (ksmd) S 2 0 0 0 -1 2097216 0 0 0 0 120 5148 0 0 25 5 1 0 17 0 0 0\n"
+    assert procinfo.stat_cpu_seconds(line) == (120 + 5148) / procinfo.CLOCK_TICKS
+    assert procinfo.stat_cpu_seconds(b"37 (ksmd) S 2") is None
+    (tmp_path / "vmstat").write_bytes(b"nr_free_pages 5\ncow_ksm 14390\nksm_swpin_copy 0\n")
+    assert procinfo.vmstat_counter(str(tmp_path), "cow_ksm") == 14390
+    assert procinfo.vmstat_counter(str(tmp_path), "nr_free_pages") == 5
+    assert procinfo.vmstat_counter(str(tmp_path), "ksm") is None
+    assert procinfo.vmstat_counter(str(tmp_path / "none"), "cow_ksm") is None
+
+
+def test_smaps_mappings_and_flags_of_a_real_process():
+    """A madvised area shows VmFlags mg (mergeable); the others do not."""
+    import mmap
+
+    area = mmap.mmap(-1, 64 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        area.madvise(mmap.MADV_MERGEABLE)
+        area.write(b"x" * len(area))
+        maps = procinfo.read_smaps("/proc", os.getpid())
+        mergeable = [m for m in maps if m.mergeable]
+        assert any(m.size_kb >= 64 * mmap.PAGESIZE // 1024 and m.rss_kb > 0 and m.name == "" for m in mergeable)
+        assert any(m.name.startswith("[stack") and not m.mergeable for m in maps)
+    finally:
+        area.close()
+    assert procinfo.read_smaps("/proc", 2 ** 22 + 1) is None
+
+
+# --- hosts -------------------------------------------------------------------------------
+
+
+def test_the_simulation_host_reads_ksmds_cpu_time_and_copy_on_write_breaks():
+    sim = Simulation(TWO_GUESTS)
+    host = SimulationHost.from_config(sim, configmod.load(os.devnull, environ={"KSM_PROCESS_REGEX": "^(qemu|kvm)"}))
+    first = host.read()
+    assert first.ksmd_cpu_seconds == 0 and first.cow_ksm == 0
+    assert [(g.name, g.comm) for g in first.guests] == [("web-1", "qemu-system-x86"), ("101", "kvm")]
+    sim.run_until(full_scans=3)
+    merged = host.read()
+    assert merged.ksmd_cpu_seconds == sim.ksmd.cpu_time > 0
+    assert merged.ksm.counters["pages_sharing"] == 3000
+    sim.apply({"rewrite": {"process": 1, "region": 0, "first": 0, "pages": 500, "fill": "unique"}})
+    assert host.read().cow_ksm == 500  # each write to a merged page copies it
+
+
+def test_the_file_host_reads_the_real_ksmd_and_vmstat():
+    if not Path("/sys/kernel/mm/ksm").is_dir():
+        pytest.skip("the kernel has no KSM")
+    host = FileHost("/")
+    before = procinfo.vmstat_counter("/proc", "cow_ksm")
+    readings = host.read()
+    after = procinfo.vmstat_counter("/proc", "cow_ksm")
+    if before is None:
+        assert readings.cow_ksm is None
+    else:
+        assert before <= readings.cow_ksm <= after
+    ksmd = host.scanner.ksmd_pid
+    assert Path(f"/proc/{ksmd}/comm").read_text() == "ksmd\n"
+    fields = Path(f"/proc/{ksmd}/stat").read_text().rsplit(")", 1)[1].split()
+    assert readings.ksmd_cpu_seconds <= (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    host.scanner.close()
