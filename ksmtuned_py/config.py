@@ -108,6 +108,22 @@ def _optional_int(text: str) -> int | None:
     return parse_int(text) if text.strip() else None
 
 
+def _policy(text: str) -> str:
+    from ksmtuned_py.policies import POLICIES  # policies import this module
+
+    t = text.strip()
+    if t not in POLICIES:
+        raise ValueError("expected " + " or ".join(POLICIES))
+    return t
+
+
+def _percent(text: str) -> int:
+    value = parse_int(text)
+    if not 1 <= value <= 100:
+        raise ValueError("expected a percentage of one CPU, 1 to 100")
+    return value
+
+
 @dataclass(frozen=True)
 class KeySpec:
     name: str
@@ -135,6 +151,8 @@ KEYS: dict[str, KeySpec] = {
         KeySpec("KSM_FREE_METRIC", "classic", _choice("classic", "available")),
         KeySpec("KSM_MAX_KERNEL_PAGES", "", _optional_int),
         KeySpec("KSM_METRICS_TEXTFILE", "", _text),
+        KeySpec("KSM_POLICY", "ksmtuned", _policy),
+        KeySpec("KSM_MAX_CPU", "20", _percent),
     )
 }
 

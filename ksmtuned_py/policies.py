@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from ksmtuned_py import config as configmod
+from ksmtuned_py.adaptive import AdaptivePolicy
 from ksmtuned_py.cycle import Decision
 from ksmtuned_py.decision import Params, Tuner, Tuning
 from ksmtuned_py.readings import MemInfo, Readings
@@ -90,13 +91,14 @@ class KsmtunedPolicy:
         return {"policy": self.name, "npages": self.npages, "tuning": asdict(t), "params": asdict(self.params)}
 
 
-#: Policy name -> class; the configuration will choose among them (today: ksmtuned's rule only).
-POLICIES = {KsmtunedPolicy.name: KsmtunedPolicy}
+#: Policy name -> class; KSM_POLICY chooses among them.
+POLICIES = {KsmtunedPolicy.name: KsmtunedPolicy, AdaptivePolicy.name: AdaptivePolicy}
 
 
 def from_config(config: configmod.Config):
-    """The configured policy, not started yet (``start`` it, or let its first decision start it)."""
-    return POLICIES[DEFAULT].from_config(config)
+    """The configured policy (KSM_POLICY), not started yet (``start`` it, or let its first decision start it)."""
+    return POLICIES[config.settings["KSM_POLICY"].value if "KSM_POLICY" in config.settings else DEFAULT] \
+        .from_config(config)
 
 
 def from_state(state: dict):

@@ -111,6 +111,8 @@ def test_check_config_prints_every_value_and_its_origin(host):
         "KSM_FREE_METRIC=classic                  # default",
         "KSM_MAX_KERNEL_PAGES=''                  # default",
         "KSM_METRICS_TEXTFILE=''                  # default",
+        "KSM_POLICY=ksmtuned                      # default",
+        "KSM_MAX_CPU=20                           # default",
     ]
     assert r.stderr == f"warning: {c}:2: unknown key KSM_NPAGE_MIN, ignored (did you mean KSM_NPAGES_MIN?)\n"
 

@@ -1,0 +1,337 @@
+"""``KSM_POLICY=adaptive``: ksmtuned's gate, and a scan rate that follows what scanning returns.
+
+Whether KSM runs is ksmtuned's rule (``decision.py``): it runs while the guests plus the
+threshold do not fit in memory, or free memory is short.  How fast ksmd scans is this
+module's: a rule over what the last interval cost and returned, pure (no I/O, no clock:
+time comes in the readings), so the same readings always give the same decision.
+
+- **Burst.** When KSM starts, when a guest starts (the libvirt hook's retune, or the scan
+  seeing a new guest) and when the guests' memory grows, ksmd scans so that a full scan of
+  the guests' pages takes about ``BURST_SCAN_S``, and keeps at it for at least two full
+  scans (a page merges on its second visit) and for as long as full scans add savings.
+- **Steady.** Once a full scan adds no savings, it backs off: a full scan takes
+  ``IDLE_SCAN_S[0]``, twice as long after each quiet interval, up to ``IDLE_SCAN_S[1]``.
+  That slow scan is the probe for new duplicates: when it merges pages again, it bursts.
+  Copy-on-write breaks (``cow_ksm``: guests writing to merged pages) bring the probe back
+  to its quickest, since the guests' memory changed.
+- **Budget.** Never faster than ``KSM_MAX_CPU`` percent of one CPU allows, from ksmd's
+  measured CPU time per page scanned (and, before there is one, a pessimistic cost of
+  pages not merged yet), and slower at once when the last interval went over it.
+- **The advisor.** While the kernel's scan-time advisor sets ``pages_to_scan``, the policy
+  leaves it alone (the cycle does not write it) and keeps ``run`` and ``sleep_millisecs``.
+
+The gain of scanning is ``pages_sharing + ksm_zero_pages`` (memory merged), counted with
+the copy-on-write breaks added back, so that merges undone in the same interval still
+count as what scanning found.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from ksmtuned_py import config as configmod
+from ksmtuned_py.cycle import Decision
+from ksmtuned_py.decision import START, STOP, Params, Tuner, Tuning
+from ksmtuned_py.readings import MemInfo, Readings
+
+BURST, CATCH_UP, STEADY, ADVISOR = "burst", "catch-up", "steady", "advisor"
+STARTS = "ksm starts"
+BURST_SCAN_S = 48.0  # a full scan while merging, CPU allowing (0.8 of the interval once it is known)
+IDLE_SCAN_S = (900.0, 8 * 3600.0)  # a full scan once scans stop paying: from, doubling up to
+BURST_SCANS = 2  # full scans a burst makes at least
+UNMERGED_PAGE_COST_S = 12e-6  # CPU per page not merged yet, before ksmd's own cost is measured
+TICK_S = 0.004  # ksmd's batch period is its sleep plus about one tick
+MIN_GAIN_PAGES = 256  # 1 MiB merged in an interval: scanning paid
+REBURST_SHARE = 1000  # ... and 1/1000 of what is merged
+TAIL_YIELD = 0.01  # after its scans, a burst goes on while 1 page in 100 scanned merged ...
+TAIL_VOLATILE = 0.05  # ... and 5 % of the pages KSM tracks change between scans (they may merge yet)
+GROWTH = 0.02  # the guests' memory grew by 2 %: new pages to scan
+MAX_SLEEP_MS = 60_000
+CATCH_UP_CPU = 0.05  # a catch-up scans with at most this share of one CPU
+COW_QUIET = 2  # copy-on-write breaks bring the steady scan back to at most 4 x IDLE_SCAN_S[0]
+
+
+@dataclass
+class Memo:
+    """What the policy remembers of the last cycle (published as JSON with the daemon's state)."""
+
+    time: float | None = None
+    cpu_s: float | None = None  # ksmd's CPU time since boot
+    scanned: int | None = None  # pages_scanned
+    full_scans: int | None = None
+    merged: int | None = None  # pages_sharing + ksm_zero_pages
+    cow: int | None = None  # cow_ksm
+    guests: list[int] = field(default_factory=list)  # pids
+    committed_kb: int = 0  # the guests' memory when the last burst began (lowered as it falls)
+    mode: str = STOP
+    scans_left: int = 0  # full scans the burst or catch-up still makes
+    pending: str = BURST  # which of them
+    quiet: int = 0  # intervals in a row without gain (the steady scan slows with each)
+    page_cost_s: float | None = None  # ksmd's CPU seconds per page scanned, as last measured
+    started: bool = False  # KSM ran under this policy (a restart after the gate closed is no new start)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """What the last interval cost and returned."""
+
+    seconds: float
+    cpu_s: float | None  # ksmd's CPU time in it
+    scanned: int
+    full_scans: int
+    gain: int  # pages merged in it (net change plus copy-on-write breaks)
+    cow: int  # copy-on-write breaks in it
+
+    @property
+    def cpu_share(self) -> float | None:
+        """ksmd's CPU use as a share of one CPU."""
+        return None if self.cpu_s is None or self.seconds <= 0 else self.cpu_s / self.seconds
+
+
+def merged_pages(readings: Readings) -> int | None:
+    counters = readings.ksm.counters
+    if "pages_sharing" not in counters:
+        return None
+    return counters["pages_sharing"] + counters.get("ksm_zero_pages", 0)
+
+
+def _delta(now: float | int | None, before: float | int | None) -> float | int:
+    return 0 if now is None or before is None or now < before else now - before
+
+
+def interval(memo: Memo, readings: Readings) -> Interval | None:
+    """The interval since the last cycle, None on the first cycle."""
+    if memo.time is None or readings.time <= memo.time:
+        return None
+    c = readings.ksm.counters
+    cow = _delta(readings.cow_ksm, memo.cow)
+    merged = merged_pages(readings)
+    net = 0 if merged is None or memo.merged is None else merged - memo.merged
+    cpu = None if readings.ksmd_cpu_seconds is None or memo.cpu_s is None else \
+        max(0.0, readings.ksmd_cpu_seconds - memo.cpu_s)
+    return Interval(readings.time - memo.time, cpu, int(_delta(c.get("pages_scanned"), memo.scanned)),
+                    int(_delta(c.get("full_scans"), memo.full_scans)), max(0, net + cow), int(cow))
+
+
+def volatile_share(readings: Readings) -> float:
+    """pages_volatile as a share of the pages KSM tracks."""
+    c = readings.ksm.counters
+    items = sum(c.get(k, 0) for k in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile"))
+    return c.get("pages_volatile", 0) / items if items else 0.0
+
+
+def guest_pages(readings: Readings, page_size: int = 4096) -> int:
+    """What a full scan visits, at most: the guests' resident pages (or KSM's rmap items, if more)."""
+    c = readings.ksm.counters
+    items = sum(c.get(k, 0) for k in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile"))
+    return max(readings.committed_kb * 1024 // page_size, items, 1)
+
+
+def batch(rate: float, base_sleep_ms: int, min_pages: int) -> tuple[int, int]:
+    """(pages_to_scan, sleep_millisecs) that scan about ``rate`` pages a second.
+
+    At ksmtuned's sleep while that gives at least ``min_pages`` a batch; slower, batches of
+    ``min_pages`` further apart.  Rounded to two significant digits, so a rate that hardly
+    moves writes the same values.
+    """
+    period = base_sleep_ms / 1000 + TICK_S
+    pages = rate * period
+    if pages >= min_pages:
+        return _round2(pages), base_sleep_ms
+    sleep_s = max(base_sleep_ms / 1000, min_pages / max(rate, 1e-9) - TICK_S)
+    return min_pages, _round2(min(MAX_SLEEP_MS, sleep_s * 1000))
+
+
+def _round2(x: float) -> int:
+    """``x`` to two significant digits, at least 1."""
+    if x < 1:
+        return 1
+    digits = int(math.floor(math.log10(x))) - 1
+    return int(round(x / 10 ** digits) * 10 ** digits) if digits > 0 else int(round(x))
+
+
+class AdaptivePolicy:
+    """ksmtuned's gate; a scan rate from ksmd's measured cost and gain (see the module's text)."""
+
+    name = "adaptive"
+
+    def __init__(self, params: Params, max_cpu: int = 20, tuning: Tuning | None = None,
+                 memo: Memo | None = None, npages: int | None = None, sleep_ms: int | None = None):
+        self.params = params
+        self.max_cpu = max_cpu  # percent of one CPU
+        self.tuner: Tuner | None = None if tuning is None else Tuner(params, tuning.total, 0, tuning)
+        self.memo = memo or Memo()
+        self._npages = npages
+        self._sleep_ms = sleep_ms
+
+    @classmethod
+    def from_config(cls, config: configmod.Config) -> "AdaptivePolicy":
+        from ksmtuned_py.policies import ksmtuned_params
+
+        return cls(ksmtuned_params(config), int(config["KSM_MAX_CPU"]))
+
+    @classmethod
+    def from_state(cls, state: dict) -> "AdaptivePolicy":
+        """The policy a daemon published; KeyError, TypeError or ValueError when the state is not one."""
+        memo = Memo(**state["memo"])
+        return cls(Params(**state["params"]), int(state["max_cpu"]), Tuning(**state["tuning"]), memo,
+                   state.get("npages"), state.get("sleep_ms"))
+
+    @property
+    def npages(self) -> int | None:
+        return self._npages
+
+    def start(self, meminfo: MemInfo) -> None:
+        """ksmtuned's tuning from MemTotal (sleep and thres); a burst at the first start of KSM."""
+        self.tuner = Tuner(self.params, meminfo.total)
+        self.memo = Memo()
+
+    def start_lines(self) -> list[str]:
+        return self.tuner.tuning.debug_lines() if self.tuner is not None else []
+
+    def summary(self) -> str:
+        t = self.tuner.tuning
+        return f"total {t.total} kB, thres {t.thres} kB, sleep {t.sleep}ms, ksmd at most {self.max_cpu}% of a CPU"
+
+    def state(self) -> dict:
+        return {"policy": self.name, "npages": self._npages, "sleep_ms": self._sleep_ms,
+                "max_cpu": self.max_cpu, "tuning": asdict(self.tuner.tuning), "params": asdict(self.params),
+                "memo": asdict(self.memo)}
+
+    # --- the decision ---------------------------------------------------------------------
+
+    def decide(self, readings: Readings) -> Decision:
+        if self.tuner is None:
+            self.start(readings.meminfo)
+        last = interval(self.memo, readings)
+        gate = self.tuner.decide(readings.free_kb, readings.committed_kb)  # ksmtuned's rule, for run
+        if gate.action == STOP:
+            # The guests are not remembered: those that start while KSM is stopped are new when it runs again.
+            self.memo = replace(remember(self.memo, readings), mode=STOP, guests=self.memo.guests)
+            return self._decision(STOP, gate.reason(), readings, last, None)
+        if readings.ksm.advisor_active:
+            self.memo = replace(remember(self.memo, readings), mode=ADVISOR)
+            why = ("advisor: the kernel's scan-time advisor sets pages_to_scan (within its advisor_max_cpu); "
+                   f"sleep {self.tuner.tuning.sleep} ms as ksmtuned's")
+            return self._decision(START, why, readings, last, ADVISOR, sleep_ms=self.tuner.tuning.sleep)
+        mode, why = self._mode(self.memo, readings, last)
+        rate, limit = self._rate(mode, readings, last)
+        npages, sleep_ms = batch(rate, self.tuner.tuning.sleep, max(1, self.params.npages_min))
+        self.memo.mode = mode
+        self.memo = remember(self.memo, readings)
+        reason = (f"{why}; pages_to_scan {npages}, sleep {sleep_ms} ms: about {rate:.0f} pages/s, "
+                  f"a full scan in {_duration(guest_pages(readings) / rate)}{limit}")
+        return self._decision(START, reason, readings, last, mode, npages, sleep_ms)
+
+    def _decision(self, action: str, reason: str, readings: Readings, last: Interval | None, level: str | None,
+                  npages: int | None = None, sleep_ms: int | None = None) -> Decision:
+        """The decision, with its debug lines: the readings, and what was decided and why."""
+        t = self.tuner.tuning
+        if npages is not None:
+            self._npages = npages
+        if sleep_ms is not None:
+            self._sleep_ms = sleep_ms
+        cpu = "" if last is None or last.cpu_share is None else f" ksmd cpu {last.cpu_share * 100:.1f}%"
+        before = (f"committed {readings.committed_kb} free {readings.free_kb}{cpu}",)
+        if action == STOP:
+            return Decision(STOP, reason, t.total, npages=self._npages, sleep_ms=t.sleep, thres_kb=t.thres,
+                            debug_before=before, debug_after=(f"adaptive: stop ksm: {reason}",))
+        shown = "" if npages is None else f"{npages}"
+        return Decision(START, reason, t.total, npages=npages, sleep_ms=sleep_ms, level=level, thres_kb=t.thres,
+                        debug_before=before,
+                        debug_after=(f"adaptive: {reason}", f"KSMCTL start {shown or 'advisor'} {sleep_ms}"))
+
+    def _mode(self, memo: Memo, readings: Readings, last: Interval | None) -> tuple[str, str]:
+        """Burst, catch-up or steady, and why; updates the memo's scan and quiet counts."""
+        trigger = self._trigger(memo, readings)
+        if trigger:
+            mode = BURST if trigger == STARTS else CATCH_UP
+            memo.scans_left, memo.quiet, memo.committed_kb, memo.pending = \
+                BURST_SCANS, 0, readings.committed_kb, mode
+            return mode, f"{mode}: {trigger}"
+        gain = 0 if last is None else last.gain
+        memo.scans_left = max(0, memo.scans_left - (0 if last is None else last.full_scans))
+        if memo.scans_left > 0:  # (also scans the gate interrupted)
+            return memo.pending, f"{memo.pending}: {memo.scans_left} more full scan{'s' if memo.scans_left > 1 else ''}"
+        if memo.mode in (BURST, CATCH_UP):
+            if last is not None and last.scanned and gain / last.scanned >= TAIL_YIELD and \
+                    volatile_share(readings) >= TAIL_VOLATILE:
+                memo.scans_left = 1
+                return memo.mode, (f"{memo.mode}: still merging ({gain} pages in the last interval) "
+                                   f"while {readings.ksm.counters.get('pages_volatile', 0)} pages change")
+            memo.quiet = 0
+            return STEADY, f"steady: the {memo.mode}'s full scans are done"
+        if gain >= max(MIN_GAIN_PAGES, (merged_pages(readings) or 0) // REBURST_SHARE):
+            memo.scans_left, memo.quiet, memo.pending = BURST_SCANS, 0, CATCH_UP
+            return CATCH_UP, f"catch-up: the steady scan merged {gain} pages"
+        if last is not None and last.cow >= MIN_GAIN_PAGES:
+            memo.quiet = min(memo.quiet, COW_QUIET)
+            return STEADY, f"steady: {last.cow} copy-on-write breaks, probing again sooner"
+        memo.quiet += 1
+        return STEADY, "steady: full scans add no savings"
+
+    @staticmethod
+    def _trigger(memo: Memo, readings: Readings) -> str | None:
+        """Why a burst starts now (KSM starts, a guest started, the guests' memory grew), or None."""
+        new = sorted({g.pid for g in readings.guests} - set(memo.guests))
+        grown = readings.committed_kb > memo.committed_kb * (1 + GROWTH) + 65536
+        memo.committed_kb = min(memo.committed_kb, readings.committed_kb)
+        if memo.full_scans is None or not memo.started:
+            memo.started = True
+            return STARTS
+        if new:
+            return f"guest {', '.join(map(str, new[:3]))}{' ...' if len(new) > 3 else ''} started"
+        if grown:
+            return f"the guests' memory grew to {readings.committed_kb} kB"
+        return None
+
+    def _rate(self, mode: str, readings: Readings, last: Interval | None) -> tuple[float, str]:
+        """Pages per second for ``mode`` within the CPU budget; and what limited it, in words."""
+        pages = guest_pages(readings)
+        budget = self.max_cpu / 100
+        if mode in (BURST, CATCH_UP):
+            # A full scan in a little less than an interval: the burst's scans end before a
+            # decision, which can then stop them (ksmd cannot be stopped between decisions).
+            seconds = BURST_SCAN_S if last is None else min(max(0.8 * last.seconds, BURST_SCAN_S), 120.0)
+            rate = pages / seconds
+        else:
+            rate = pages / min(IDLE_SCAN_S[1], IDLE_SCAN_S[0] * 2 ** min(self.memo.quiet, 30))
+        cost = self._page_cost(readings, last)
+        limit = ""
+        if mode == CATCH_UP and rate * cost > min(budget, CATCH_UP_CPU):
+            # a guest's pages are a small part of what a full scan visits: a share of the budget
+            rate = min(budget, CATCH_UP_CPU) / cost
+            limit = f" (catching up with {min(budget, CATCH_UP_CPU) * 100:.0f}% of a CPU at {cost * 1e6:.1f} us a page)"
+        if rate * cost > budget:
+            rate = budget / cost
+            limit = f" (held to {self.max_cpu}% of a CPU at {cost * 1e6:.1f} us a page)"
+        if last is not None and last.cpu_share is not None and last.cpu_share > budget and self.memo.scanned:
+            rate = min(rate, last.scanned / last.seconds * budget / last.cpu_share)
+            limit = f" (ksmd used {last.cpu_share * 100:.0f}% of a CPU, over {self.max_cpu}%)"
+        return max(rate, 1.0), limit
+
+    def _page_cost(self, readings: Readings, last: Interval | None) -> float:
+        """CPU seconds a page scanned costs: measured, and never below what unmerged pages may cost."""
+        if last is not None and last.cpu_s is not None and last.scanned >= 1000:
+            self.memo.page_cost_s = last.cpu_s / last.scanned
+        pages = guest_pages(readings)
+        merged = readings.ksm.counters.get("pages_sharing", 0) + readings.ksm.counters.get("pages_shared", 0)
+        unmerged = max(0.0, 1 - merged / pages)
+        return max(self.memo.page_cost_s or 0.0, UNMERGED_PAGE_COST_S * unmerged, 1e-7)
+
+
+def remember(memo: Memo, readings: Readings) -> Memo:
+    """The memo after this cycle: today's counters for the next interval."""
+    c = readings.ksm.counters
+    return replace(memo, time=readings.time, cpu_s=readings.ksmd_cpu_seconds, scanned=c.get("pages_scanned"),
+                   full_scans=c.get("full_scans"), merged=merged_pages(readings), cow=readings.cow_ksm,
+                   guests=[g.pid for g in readings.guests])
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,215 @@
+"""KSM_POLICY=adaptive: ksmtuned's gate, a scan rate from what scanning costs and returns."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ksmtuned_py import config as configmod
+from ksmtuned_py import policies
+from ksmtuned_py.adaptive import BURST, CATCH_UP, STEADY, AdaptivePolicy, batch
+from ksmtuned_py.cycle import Cycle
+from ksmtuned_py.decision import Params
+from ksmtuned_py.knobs import KsmState
+from ksmtuned_py.readings import Guest, MemInfo, Readings
+from ksmtuned_py.simhost import SimulationHost
+from sysfs_emu import Simulation
+from sysfs_emu.simulate import Simulate
+
+TOTAL = 16 * 1024 * 1024  # kB
+MEMINFO = MemInfo(total=TOTAL, free=1_000_000, buffers=10_000, cached=100_000, available=1_200_000)
+
+
+class Host:
+    """A host as a policy sees it, changed by hand between cycles."""
+
+    def __init__(self) -> None:
+        self.time = 1000.0
+        self.cpu = 100.0
+        self.counters = {"pages_shared": 0, "pages_sharing": 0, "pages_unshared": 0, "pages_volatile": 0,
+                         "full_scans": 0, "pages_scanned": 0, "ksm_zero_pages": 0, "general_profit": 0}
+        self.guests = [Guest(1000 + i, "qemu-system-x86", 3_000_000) for i in range(4)]  # 12 GB: KSM runs
+        self.cow = 0
+        self.advisor = "none"
+
+    def readings(self) -> Readings:
+        ksm = KsmState({"run": 1, "pages_to_scan": 100, "sleep_millisecs": 20}, dict(self.counters), self.advisor)
+        committed = sum(g.kb for g in self.guests)
+        return Readings(self.time, MEMINFO, MEMINFO.free_kb(), committed, list(self.guests), ksm,
+                        ksmd_cpu_seconds=self.cpu, cow_ksm=self.cow)
+
+    def advance(self, seconds=60.0, scanned=0, scans=0, merged=0, cpu=0.0, cow=0) -> None:
+        self.time += seconds
+        self.cpu += cpu
+        c = self.counters
+        c["pages_scanned"] += scanned
+        c["full_scans"] += scans
+        c["pages_sharing"] += merged
+        c["pages_shared"] += merged // 4
+        c["pages_unshared"] = max(0, 3_000_000 - c["pages_sharing"] - c["pages_shared"])
+        self.cow += cow
+
+
+def policy(max_cpu: int = 20) -> AdaptivePolicy:
+    return AdaptivePolicy(Params(), max_cpu)
+
+
+def test_it_is_in_the_registry_and_chosen_by_ksm_policy():
+    cfg = configmod.load(os.devnull, environ={"KSM_POLICY": "adaptive", "KSM_MAX_CPU": "35"})
+    chosen = policies.from_config(cfg)
+    assert isinstance(chosen, AdaptivePolicy) and chosen.max_cpu == 35
+    assert isinstance(policies.from_config(configmod.load(os.devnull, environ={})), policies.KsmtunedPolicy)
+    with pytest.raises(configmod.ConfigError, match="KSM_POLICY: invalid value 'fastest'; expected ksmtuned or adaptive"):
+        configmod.load(os.devnull, environ={"KSM_POLICY": "fastest"})
+    with pytest.raises(configmod.ConfigError, match="KSM_MAX_CPU: invalid value '101'"):
+        configmod.load(os.devnull, environ={"KSM_MAX_CPU": "101"})
+
+
+def test_the_gate_is_ksmtuneds():
+    """KSM stops exactly when ksmtuned's rule stops it, with its reason."""
+    host = Host()
+    host.guests = host.guests[:1]  # 3 GB of 16: fits, and free is above thres
+    readings = host.readings()
+    free = MemInfo(TOTAL, 12_000_000, 10_000, 100_000, None)
+    readings = Readings(readings.time, free, free.free_kb(), readings.committed_kb, readings.guests, readings.ksm)
+    p, k = policy(), policies.KsmtunedPolicy(Params())
+    d, kd = p.decide(readings), k.decide(readings)
+    assert (d.action, d.reason, d.thres_kb, d.total_kb) == ("stop", kd.reason, kd.thres_kb, kd.total_kb)
+    assert d.debug_after == (f"adaptive: stop ksm: {kd.reason}",)
+
+
+def test_a_burst_at_start_then_steady_once_its_scans_are_done_then_slower():
+    host, p = Host(), policy()
+    first = p.decide(host.readings())
+    assert (first.action, first.level) == ("start", BURST)
+    assert first.reason.startswith("burst: ksm starts; pages_to_scan ")
+    # Nothing measured yet: the rate assumes unmerged pages cost 12 us each, within 20 % of a CPU.
+    rate = first.npages / ((first.sleep_ms / 1000) + 0.004)
+    assert rate * 12e-6 <= 0.20 * 1.05
+    host.advance(scanned=3_000_000, scans=1, cpu=3.0)
+    assert p.decide(host.readings()).reason.startswith("burst: 1 more full scan")
+    host.advance(scanned=3_000_000, scans=1, merged=1_000_000, cpu=9.0)
+    steady = p.decide(host.readings())
+    assert steady.level == STEADY and steady.reason.startswith("steady: the burst's full scans are done")
+    sleeps = []
+    for _ in range(6):
+        host.advance(scanned=20_000, cpu=0.05)
+        d = p.decide(host.readings())
+        assert d.reason.startswith("steady: full scans add no savings")
+        sleeps.append((d.npages, d.sleep_ms))
+    # backing off: fewer pages a second each quiet interval, down to a full scan in 8 hours
+    rates = [n / (s / 1000 + 0.004) for n, s in sleeps]
+    assert rates == sorted(rates, reverse=True) and rates[0] > 4 * rates[-1]
+
+
+def test_a_new_guest_or_merges_found_by_the_steady_scan_start_a_catch_up():
+    host, p = Host(), policy()
+    p.decide(host.readings())
+    host.advance(scanned=6_000_000, scans=2, merged=1_000_000, cpu=10.0)
+    assert p.decide(host.readings()).level == STEADY
+    host.guests.append(Guest(2000, "qemu-system-x86", 10_000))
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: guest 2000 started")
+    host.advance(scanned=3_000_000, scans=2, cpu=6.0)
+    assert p.decide(host.readings()).level == STEADY
+    host.advance(scanned=30_000, merged=5_000, cpu=0.1)
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: the steady scan merged 5000 pages")
+
+
+def test_copy_on_write_breaks_bring_the_probe_back():
+    host, p = Host(), policy()
+    p.decide(host.readings())
+    host.advance(scanned=6_000_000, scans=2, merged=1_000_000, cpu=10.0)
+    p.decide(host.readings())
+    for _ in range(8):
+        host.advance(scanned=5_000, cpu=0.02)
+        slow = p.decide(host.readings())
+    host.advance(scanned=5_000, cpu=0.02, cow=3_000, merged=-3_000)
+    probe = p.decide(host.readings())
+    assert probe.reason.startswith("steady: 3000 copy-on-write breaks, probing again sooner")
+    assert probe.npages / probe.sleep_ms > slow.npages / slow.sleep_ms
+
+
+def test_never_above_ksm_max_cpu():
+    """A measured cost per page sets the rate; an interval over the budget slows the next one at once."""
+    host, p = Host(), policy(max_cpu=10)
+    p.decide(host.readings())
+    host.advance(scanned=1_000_000, cpu=30.0)  # 30 us a page, half a CPU: over 10 %
+    d = p.decide(host.readings())
+    assert d.reason.endswith("(held to 10% of a CPU at 30.0 us a page)")
+    rate = d.npages / (d.sleep_ms / 1000 + 0.004)
+    assert rate * 30e-6 <= 0.10 * 1.1
+    # ksmd busy with few pages scanned (its CPU is not the pages' cost): the share itself slows it
+    host.advance(scanned=500, cpu=30.0)
+    d = p.decide(host.readings())
+    assert d.reason.endswith("(ksmd used 50% of a CPU, over 10%)")
+    assert d.npages / (d.sleep_ms / 1000 + 0.004) <= 500 / 60 * 0.2 * 1.1
+
+
+def test_the_advisor_keeps_pages_to_scan():
+    host, p = Host(), policy()
+    host.advisor = "scan-time"
+    d = p.decide(host.readings())
+    assert (d.action, d.level, d.npages, d.sleep_ms) == ("start", "advisor", None, 10)
+    assert d.reason.startswith("advisor: the kernel's scan-time advisor sets pages_to_scan")
+    assert d.debug_after[-1] == "KSMCTL start advisor 10"
+
+
+def test_the_same_readings_give_the_same_decisions_and_the_published_state_continues():
+    """Pure: no clock, no I/O; a policy rebuilt from its state decides as the original does."""
+    steps = [dict(scanned=3_000_000, scans=1, cpu=3.0), dict(scanned=3_000_000, scans=1, merged=900_000, cpu=8.0),
+             dict(scanned=10_000, cpu=0.05), dict(scanned=10_000, cpu=0.05, cow=500)]
+    runs = []
+    for _ in range(2):
+        host, p = Host(), policy()
+        decisions = [p.decide(host.readings())]
+        for step in steps:
+            host.advance(**step)
+            decisions.append(p.decide(host.readings()))
+        runs.append((decisions, p.state(), host))
+    assert runs[0][0] == runs[1][0]
+    (decisions, state, host), original = runs[0], runs[1][2]
+    rebuilt = policies.from_state(state)
+    assert isinstance(rebuilt, AdaptivePolicy)
+    host.advance(scanned=10_000, cpu=0.05)
+    kept = policies.from_state(state)
+    assert rebuilt.decide(host.readings()) == kept.decide(host.readings())
+
+
+@pytest.mark.parametrize("rate, base, pages, sleep", [
+    (100_000, 10, 1400, 10),  # fast: ksmtuned's sleep, bigger batches (two significant digits)
+    (5_000, 10, 70, 10),
+    (1_000, 10, 64, 60),  # slow: KSM_NPAGES_MIN pages, further apart
+    (10, 10, 64, 6400),
+    (0.001, 10, 64, 60_000),  # at most a minute apart
+])
+def test_batches_for_a_rate(rate, base, pages, sleep):
+    assert batch(rate, base, 64) == (pages, sleep)
+
+
+def test_on_the_demo_host_it_saves_as_much_as_ksmtuned_with_far_less_cpu():
+    """The simulated host (deterministic): the same saving, a third of ksmd's CPU or less over 3 hours."""
+    results = {}
+    for name in ("ksmtuned", "adaptive"):
+        sim = Simulation.from_yaml(os.path.join(os.path.dirname(__file__), "..", "sysfs_emu", "scenarios", "demo.yaml"))
+        loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": name}))
+        saved = []
+        while sim.now < 3 * 3600:
+            report = loop.cycle()
+            saved.append(report.pages_sharing + report.ksm_zero_pages)
+        results[name] = (sum(saved) / len(saved), sim.ksmd.cpu_time)
+    (k_saved, k_cpu), (a_saved, a_cpu) = results["ksmtuned"], results["adaptive"]
+    assert a_saved >= 0.95 * k_saved
+    assert a_cpu <= k_cpu / 3
+
+
+def test_the_cycle_leaves_pages_to_scan_to_the_advisor_and_writes_the_rest():
+    sim = Simulation({"host": {"memory": "1GiB"}, "ksm": {"advisor_mode": "scan-time", "run": 1},
+                      "processes": [{"name": "qemu-system-x86", "regions": [{"pages": 240000, "fill": "zero"}]}]})
+    host = SimulationHost(sim)
+    report = Cycle(host, policy()).run()
+    # ksmtuned's sleep for 1 GiB: 10 ms x 16 GiB / 1 GiB
+    assert report.writes == ("sleep_millisecs=160", "run=1") and report.level == "advisor"
+    assert sim.kernel.read_attr("advisor_mode") == "none [scan-time]\n"
