@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from ksmtuned_py.decision import START
-from ksmtuned_py.knobs import KsmState, describe_error
+from ksmtuned_py.knobs import KNOBS, KsmState, describe_error
 from ksmtuned_py.readings import MemInfo, Readings
-from ksmtuned_py.report import CycleReport, human_bytes
+from ksmtuned_py.report import CycleReport, guest_reports, human_bytes, rates, unmerge_figures
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,8 @@ class Cycle:
         self.on_report = on_report
         self.writer = KnobWriter()
         self.cycles = 0  # cycles run so far
+        self.previous: Readings | None = None  # the last cycle's readings (for rates over the interval)
+        self.after: KsmState | None = None  # the KSM files right after the last cycle's writes
 
     def decide(self) -> tuple[Readings, Decision]:
         """Read the host and decide, writing nothing (``status``, ``adjust --dry-run``)."""
@@ -193,22 +195,28 @@ class Cycle:
         """Read, decide, write; the report says what happened.  ReadingError when the host cannot be read."""
         t0 = time.monotonic()
         readings, decision = self.decide()
+        others = changed_knobs(self.after, readings.ksm)
         self.debug(*decision.debug_before)
         writes = self.writer.apply(self.host, decision, readings.ksm)
         after = self.host.read_ksm()
         self.cycles += 1
         report = make_report(readings, decision, writes, after, self.host.page_size,
-                             duration=time.monotonic() - t0, cycles=self.cycles)
+                             duration=time.monotonic() - t0, cycles=self.cycles, previous=self.previous,
+                             policy=getattr(self.policy, "name", ""), knobs_changed=others)
+        self.previous, self.after = readings, after
         self.on_report(report)
         self.debug(*decision.debug_after)
         return report
 
 
 def make_report(readings: Readings, decision: Decision, writes: Writes, after: KsmState, page_size: int,
-                duration: float, cycles: int) -> CycleReport:
+                duration: float, cycles: int, previous: Readings | None = None, policy: str = "",
+                knobs_changed: tuple[str, ...] = ()) -> CycleReport:
     """The report of a cycle: its readings, its decision, and the KSM files right after the writes."""
     saved = after.saved_bytes(page_size)
     advisor = decision.action == START and writes.advisor_active
+    cpu_percent, cow_rate = rates(previous, readings)
+    need, room = unmerge_figures(readings, page_size)
     return CycleReport(
         time=readings.time,
         duration=duration,
@@ -235,7 +243,33 @@ def make_report(readings: Readings, decision: Decision, writes: Writes, after: K
         general_profit=after.get("general_profit"),
         ksm_zero_pages=after.get("ksm_zero_pages"),
         pages_scanned=after.get("pages_scanned"),
+        policy=policy,
+        ksmd_cpu_seconds=readings.ksmd_cpu_seconds,
+        ksmd_cpu_percent=cpu_percent,
+        cow_ksm=readings.cow_ksm,
+        cow_ksm_per_second=cow_rate,
+        unmerge_need_bytes=need,
+        unmerge_room_bytes=room,
+        per_guest=guest_reports(readings.guests),
+        knobs_changed=knobs_changed,
     )
+
+
+def changed_knobs(after: KsmState | None, now: KsmState) -> tuple[str, ...]:
+    """The knobs that changed since the last cycle's writes (another program wrote them): ``name old -> new``.
+
+    pages_to_scan is the kernel's own while its scan-time advisor runs, so it is not compared then.
+    """
+    if after is None:
+        return ()
+    out = []
+    for name in KNOBS:
+        if name == "pages_to_scan" and (after.advisor_active or now.advisor_active):
+            continue
+        old, new = after.knobs.get(name), now.knobs.get(name)
+        if old is not None and new is not None and old != new:
+            out.append(f"{name} {old} -> {new}")
+    return tuple(out)
 
 
 def status_sentence(decision: Decision, free_kb: int, advisor: bool, saved_bytes: int | None) -> str:

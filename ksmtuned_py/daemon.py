@@ -21,6 +21,7 @@ from ksmtuned_py.cycle import Cycle, Policy
 from ksmtuned_py.debuglog import DebugLog
 from ksmtuned_py.filehost import FileHost
 from ksmtuned_py.knobs import require_ksm
+from ksmtuned_py.notices import Notices
 from ksmtuned_py.pidfile import Pidfile, StateFile, state_path
 from ksmtuned_py.readings import GuestScanner, ReadingError
 from ksmtuned_py.report import CycleReport
@@ -94,6 +95,7 @@ class Daemon:
         self._state_failed: str | None = None
         self._reading_failed: str | None = None  # the last ReadingError logged
         self.last_report: CycleReport | None = None
+        self.notices = Notices()  # unmerge risk and other writers, said once per change
         self._last_logged: tuple | None = None
         self._wakeup_r: int | None = None
 
@@ -177,6 +179,7 @@ class Daemon:
             log.info("reading the host works again")
             self._reading_failed = None
         self._log_decision(report)
+        self.notices(report)
         self.notifier.status(report.status)
         for listener in [*self.cycle_listeners, *self._config_listeners]:
             try:
@@ -190,21 +193,21 @@ class Daemon:
         # Changes are logged at INFO; a repeat of the same decision only at DEBUG.
         level = logging.INFO if key != self._last_logged else logging.DEBUG
         self._last_logged = key
-        log.log(
-            level,
-            "%s ksm (%s); %d guests",
-            report.action,
-            report.status,
-            report.guests,
-            extra={
-                "KSM_DECISION": report.action,
-                "KSM_NPAGES": report.npages,
-                "KSM_SLEEP": report.sleep_ms,
-                "KSM_FREE": report.free_kb,
-                "KSM_COMMITTED": report.committed_kb,
-                "KSM_THRES": report.thres_kb,
-            },
-        )
+        fields = {
+            "KSM_DECISION": report.action,
+            "KSM_NPAGES": report.npages,
+            "KSM_SLEEP": report.sleep_ms,
+            "KSM_FREE": report.free_kb,
+            "KSM_COMMITTED": report.committed_kb,
+            "KSM_THRES": report.thres_kb,
+            "KSM_POLICY": report.policy,
+            "KSM_LEVEL": report.level,
+            "KSM_REASON": report.reason,
+            "KSM_KSMD_CPU": None if report.ksmd_cpu_percent is None else round(report.ksmd_cpu_percent, 2),
+        }
+        # (a field the policy has no value for is left out, not sent as "None")
+        log.log(level, "%s ksm (%s); %d guests", report.action, report.status, report.guests,
+                extra={k: v for k, v in fields.items() if v is not None and v != ""})
 
     # --- the published state --------------------------------------------------------
 
@@ -217,6 +220,7 @@ class Daemon:
             "root": os.path.realpath(self.root),
             **self.policy.state(),
             "last_decision": None if r is None else asdict(r),
+            "other_writer": self.notices.other_writer,
             "updated": time.time(),
         }
 

@@ -62,6 +62,15 @@ def ksmd_cpu_seconds(proc: str, pid: int | None) -> float | None:
     return None if text is None else stat_cpu_seconds(text)
 
 
+def uptime_seconds(proc: str) -> float | None:
+    """Seconds since boot (/proc/uptime), None when it cannot be read."""
+    text = read_bytes(f"{proc}/uptime", 256)
+    try:
+        return float(text.split()[0]) if text else None
+    except ValueError:
+        return None
+
+
 # --- /proc/vmstat ------------------------------------------------------------------------
 
 

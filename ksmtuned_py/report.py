@@ -6,6 +6,21 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class GuestReport:
+    """One guest as a cycle saw it: its size and its KSM numbers (None where the kernel has none)."""
+
+    pid: int
+    name: str  # libvirt's -name guest=, Proxmox VE's -id, else the pid
+    comm: str
+    kb: int  # resident (or proportional) size, kB
+    ksm_merging_pages: int | None = None
+    ksm_process_profit: int | None = None  # bytes, can be negative
+    ksm_rmap_items: int | None = None
+    ksm_zero_pages: int | None = None
+    mergeable: bool | None = None  # ksm_stat's ksm_mergeable (Linux >= 6.7), None before
+
+
+@dataclass(frozen=True)
 class CycleReport:
     """One cycle: when, what was read, what was decided and written, and KSM right after.
 
@@ -39,6 +54,58 @@ class CycleReport:
     general_profit: int | None = None  # bytes, where the kernel has it
     ksm_zero_pages: int | None = None
     pages_scanned: int | None = None
+    # Beyond ksmtuned: what scanning costs and risks, and who saves what (None where not known).
+    policy: str = ""
+    ksmd_cpu_seconds: float | None = None  # ksmd's CPU time since boot
+    ksmd_cpu_percent: float | None = None  # of one CPU, over the last interval
+    cow_ksm: int | None = None  # KSM pages copied on write since boot (/proc/vmstat)
+    cow_ksm_per_second: float | None = None  # over the last interval
+    unmerge_need_bytes: int | None = None  # (pages_sharing + ksm_zero_pages) x page size: needed if all diverge
+    unmerge_room_bytes: int | None = None  # MemAvailable + SwapFree
+    per_guest: tuple[GuestReport, ...] = ()
+    # Knobs that changed since the last cycle wrote them, not by this cycle: "name old -> new"
+    knobs_changed: tuple[str, ...] = ()
+
+    @property
+    def unmerge_risk(self) -> bool | None:
+        """Would the host lack memory if every merged page were written again?"""
+        if self.unmerge_need_bytes is None or self.unmerge_room_bytes is None:
+            return None
+        return self.unmerge_need_bytes > self.unmerge_room_bytes
+
+
+def guest_reports(guests) -> tuple[GuestReport, ...]:
+    """The report's view of ``readings.guests``."""
+    out = []
+    for g in guests:
+        k = g.ksm
+        out.append(GuestReport(g.pid, g.name or str(g.pid), g.comm, g.kb,
+                               None if k is None else k.merging_pages, None if k is None else k.process_profit,
+                               None if k is None else k.rmap_items, None if k is None else k.zero_pages,
+                               None if k is None else k.mergeable))
+    return tuple(out)
+
+
+def unmerge_figures(readings, page_size: int) -> tuple[int | None, int | None]:
+    """(what merged memory needs back if every merged page were written, MemAvailable + SwapFree), bytes."""
+    c = readings.ksm.counters
+    need = None if "pages_sharing" not in c else (c["pages_sharing"] + c.get("ksm_zero_pages", 0)) * page_size
+    m = readings.meminfo
+    room = None if m.available is None else (m.available + (m.swap_free or 0)) * 1024
+    return need, room
+
+
+def rates(previous, readings) -> tuple[float | None, float | None]:
+    """ksmd's CPU use (percent of one CPU) and copy-on-write breaks per second between two readings."""
+    if previous is None or readings.time <= previous.time:
+        return None, None
+    dt = readings.time - previous.time
+    cpu = cow = None
+    if readings.ksmd_cpu_seconds is not None and previous.ksmd_cpu_seconds is not None:
+        cpu = max(0.0, readings.ksmd_cpu_seconds - previous.ksmd_cpu_seconds) / dt * 100
+    if readings.cow_ksm is not None and previous.cow_ksm is not None:
+        cow = max(0, readings.cow_ksm - previous.cow_ksm) / dt
+    return cpu, cow
 
 
 def human_bytes(n: int | float) -> str:

@@ -13,13 +13,14 @@ import time
 from dataclasses import dataclass
 
 from ksmtuned_py import config as configmod
-from ksmtuned_py import policies
+from ksmtuned_py import policies, procinfo
 from ksmtuned_py.cycle import Cycle, Policy
 from ksmtuned_py.errors import UserError
 from ksmtuned_py.filehost import FileHost
 from ksmtuned_py.knobs import KNOBS, require_ksm
 from ksmtuned_py.pidfile import read_state, running_pid, state_path
-from ksmtuned_py.report import human_bytes
+from ksmtuned_py.readings import Readings
+from ksmtuned_py.report import guest_reports, human_bytes, unmerge_figures
 
 RUN_STATES = {0: "stopped", 1: "running", 2: "unmerging"}
 DAEMON, FRESH = "daemon", "fresh start"
@@ -97,7 +98,7 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
             "thres_kb": dec.thres_kb,
             "sleep_ms": dec.sleep_ms,
         },
-        "guests": [{"pid": g.pid, "comm": g.comm, "kb": g.kb} for g in readings.guests],
+        "guests": [{"pid": g.pid, "comm": g.comm, "kb": g.kb, **guest_ksm(g)} for g in guest_reports(readings.guests)],
         "next": {
             "action": dec.action,
             "level": dec.level,
@@ -108,8 +109,38 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
             "from_npages": before,
             "npages_source": basis.source,
             "npages_from": basis.why,
+            "policy": basis.policy.name,
         },
         "daemon": basis.daemon,
+        **insight(readings, root, page_size, basis.daemon.get("last_decision")),
+    }
+
+
+def guest_ksm(g) -> dict:
+    """A guest's name and KSM numbers as status shows them."""
+    return {"name": g.name, "ksm_merging_pages": g.ksm_merging_pages, "ksm_process_profit": g.ksm_process_profit,
+            "ksm_rmap_items": g.ksm_rmap_items, "ksm_zero_pages": g.ksm_zero_pages, "mergeable": g.mergeable}
+
+
+def insight(readings: Readings, root: str, page_size: int, last: dict | None) -> dict:
+    """ksmd's CPU use, copy-on-write breaks and the unmerge risk: over the daemon's last interval when a
+    daemon runs, else since boot."""
+    uptime = procinfo.uptime_seconds(os.path.join(root, "proc"))
+    cpu, cow = readings.ksmd_cpu_seconds, readings.cow_ksm
+    if last and last.get("ksmd_cpu_percent") is not None:
+        cpu_percent, basis = last["ksmd_cpu_percent"], "over the daemon's last interval"
+    else:
+        cpu_percent, basis = (None if cpu is None or not uptime else cpu / uptime * 100), "since boot"
+    if last and last.get("cow_ksm_per_second") is not None:
+        cow_rate = last["cow_ksm_per_second"]
+    else:
+        cow_rate = None if cow is None or not uptime else cow / uptime
+    need, room = unmerge_figures(readings, page_size)
+    return {
+        "ksmd": {"cpu_seconds": cpu, "cpu_percent": cpu_percent, "over": basis},
+        "cow_ksm": {"total": cow, "per_second": cow_rate, "over": basis},
+        "unmerge": {"need_bytes": need, "room_bytes": room,
+                    "fits": None if need is None or room is None else need <= room},
     }
 
 
@@ -138,8 +169,8 @@ def render_text(s: dict) -> str:
         f"committed {m['committed_kb']} kB ({m['memory_metric']}, {len(guests)} guests), "
         f"thres {m['thres_kb']} kB"
     )
-    for g in guests:
-        lines.append(f"guest:      {g['pid']} {g['comm']} {g['kb']} kB")
+    lines += [guest_line(g) for g in guests]
+    lines += insight_lines(s)
     if n["action"] == "start":
         scan = "pages_to_scan left to the kernel advisor" if n["advisor"] else f"pages_to_scan {n['npages']}"
         what = f"start ksm ({n['level']}): {scan}, sleep_millisecs {n['sleep_ms']}"
@@ -162,6 +193,35 @@ def render_text(s: dict) -> str:
     else:
         lines.append(f"daemon:     not running ({d['reason']})")
     return "\n".join(lines) + "\n"
+
+
+def guest_line(g: dict) -> str:
+    """``guest:      1234 web-1 (qemu-system-x86) 2097152 kB, merging 1200 pages, profit 4.5 MiB, mergeable``."""
+    text = f"guest:      {g['pid']} {g['name']} ({g['comm']}) {g['kb']} kB"
+    if g["ksm_merging_pages"] is not None:
+        text += f", merging {g['ksm_merging_pages']} pages"
+    if g["ksm_process_profit"] is not None:
+        text += f", profit {human_bytes(g['ksm_process_profit'])}"
+    if g["mergeable"] is not None:
+        text += ", mergeable" if g["mergeable"] else ", NOT mergeable (see ksmtuned-py doctor)"
+    return text
+
+
+def insight_lines(s: dict) -> list[str]:
+    """ksmd's CPU use, copy-on-write breaks and the unmerge risk, for people."""
+    lines = []
+    k, c, u = s["ksmd"], s["cow_ksm"], s["unmerge"]
+    if k["cpu_percent"] is not None:
+        lines.append(f"ksmd:       {k['cpu_percent']:.2f}% of one CPU {k['over']} "
+                     f"({k['cpu_seconds']:.1f} s of CPU since boot)")
+    if c["total"] is not None:
+        rate = "" if c["per_second"] is None else f", {c['per_second']:.2f}/s {c['over']}"
+        lines.append(f"cow breaks: {c['total']} KSM pages copied on write since boot{rate}")
+    if u["need_bytes"] is not None and u["room_bytes"] is not None:
+        verdict = "fits" if u["fits"] else "DOES NOT FIT: the host could run out of memory"
+        lines.append(f"unmerge:    merged {human_bytes(u['need_bytes'])} needed back if the guests wrote it all, "
+                     f"MemAvailable + SwapFree {human_bytes(u['room_bytes'])}: {verdict}")
+    return lines
 
 
 def adjust_once(cfg: configmod.Config, root: str = "/", apply: bool = False) -> tuple[list[str], bool]:

@@ -155,6 +155,7 @@ def test_status_text(host):
         f"saved:      10.0 MiB (pages_sharing 2560 x {PAGE} B); general_profit 9.5 MiB\n"
         "memory:     total 1000000 kB, free 100000 kB (classic), committed 0 kB (rss, 0 guests), "
         "thres 200000 kB\n"
+        "unmerge:    merged 10.0 MiB needed back if the guests wrote it all, MemAvailable + SwapFree 97.7 MiB: fits\n"
         "next cycle: start ksm (boost): pages_to_scan 300, sleep_millisecs 167, because "
         "free 100000 kB <= thres 200000 kB; free 100000 kB < thres 200000 kB, "
         "so boost pages_to_scan from 0 to 300\n"

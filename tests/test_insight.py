@@ -119,3 +119,38 @@ def test_the_file_host_reads_the_real_ksmd_and_vmstat():
     fields = Path(f"/proc/{ksmd}/stat").read_text().rsplit(")", 1)[1].split()
     assert readings.ksmd_cpu_seconds <= (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     host.scanner.close()
+
+
+# --- status -------------------------------------------------------------------------------
+
+from tests.ksm_guests import ksm_guests  # noqa: E402
+from tests.test_cli import cli  # noqa: E402
+from tests.test_daemon import daemons, host  # noqa: E402,F401 (fixtures)
+
+
+def test_status_shows_each_guest_its_name_and_ksm_numbers(host):
+    import json
+
+    with ksm_guests({"name": "web-1"}, {"name": "db-1", "mergeable": False},
+                    {"name": "x", "comm": "kvm", "argv0": "/usr/bin/kvm", "args": ("-id", "104")}) as (web, db, pve):
+        for g in (web, db, pve):
+            host.link(g.pid)
+        host.conf.write_text(host.conf.read_text() + "KSM_PROCESS_REGEX='^(qemu-system-x86|kvm)$'\n")
+        r = cli(host, "status", "--json")
+        assert r.returncode == 0, r.stderr
+        s = json.loads(r.stdout)
+        text = cli(host, "status").stdout
+        stats = {g.pid: procinfo.read_ksm_stat("/proc", g.pid) for g in (web, db, pve)}
+    by_pid = {g["pid"]: g for g in s["guests"]}
+    assert [by_pid[g.pid]["name"] for g in (web, db, pve)] == ["web-1", "db-1", "104"]
+    assert [by_pid[g.pid]["mergeable"] for g in (web, db, pve)] == [True, False, True]
+    for g in (web, db, pve):
+        assert by_pid[g.pid]["ksm_merging_pages"] == stats[g.pid].merging_pages
+        assert by_pid[g.pid]["ksm_process_profit"] == stats[g.pid].process_profit
+    assert f"guest:      {db.pid} db-1 (qemu-system-x86) " in text
+    assert f"{db.pid} db-1 (qemu-system-x86) {by_pid[db.pid]['kb']} kB, merging 0 pages, profit 0 B, " \
+           "NOT mergeable (see ksmtuned-py doctor)" in text
+    # no ksmd in this tree: its CPU is not known; the unmerge figures come from the tree's files
+    assert s["ksmd"] == {"cpu_seconds": None, "cpu_percent": None, "over": "since boot"}
+    # (the tree's meminfo has MemAvailable 100000 kB and no swap)
+    assert s["unmerge"] == {"need_bytes": 2560 * os.sysconf("SC_PAGE_SIZE"), "room_bytes": 100000 * 1024, "fits": True}
