@@ -238,3 +238,86 @@ def smaps_rollup_text(r: Rollup, vsz_pages: int, page_size: int) -> str:
         ("Locked", 0),
     ]
     return head + "\n" + "".join(f"{k + ':':<16}{v:8d} kB\n" for k, v in values)
+
+
+# --- the host's /proc/vmstat and the ksmd kernel thread -------------------------------------
+
+#: The counters of /proc/vmstat on Linux 6.18 (x86_64, one NUMA node), in the kernel's order.
+VMSTAT_KEYS = (
+    "nr_free_pages", "nr_free_pages_blocks", "nr_zone_inactive_anon", "nr_zone_active_anon",
+    "nr_zone_inactive_file", "nr_zone_active_file", "nr_zone_unevictable", "nr_zone_write_pending",
+    "nr_mlock", "nr_zspages", "nr_free_cma", "numa_hit", "numa_miss", "numa_foreign", "numa_interleave",
+    "numa_local", "numa_other", "nr_inactive_anon", "nr_active_anon", "nr_inactive_file", "nr_active_file",
+    "nr_unevictable", "nr_slab_reclaimable", "nr_slab_unreclaimable", "nr_isolated_anon",
+    "nr_isolated_file", "workingset_nodes", "workingset_refault_anon", "workingset_refault_file",
+    "workingset_activate_anon", "workingset_activate_file", "workingset_restore_anon",
+    "workingset_restore_file", "workingset_nodereclaim", "nr_anon_pages", "nr_mapped", "nr_file_pages",
+    "nr_dirty", "nr_writeback", "nr_shmem", "nr_shmem_hugepages", "nr_shmem_pmdmapped",
+    "nr_file_hugepages", "nr_file_pmdmapped", "nr_anon_transparent_hugepages", "nr_vmscan_write",
+    "nr_vmscan_immediate_reclaim", "nr_dirtied", "nr_written", "nr_throttled_written",
+    "nr_kernel_misc_reclaimable", "nr_foll_pin_acquired", "nr_foll_pin_released", "nr_kernel_stack",
+    "nr_page_table_pages", "nr_sec_page_table_pages", "nr_iommu_pages", "nr_swapcached",
+    "pgpromote_success", "pgpromote_candidate", "pgpromote_candidate_nrl", "pgdemote_kswapd",
+    "pgdemote_direct", "pgdemote_khugepaged", "pgdemote_proactive", "nr_hugetlb", "nr_balloon_pages",
+    "nr_kernel_file_pages", "nr_dirty_threshold", "nr_dirty_background_threshold", "nr_memmap_pages",
+    "nr_memmap_boot_pages", "pgpgin", "pgpgout", "pswpin", "pswpout", "pgalloc_dma", "pgalloc_dma32",
+    "pgalloc_normal", "pgalloc_movable", "pgalloc_device", "allocstall_dma", "allocstall_dma32",
+    "allocstall_normal", "allocstall_movable", "allocstall_device", "pgskip_dma", "pgskip_dma32",
+    "pgskip_normal", "pgskip_movable", "pgskip_device", "pgfree", "pgactivate", "pgdeactivate",
+    "pglazyfree", "pgfault", "pgmajfault", "pglazyfreed", "pgrefill", "pgreuse", "pgsteal_kswapd",
+    "pgsteal_direct", "pgsteal_khugepaged", "pgsteal_proactive", "pgscan_kswapd", "pgscan_direct",
+    "pgscan_khugepaged", "pgscan_proactive", "pgscan_direct_throttle", "pgscan_anon", "pgscan_file",
+    "pgsteal_anon", "pgsteal_file", "zone_reclaim_success", "zone_reclaim_failed", "pginodesteal",
+    "slabs_scanned", "kswapd_inodesteal", "kswapd_low_wmark_hit_quickly", "kswapd_high_wmark_hit_quickly",
+    "pageoutrun", "pgrotated", "drop_pagecache", "drop_slab", "oom_kill", "numa_pte_updates",
+    "numa_huge_pte_updates", "numa_hint_faults", "numa_hint_faults_local", "numa_pages_migrated",
+    "pgmigrate_success", "pgmigrate_fail", "thp_migration_success", "thp_migration_fail",
+    "thp_migration_split", "compact_migrate_scanned", "compact_free_scanned", "compact_isolated",
+    "compact_stall", "compact_fail", "compact_success", "compact_daemon_wake",
+    "compact_daemon_migrate_scanned", "compact_daemon_free_scanned", "htlb_buddy_alloc_success",
+    "htlb_buddy_alloc_fail", "unevictable_pgs_culled", "unevictable_pgs_scanned",
+    "unevictable_pgs_rescued", "unevictable_pgs_mlocked", "unevictable_pgs_munlocked",
+    "unevictable_pgs_cleared", "unevictable_pgs_stranded", "thp_fault_alloc", "thp_fault_fallback",
+    "thp_fault_fallback_charge", "thp_collapse_alloc", "thp_collapse_alloc_failed", "thp_file_alloc",
+    "thp_file_fallback", "thp_file_fallback_charge", "thp_file_mapped", "thp_split_page",
+    "thp_split_page_failed", "thp_deferred_split_page", "thp_underused_split_page", "thp_split_pmd",
+    "thp_scan_exceed_none_pte", "thp_scan_exceed_swap_pte", "thp_scan_exceed_share_pte", "thp_split_pud",
+    "thp_zero_page_alloc", "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback",
+    "balloon_inflate", "balloon_deflate", "balloon_migrate", "swap_ra", "swap_ra_hit", "swpin_zero",
+    "swpout_zero", "ksm_swpin_copy", "cow_ksm", "zswpin", "zswpout", "zswpwb", "direct_map_level2_splits",
+    "direct_map_level3_splits", "direct_map_level2_collapses", "direct_map_level3_collapses",
+    "nr_unstable",
+)
+
+# stat field 9 of a kernel thread: PF_KTHREAD | PF_NOFREEZE, as Linux shows ksmd.
+_KTHREAD_FLAGS = 0x200040
+
+
+def vmstat_text(free_pages: int, anon_pages: int, cow_ksm: int) -> str:
+    """``/proc/vmstat`` of an otherwise idle host: free and anonymous pages, KSM's copy-on-write breaks."""
+    values = {"nr_free_pages": free_pages, "nr_zone_active_anon": anon_pages, "nr_active_anon": anon_pages,
+              "nr_anon_pages": anon_pages, "cow_ksm": cow_ksm}
+    return "".join(f"{key} {values.get(key, 0)}\n" for key in VMSTAT_KEYS)
+
+
+def kthread_stat_text(pid: int, name: str, cpu_seconds: float, start_ticks: int = 17) -> str:
+    """``/proc/PID/stat`` of a kernel thread (ksmd): child of kthreadd, no memory, its CPU time as system time."""
+    stime = int(cpu_seconds * CLOCK_TICKS)
+    fields = ["S", 2, 0, 0, 0, -1, _KTHREAD_FLAGS, 0, 0, 0, 0, 0, stime, 0, 0, 25, 5, 1, 0, start_ticks, 0, 0,
+              _RLIM_INFINITY, 0, 0, 0, 0, 0, 0, 0, 2147483647, 0, 1, 0, 0, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    return f"{pid} ({name}) " + " ".join(str(f) for f in fields) + "\n"
+
+
+def kthread_status_text(pid: int, name: str) -> str:
+    """``/proc/PID/status`` of a kernel thread: no Vm lines, ``Kthread: 1``."""
+    lines = [("Name", name), ("Umask", "0022"), ("State", "S (sleeping)"), ("Tgid", pid), ("Ngid", 0), ("Pid", pid),
+             ("PPid", 2), ("TracerPid", 0), ("Uid", "0\t0\t0\t0"), ("Gid", "0\t0\t0\t0"), ("FDSize", 64),
+             ("Groups", " "), ("NStgid", pid), ("NSpid", pid), ("NSpgid", 0), ("NSsid", 0), ("Kthread", 1),
+             ("Threads", 1), ("SigQ", "0/63448"), ("SigPnd", "0" * 16), ("ShdPnd", "0" * 16), ("SigBlk", "0" * 16),
+             ("SigIgn", "f" * 16), ("SigCgt", "0" * 16), ("CapInh", "0" * 16), ("CapPrm", "000001ffffffffff"),
+             ("CapEff", "000001ffffffffff"), ("CapBnd", "000001ffffffffff"), ("CapAmb", "0" * 16),
+             ("NoNewPrivs", 0), ("Seccomp", 0), ("Seccomp_filters", 0),
+             ("Speculation_Store_Bypass", "thread vulnerable"), ("SpeculationIndirectBranch", "conditional enabled"),
+             ("Cpus_allowed", "ffffffff"), ("Cpus_allowed_list", "0-31"), ("Mems_allowed", "00000001"),
+             ("Mems_allowed_list", "0"), ("voluntary_ctxt_switches", 0), ("nonvoluntary_ctxt_switches", 0)]
+    return "".join(f"{key}:\t{value}\n" for key, value in lines)

@@ -43,7 +43,8 @@ STATE_DIR = ".sysfs-emu"
 KSM_ATTRS: dict[str, bool] = {attr.name: not attr.counter for attr in ATTRS}
 
 PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages", "smaps_rollup")
-HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg")
+HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg", "vmstat")
+KSMD_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat")  # the ksmd kernel thread's
 # Directories the tree needs, parents first.
 BASE_DIRS = ("proc", "sys", "sys/kernel", "sys/kernel/mm", KSM_DIR)
 
@@ -141,6 +142,8 @@ class Tree:
         self._proc_key: tuple | None = None
         self._next_proc_refresh = 0.0
         self.manifest = Manifest(self.state_dir / "manifest.json")
+        # The ksmd kernel thread, just below the simulated processes' pids, so tuners find its CPU time.
+        self.ksmd_pid = sim.scenario.host.pid_base - 1
 
     # --- creation and removal -------------------------------------------------------
 
@@ -173,11 +176,14 @@ class Tree:
                 self.manifest.dirs.append(rel)
         self.manifest.files = files
         self.manifest.pids = []
+        self._remove_pid_dir(self.ksmd_pid)
+        self._add_ksmd_dir()
         self.manifest.save()
         self.sync(force=True)
 
     def remove(self) -> None:
         """Delete what sysfs-emu created (files, process dirs, then its directories if empty)."""
+        self._remove_pid_dir(self.ksmd_pid)
         for pid in list(self._pids):
             self._remove_pid_dir(pid)
         for pid in self.manifest.pids:
@@ -289,6 +295,11 @@ class Tree:
                                                      len(live)).encode(), 0o444)
         last_pid = max((p.pid for p in live), default=1)
         self._put("proc/loadavg", procfs.loadavg_text(len(live) + 1, last_pid).encode(), 0o444)
+        mem = sim.memory
+        free_pages = sim.meminfo_kb()["MemFree"] * 1024 // sim.page_size
+        self._put("proc/vmstat", procfs.vmstat_text(free_pages, int(mem.physical_pages()), mem.cow_ksm).encode(), 0o444)
+        for fname, data in self._ksmd_texts().items():
+            self._put(f"proc/{self.ksmd_pid}/{fname}", data, 0o444)
 
     def _refresh_processes(self, force: bool = False) -> None:
         """New and exited processes at once; the others' numbers when memory changed.
@@ -307,7 +318,7 @@ class Tree:
             if pid not in self._pids:
                 changed |= self._add_pid_dir(proc, self._proc_texts(self._view(proc)))
         if changed:
-            self.manifest.pids = sorted(self._pids)
+            self.manifest.pids = sorted([*self._pids, self.ksmd_pid])
             self.manifest.save()
         key = self._memory_key()
         now = time.monotonic()
@@ -343,6 +354,32 @@ class Tree:
             "smaps_rollup": procfs.smaps_rollup_text(proc.rollup, proc.vsz_pages, proc.page_size).encode(),
         }
 
+    def _ksmd_texts(self) -> dict[str, bytes]:
+        """The ksmd kernel thread's files: its CPU time as the simulated ksmd accounts it."""
+        pid, cpu = self.ksmd_pid, self.sim.ksmd.cpu_time
+        return {"comm": b"ksmd\n", "cmdline": b"", "stat": procfs.kthread_stat_text(pid, "ksmd", cpu).encode(),
+                "statm": b"0 0 0 0 0 0 0\n", "status": procfs.kthread_status_text(pid, "ksmd").encode(),
+                "ksm_stat": b""}
+
+    def _add_ksmd_dir(self) -> None:
+        """``proc/PID`` of ksmd, built aside and renamed into place like a process's."""
+        target = self.root / "proc" / str(self.ksmd_pid)
+        if os.path.lexists(target):
+            raise TreeError(f"{target} exists and was not made by sysfs-emu; use an empty directory")
+        build = self.tmp_dir / "new-ksmd"
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir()
+        texts = self._ksmd_texts()
+        for fname, data in texts.items():
+            (build / fname).write_bytes(data)
+            os.chmod(build / fname, 0o444)
+        os.chmod(build, 0o555)
+        os.rename(build, target)
+        for fname, data in texts.items():
+            st = os.stat(target / fname)
+            self._written[f"proc/{self.ksmd_pid}/{fname}"] = _Written(data, 0o444, st.st_ino, st.st_mtime_ns)
+        self.manifest.pids = [self.ksmd_pid]
+
     def _add_pid_dir(self, proc, texts: dict[str, bytes]) -> bool:
         """Build ``proc/PID`` aside and rename it into place, so it appears complete."""
         target = self.root / "proc" / str(proc.pid)
@@ -370,7 +407,7 @@ class Tree:
         target = self.root / "proc" / str(pid)
         self._pids.pop(pid, None)
         self._hwm.pop(pid, None)
-        for fname in PROC_FILES:
+        for fname in (*PROC_FILES, *KSMD_FILES):
             self._written.pop(f"proc/{pid}/{fname}", None)
         if not target.is_dir() or target.is_symlink():
             return

@@ -204,3 +204,33 @@ def test_the_unmerge_risk_is_logged_when_it_appears_and_when_it_goes(caplog):
                     "more than MemAvailable + SwapFree (4.0 GiB): the host could run out of memory"),
         ("INFO", "unmerge risk gone: merged 1.0 GiB fits in MemAvailable + SwapFree (4.0 GiB)"),
     ]
+
+
+# --- the simulated tree serves what the real /proc does ------------------------------------------
+
+
+def test_the_served_tree_has_the_ksmd_thread_and_vmstat_as_linux_shows_them(tmp_path):
+    from sysfs_emu.tree import Tree
+
+    sim = Simulation(TWO_GUESTS)
+    tree = Tree(sim, tmp_path / "host")
+    tree.create()
+    proc = tmp_path / "host" / "proc"
+    real = Path("/proc/vmstat").read_text().split()[0::2]
+    assert (proc / "vmstat").read_text().split()[0::2] == real  # the same counters, in the same order
+    ksmd = proc / str(tree.ksmd_pid)
+    assert (ksmd / "comm").read_text() == "ksmd\n" and (ksmd / "cmdline").read_bytes() == b""
+    assert "Kthread:\t1\n" in (ksmd / "status").read_text()
+    sim.run_until(full_scans=3)
+    sim.apply({"rewrite": {"process": 0, "region": 0, "first": 0, "pages": 100, "fill": "unique"}})
+    tree.sync(force=True)
+    host = FileHost(tmp_path / "host")
+    readings = host.read()
+    assert host.scanner.ksmd_pid == tree.ksmd_pid  # a kernel thread named ksmd, as on Linux
+    assert readings.ksmd_cpu_seconds == int(sim.ksmd.cpu_time * 100) / 100 > 0
+    assert readings.cow_ksm == sim.memory.cow_ksm == 100
+    # and the same parser on the real kernel's files reads the same fields
+    if Path("/sys/kernel/mm/ksm").is_dir():
+        real_host = FileHost("/")
+        assert real_host.read().ksmd_cpu_seconds is not None
+        real_host.scanner.close()

@@ -30,7 +30,7 @@ def test_psutil_reads_name_cmdline_and_memory(procfs):
     sim, _ = procfs
     procs = sim.processes
     assert len(procs) == 3
-    assert sorted(psutil.pids()) == sorted(p.pid for p in procs)
+    assert sorted(psutil.pids()) == sorted([sim.scenario.host.pid_base - 1, *(p.pid for p in procs)])  # and ksmd
     for p in procs:
         ps = psutil.Process(p.pid)
         assert ps.cmdline() == list(p.cmdline)
@@ -50,7 +50,7 @@ def test_psutil_reads_name_cmdline_and_memory(procfs):
 def test_psutil_process_iter_and_boot_time(procfs):
     sim, _ = procfs
     names = sorted(p.info["name"] for p in psutil.process_iter(["name"]))
-    assert names == sorted(["qemu-system-x86_64", "qemu-system-x86_64", "sshd"])
+    assert names == sorted(["ksmd", "qemu-system-x86_64", "qemu-system-x86_64", "sshd"])
     assert psutil.boot_time() == pytest.approx(sim.boot_time, abs=1)
 
 

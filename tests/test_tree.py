@@ -75,7 +75,9 @@ def test_proc_files_of_each_process(tree, sim):
     root = tree.root
     assert read(root / "proc/meminfo") == sim.meminfo()
     procs = sim.processes
-    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == sorted(p.pid for p in procs)
+    # the simulated processes, and the ksmd kernel thread just below them
+    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == \
+        sorted([sim.scenario.host.pid_base - 1, *(p.pid for p in procs)])
     for p in procs:
         d = root / "proc" / str(p.pid)
         assert sorted(os.listdir(d)) == sorted(PROC_FILES)
@@ -238,7 +240,8 @@ def test_processes_come_and_go(tree, sim):
     tree.sync()
     new = [p for p in sim.processes if p.id == 7][0]
     assert read(root / "proc" / str(new.pid) / "comm") == "qemu-kvm\n"
-    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == sorted(p.pid for p in sim.processes)
+    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == \
+        sorted([sim.scenario.host.pid_base - 1, *(p.pid for p in sim.processes)])
 
 
 def test_a_foreign_pid_directory_is_logged_once_and_its_end_too(tree, sim, caplog):
@@ -287,10 +290,12 @@ def test_a_second_run_takes_over_its_own_leftovers(sim, tmp_path):
     root.mkdir()
     Tree(sim, root).create()  # left in place, as after a run without --clean
     sim.apply({"exit": sim.processes[0].id})
-    gone = [n for n in os.listdir(root / "proc") if n.isdigit() and int(n) not in {p.pid for p in sim.processes}]
+    gone = [n for n in os.listdir(root / "proc")
+            if n.isdigit() and int(n) not in {p.pid for p in sim.processes} | {sim.scenario.host.pid_base - 1}]
     assert gone
     Tree(sim, root).create()
-    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == sorted(p.pid for p in sim.processes)
+    assert sorted(int(n) for n in os.listdir(root / "proc") if n.isdigit()) == \
+        sorted([sim.scenario.host.pid_base - 1, *(p.pid for p in sim.processes)])
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -444,7 +449,7 @@ def test_idle_host_is_this_machine_sized(tmp_path):
         ours = read(root / "proc/meminfo").splitlines()[0].split()
         real = Path("/proc/meminfo").read_text().splitlines()[0].split()
         assert ours[0] == "MemTotal:" and abs(int(ours[1]) - int(real[1])) < 4
-        assert [n for n in os.listdir(root / "proc") if n.isdigit()] == []
+        assert [n for n in os.listdir(root / "proc") if n.isdigit()] == ["999"]  # only ksmd
 
 
 def test_console_script_is_installed():
