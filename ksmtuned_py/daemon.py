@@ -64,7 +64,8 @@ def config_listeners(config: configmod.Config) -> list[CycleListener]:
     if config.metrics_textfile:
         from ksmtuned_py.metrics import TextfileWriter
 
-        listeners.append(TextfileWriter(config.metrics_textfile))
+        listeners.append(TextfileWriter(config.metrics_textfile, config.settings["KSM_MAX_CPU"].value
+                                        if "KSM_MAX_CPU" in config.settings else None))
     return listeners
 
 

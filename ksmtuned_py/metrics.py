@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,8 @@ DEFAULT_NAME = "ksmtuned-py.prom"
 
 #: The decisions a cycle can take, exported as a Prometheus state set.
 DECISIONS = ("stop", "boost", "decay")
+#: ... by policy (a policy not listed here: "stop" and its decision of the moment).
+POLICY_DECISIONS = {"ksmtuned": DECISIONS, "adaptive": ("stop", "burst", "catch-up", "steady", "advisor")}
 
 KIB = 1024
 
@@ -56,6 +58,14 @@ class Sample:
     cycles: int | None = None  # cycles run since the daemon started
     # Labels for an info metric (e.g. the version).
     info: dict[str, str] = field(default_factory=dict)
+    # Beyond ksmtuned: the policy, what scanning costs and risks, and each guest.
+    policy: str | None = None
+    ksmd_cpu_seconds: float | None = None  # since boot
+    ksmd_cpu_budget: float | None = None  # KSM_MAX_CPU as a share of one CPU
+    cow_ksm: int | None = None  # since boot
+    unmerge_need_bytes: int | None = None
+    unmerge_room_bytes: int | None = None
+    guest_list: list[dict] = field(default_factory=list)  # {"name", "kb", "ksm_merging_pages", ...}
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,8 @@ def _families(s: Sample) -> list[tuple[_Family, list[tuple[dict[str, str], float
         "Pages ksmd has scanned since boot (pages_scanned).",
         s.pages_scanned)
     if s.decision is not None:
-        states = DECISIONS if s.decision in DECISIONS else (*DECISIONS, s.decision)
+        known = POLICY_DECISIONS.get(s.policy or "ksmtuned", ("stop",))
+        states = known if s.decision in known else (*known, s.decision)
         out.append((_Family("ksmtuned_decision", "gauge",
                             "The last cycle's decision: 1 for the one taken, 0 for the others."),
                     [({"decision": d}, 1 if d == s.decision else 0) for d in states]))
@@ -114,6 +125,63 @@ def _families(s: Sample) -> list[tuple[_Family, list[tuple[dict[str, str], float
         "When the last cycle ran, in seconds since the Unix epoch.", s.time)
     add("ksmtuned_last_cycle_duration_seconds", "gauge",
         "How long the last cycle took.", s.duration)
+    out += _insight_families(s)
+    return out
+
+
+def _insight_families(s: Sample) -> list[tuple[_Family, list[tuple[dict[str, str], float]]]]:
+    """The policy, ksmd's CPU time, copy-on-write breaks, the unmerge risk and one series per guest."""
+    out: list[tuple[_Family, list[tuple[dict[str, str], float]]]] = []
+
+    def add(name: str, kind: str, help_: str, value: float | None, labels: dict | None = None) -> None:
+        if value is not None:
+            out.append((_Family(name, kind, help_), [(labels or {}, value)]))
+
+    if s.policy:
+        add("ksmtuned_policy", "gauge", "The tuning policy (KSM_POLICY): always 1.", 1, {"policy": s.policy})
+    add("ksmtuned_ksmd_cpu_seconds_total", "counter",
+        "CPU time the ksmd kernel thread has used since boot (utime + stime).", s.ksmd_cpu_seconds)
+    add("ksmtuned_ksmd_cpu_budget_ratio", "gauge",
+        "The share of one CPU ksmd may use (KSM_MAX_CPU; the adaptive policy keeps to it).", s.ksmd_cpu_budget)
+    add("ksmtuned_ksm_cow_total", "counter",
+        "KSM pages copied on write since boot: guests writing to merged pages (vmstat cow_ksm).", s.cow_ksm)
+    add("ksmtuned_unmerge_need_bytes", "gauge",
+        "Memory the guests would need back if every merged page were written: "
+        "(pages_sharing + ksm_zero_pages) x page size.", s.unmerge_need_bytes)
+    add("ksmtuned_unmerge_room_bytes", "gauge", "MemAvailable + SwapFree.", s.unmerge_room_bytes)
+    if s.unmerge_need_bytes is not None and s.unmerge_room_bytes is not None:
+        add("ksmtuned_unmerge_risk", "gauge", "1 when the unmerge need is more than the room, else 0.",
+            1 if s.unmerge_need_bytes > s.unmerge_room_bytes else 0)
+    out += _guest_families(s.guest_list)
+    return out
+
+
+#: One series per guest, labelled with its name: (metric, type, help, the guest's key, scale).
+GUEST_METRICS = (
+    ("ksmtuned_guest_resident_bytes", "gauge", "A guest's resident (or proportional) memory, as counted.", "kb", KIB),
+    ("ksmtuned_guest_ksm_merging_pages", "gauge", "A guest's pages merged by KSM (ksm_merging_pages).",
+     "ksm_merging_pages", 1),
+    ("ksmtuned_guest_ksm_profit_bytes", "gauge",
+     "What KSM saves in a guest less its metadata (ksm_process_profit; can be negative).", "ksm_process_profit", 1),
+    ("ksmtuned_guest_mergeable", "gauge", "1 when some of a guest's memory is mergeable (ksm_mergeable), else 0.",
+     "mergeable", 1),
+)
+
+
+def guest_labels(guests: list[dict]) -> list[str]:
+    """Each guest's label: its name, with its pid added when two guests have the same name."""
+    names = [g["name"] for g in guests]
+    return [f"{g['name']} (pid {g['pid']})" if names.count(g["name"]) > 1 else g["name"] for g in guests]
+
+
+def _guest_families(guests: list[dict]) -> list[tuple[_Family, list[tuple[dict[str, str], float]]]]:
+    out = []
+    labels = guest_labels(guests)
+    for name, kind, help_, key, scale in GUEST_METRICS:
+        points = [({"guest": label}, float(g[key]) * scale) for g, label in zip(guests, labels)
+                  if g.get(key) is not None]
+        if points:
+            out.append((_Family(name, kind, help_), points))
     return out
 
 
@@ -213,6 +281,12 @@ def sample_from_report(report: "CycleReport") -> Sample:
         duration=report.duration,
         cycles=report.cycles,
         info={"version": __version__},
+        policy=report.policy or None,
+        ksmd_cpu_seconds=report.ksmd_cpu_seconds,
+        cow_ksm=report.cow_ksm,
+        unmerge_need_bytes=report.unmerge_need_bytes,
+        unmerge_room_bytes=report.unmerge_room_bytes,
+        guest_list=[asdict(g) for g in report.per_guest],
     )
 
 
@@ -240,6 +314,14 @@ def sample_from_status(snap: dict, timestamp: float, duration: float) -> Sample:
         time=timestamp,
         duration=duration,
         info={"version": __version__},
+        policy=nxt.get("policy"),
+        ksmd_cpu_seconds=snap["ksmd"]["cpu_seconds"],
+        ksmd_cpu_budget=None if snap["ksmd"].get("cpu_budget_percent") is None
+        else snap["ksmd"]["cpu_budget_percent"] / 100,
+        cow_ksm=snap["cow_ksm"]["total"],
+        unmerge_need_bytes=snap["unmerge"]["need_bytes"],
+        unmerge_room_bytes=snap["unmerge"]["room_bytes"],
+        guest_list=snap["guests"],
     )
 
 
@@ -250,12 +332,15 @@ class TextfileWriter:
     never every cycle; it never stops the daemon.
     """
 
-    def __init__(self, target: str | os.PathLike):
+    def __init__(self, target: str | os.PathLike, cpu_budget_percent: int | None = None):
         self.target = target
+        self.cpu_budget_percent = cpu_budget_percent
         self._last_error: str | None = None
 
     def __call__(self, report: "CycleReport") -> None:
         sample = sample_from_report(report)
+        if self.cpu_budget_percent is not None:
+            sample.ksmd_cpu_budget = self.cpu_budget_percent / 100
         try:
             write_textfile(self.target, sample)
         except UserError as err:

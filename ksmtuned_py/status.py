@@ -85,7 +85,7 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
         "page_size": page_size,
         "general_profit": ksm.counters.get("general_profit"),
     }
-    return {
+    snap = {
         "ksm": knobs,
         "counters": dict(ksm.counters),
         "saved": saved,
@@ -114,6 +114,8 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
         "daemon": basis.daemon,
         **insight(readings, root, page_size, basis.daemon.get("last_decision")),
     }
+    snap["ksmd"]["cpu_budget_percent"] = cfg.settings["KSM_MAX_CPU"].value if "KSM_MAX_CPU" in cfg.settings else None
+    return snap
 
 
 def guest_ksm(g) -> dict:

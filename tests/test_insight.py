@@ -153,7 +153,7 @@ def test_status_shows_each_guest_its_name_and_ksm_numbers(host):
     assert f"{db.pid} db-1 (qemu-system-x86) {by_pid[db.pid]['kb']} kB, merging 0 pages, profit 0 B, " \
            "NOT mergeable (see ksmtuned-py doctor)" in text  # not mergeable: never scanned
     # no ksmd in this tree: its CPU is not known; the unmerge figures come from the tree's files
-    assert s["ksmd"] == {"cpu_seconds": None, "cpu_percent": None, "over": "since boot"}
+    assert s["ksmd"] == {"cpu_seconds": None, "cpu_percent": None, "over": "since boot", "cpu_budget_percent": 20}
     # (the tree's meminfo has MemAvailable 100000 kB and no swap)
     assert s["unmerge"] == {"need_bytes": 2560 * os.sysconf("SC_PAGE_SIZE"), "room_bytes": 100000 * 1024, "fits": True}
 

@@ -23,8 +23,8 @@ from tests.emutree import KSMTUNED_PY, small_scenario
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "etc/prometheus/ksmtuned-py.rules.yml"
 DASHBOARD = REPO / "etc/grafana/ksmtuned-py.json"
-ALERTS = ["KSMStoppedWhileGuestsDoNotFit", "KSMNegativeProfit", "KSMUnmergeRisk",
-          "KsmtunedMetricsStale", "KsmtunedDown"]
+ALERTS = ["KSMStoppedWhileGuestsDoNotFit", "KSMNegativeProfit", "KSMUnmergeRisk", "KSMKsmdOverCPUBudget",
+          "KSMGuestNotMergeable", "KsmtunedMetricsStale", "KsmtunedDown"]
 
 _KEYWORDS = {"and", "or", "unless", "on", "ignoring", "by", "without", "group_left", "group_right",
              "bool", "offset", "inf", "nan"}
@@ -170,11 +170,20 @@ def test_each_alert_fires_exactly_when_it_should(promtool: Path, tmp_path: Path)
                    {"series": h(inst, "ksmtuned_memory_total_bytes"), "values": "1000x40"},
                    {"series": h(inst, "ksmtuned_ksm_running"), "values": f"{running}x40"},
                    {"series": h(inst, "node_ksmd_run"), "values": f"{running}x40"}]
-    # general_profit: h4 negative, h5 above its free memory; h1..h3 small and positive.
-    for inst, profit, free in (("h1", 10, 5000), ("h2", 10, 5000), ("h3", 10, 5000),
-                               ("h4", -4096, 5000), ("h5", 8192, 4096)):
-        series += [{"series": h(inst, "ksmtuned_ksm_general_profit_bytes"), "values": f"{profit}x90"},
-                   {"series": h(inst, "ksmtuned_memory_free_bytes"), "values": f"{free}x90"}]
+    # general_profit: h4 negative; h1..h3 and h5 small and positive.
+    for inst, profit in (("h1", 10), ("h2", 10), ("h3", 10), ("h4", -4096), ("h5", 10)):
+        series += [{"series": h(inst, "ksmtuned_ksm_general_profit_bytes"), "values": f"{profit}x90"}]
+    # merged memory: on h5 more than MemAvailable + SwapFree, on h4 less.
+    for inst, need, room in (("h4", 4096, 8192), ("h5", 8192, 4096)):
+        series += [{"series": h(inst, "ksmtuned_unmerge_need_bytes"), "values": f"{need}x90"},
+                   {"series": h(inst, "ksmtuned_unmerge_room_bytes"), "values": f"{room}x90"}]
+    # ksmd's CPU seconds: h2 at half a CPU, h3 at a tenth, both with a budget of 20 %.
+    for inst, per_minute in (("h2", 30), ("h3", 6)):
+        series += [{"series": h(inst, "ksmtuned_ksmd_cpu_seconds_total"), "values": f"0+{per_minute}x90"},
+                   {"series": h(inst, "ksmtuned_ksmd_cpu_budget_ratio"), "values": "0.2x90"}]
+    # per guest: db on h1 not mergeable, web mergeable
+    series += [{"series": f'ksmtuned_guest_mergeable{{guest="db",instance="h1",job="node"}}', "values": "0x90"},
+               {"series": f'ksmtuned_guest_mergeable{{guest="web",instance="h1",job="node"}}', "values": "1x90"}]
     # Cycles: h6 stopped at time 0, h7 keeps cycling every minute.
     series += [{"series": h("h6", "ksmtuned_last_cycle_timestamp_seconds"), "values": "0x30"},
                {"series": h("h7", "ksmtuned_last_cycle_timestamp_seconds"), "values": "0+60x30"},
@@ -199,9 +208,14 @@ def test_each_alert_fires_exactly_when_it_should(promtool: Path, tmp_path: Path)
                            "pages it merged.  Consider stopping KSM on this host or marking fewer "
                            "regions mergeable."},
         "KSMUnmergeRisk": {
-            "summary": "KSM saves more memory on h5 than is free",
-            "description": "KSM saves 8kiB, more than the free memory: if the guests' merged pages "
-                           "diverge the host has to find that memory (swap or OOM)."},
+            "summary": "KSM has merged more memory on h5 than the host could give back",
+            "description": "KSM has merged 8kiB that the guests would need again if they wrote it, more than "
+                           "MemAvailable + SwapFree: if the merged pages diverge the host has to find that "
+                           "memory (swap or OOM)."},
+        "KSMKsmdOverCPUBudget": {
+            "summary": "ksmd uses more CPU on h2 than KSM_MAX_CPU allows",
+            "description": "ksmd has used 50% of a CPU for 30 minutes.  Check `ksmtuned-py status`; "
+                           "KSM_POLICY=adaptive scans only while scanning pays."},
         "KsmtunedMetricsStale": {
             "summary": "ksmtuned-py on h6 has not completed a cycle for 20m 0s",
             "description": "Check `systemctl status ksmtuned-py` and `journalctl -u ksmtuned-py`."},
@@ -218,6 +232,14 @@ def test_each_alert_fires_exactly_when_it_should(promtool: Path, tmp_path: Path)
             {"eval_time": "50m", "alertname": "KSMNegativeProfit", "exp_alerts": []},
             fired("KSMNegativeProfit", "h4", "70m"),
             fired("KSMUnmergeRisk", "h5", "35m"),
+            {"eval_time": "30m", "alertname": "KSMKsmdOverCPUBudget", "exp_alerts": []},  # pending
+            fired("KSMKsmdOverCPUBudget", "h2", "45m"),
+            {"eval_time": "75m", "alertname": "KSMGuestNotMergeable", "exp_alerts": [
+                {"exp_labels": {"severity": "info", "instance": "h1", "job": "node", "guest": "db"},
+                 "exp_annotations": {
+                     "summary": "KSM cannot merge guest db on h1",
+                     "description": "None of the guest's memory is mergeable.  `ksmtuned-py doctor` says why "
+                                    "and what to change, if it should be."}}]},
             fired("KsmtunedMetricsStale", "h6", "20m"),
             {"eval_time": "14m", "alertname": "KsmtunedDown", "exp_alerts": []},
             fired("KsmtunedDown", "h8", "25m"),
@@ -227,3 +249,16 @@ def test_each_alert_fires_exactly_when_it_should(promtool: Path, tmp_path: Path)
     got = subprocess.run([str(promtool), "test", "rules", str(path)], capture_output=True, text=True,
                          timeout=120)
     assert got.returncode == 0, got.stdout + got.stderr
+
+
+def test_per_guest_ksmd_and_unmerge_metrics_are_served(textfile: Path, served_metrics: set[str]):
+    """Each guest by name (a bounded label: one series per guest), ksmd's CPU, cow_ksm, the unmerge risk."""
+    text = textfile.read_text()
+    guests = re.findall(r'^ksmtuned_guest_resident_bytes\{guest="([^"]+)"\} \d+$', text, re.M)
+    assert guests and len(guests) == len(set(guests))
+    for name in ("ksmtuned_guest_resident_bytes", "ksmtuned_guest_ksm_merging_pages", "ksmtuned_guest_ksm_profit_bytes",
+                 "ksmtuned_guest_mergeable", "ksmtuned_ksmd_cpu_seconds_total", "ksmtuned_ksm_cow_total",
+                 "ksmtuned_unmerge_need_bytes", "ksmtuned_unmerge_room_bytes", "ksmtuned_unmerge_risk",
+                 "ksmtuned_policy"):
+        assert name in served_metrics, name
+    assert re.search(r"^ksmtuned_ksmd_cpu_seconds_total \d", text, re.M)
