@@ -156,6 +156,22 @@ def status(opts: Options, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of findings.")
+@click.pass_obj
+def doctor(opts: Options, as_json: bool) -> None:
+    """Say why KSM is not saving (more) here: findings, their evidence, and what to do."""
+    import json
+
+    from ksmtuned_py import doctor as doctormod
+
+    findings = doctormod.diagnose(doctormod.survey(opts.load_config(), opts.root))
+    if as_json:
+        click.echo(json.dumps(doctormod.as_json(findings), indent=2))
+    else:
+        click.echo(doctormod.render_text(findings), nl=False)
+
+
+@main.command()
 @click.option("--dry-run/--apply", "dry_run", default=True, help="Only print (default), or write the knobs.")
 @click.pass_obj
 def adjust(opts: Options, dry_run: bool) -> None:

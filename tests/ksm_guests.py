@@ -26,7 +26,7 @@ from tests.guests import StandInGuest
 
 _BODY = r"""
 import ctypes, json, mmap, os, signal, struct, sys
-spec = json.loads(sys.argv[1])
+spec = json.loads(sys.stdin.readline())
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(15, ctypes.c_char_p(spec["comm"].encode()[:15]), 0, 0, 0)  # PR_SET_NAME
 if spec["merge_any"] and libc.prctl(67, 1, 0, 0, 0) != 0:  # PR_SET_MEMORY_MERGE
@@ -62,8 +62,10 @@ def start_ksm_guest(name: str = "guest", contents: list[int] | None = None, *, c
             "mergeable": mergeable, "shared": shared, "thp": thp, "merge_any": merge_any}
     extra = args if args is not None else ("-name", f"guest={name},debug-threads=on", "-enable-kvm")
     env = dict(os.environ, PYTHONHOME=sys.base_prefix)
-    proc = subprocess.Popen([argv0, "-c", _BODY, json.dumps(spec), *extra], executable=sys.executable,
-                            stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([argv0, "-c", _BODY, *extra], executable=sys.executable,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    proc.stdin.write(json.dumps(spec).encode() + b"\n")  # (too long for an argument)
+    proc.stdin.close()
     if proc.stdout.readline() != b"ready\n":
         proc.kill()
         proc.wait()
