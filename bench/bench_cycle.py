@@ -182,6 +182,8 @@ def inside(args) -> int:
                       f"(wall {b.wall / args.cycles * 1000:6.2f} ms; first cycle {b.first_cpu * 1000:.0f} ms CPU; "
                       f"the daemon process alone, without children: {b.own_ns / args.cycles / 1e6:.2f} ms)")
             ref, py = benches
+            print(f"  ksmtuned-py keeps {len(os.listdir(f'/proc/{py.pid}/fd'))} files open "
+                  "(a comm file per known process)")
             if py.cpu > 0:
                 print(f"  ratio: the reference's cycle costs {ref.cpu / py.cpu:.1f}x ksmtuned-py's CPU")
             else:

@@ -12,7 +12,6 @@ import os
 import select
 import signal
 import time
-from dataclasses import asdict
 from typing import Callable, Mapping
 
 from ksmtuned_py import config as configmod
@@ -24,7 +23,7 @@ from ksmtuned_py.knobs import require_ksm
 from ksmtuned_py.notices import Notices
 from ksmtuned_py.pidfile import Pidfile, StateFile, state_path
 from ksmtuned_py.readings import GuestScanner, ReadingError
-from ksmtuned_py.report import CycleReport
+from ksmtuned_py.report import CycleReport, report_dict
 from ksmtuned_py.service import Notifier
 
 log = logging.getLogger(__name__)
@@ -220,7 +219,7 @@ class Daemon:
             "config": self.config_path,
             "root": os.path.realpath(self.root),
             **self.policy.state(),
-            "last_decision": None if r is None else asdict(r),
+            "last_decision": None if r is None else report_dict(r),
             "other_writer": self.notices.other_writer,
             "updated": time.time(),
         }

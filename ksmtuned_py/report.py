@@ -74,6 +74,16 @@ class CycleReport:
         return self.unmerge_need_bytes > self.unmerge_room_bytes
 
 
+def report_dict(report: CycleReport) -> dict:
+    """``dataclasses.asdict(report)`` without its deep copy (every field is a number, a string or a
+    tuple of them): the daemon publishes one every cycle."""
+    d = dict(report.__dict__)
+    d["writes"] = list(report.writes)
+    d["knobs_changed"] = list(report.knobs_changed)
+    d["per_guest"] = [dict(g.__dict__) for g in report.per_guest]
+    return d
+
+
 def guest_reports(guests) -> tuple[GuestReport, ...]:
     """The report's view of ``readings.guests``."""
     out = []
