@@ -6,12 +6,7 @@ import logging
 import os
 import sys
 
-try:  # systemd-python is a runtime dependency; stay usable if it fails to import
-    from systemd import daemon as _sd_daemon
-    from systemd import journal as _sd_journal
-except ImportError:  # pragma: no cover - exercised only on broken installs
-    _sd_daemon = None
-    _sd_journal = None
+from ksmtuned_py import journal
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +40,8 @@ def configure_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    if stderr_is_journal() and _sd_journal is not None:
-        handler: logging.Handler = _sd_journal.JournalHandler(SYSLOG_IDENTIFIER="ksmtuned-py")
+    if stderr_is_journal():
+        handler: logging.Handler = journal.JournalHandler("ksmtuned-py")
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("ksmtuned-py: %(levelname)s: %(message)s"))
@@ -57,8 +52,7 @@ class Notifier:
     """sd_notify(3) messages; every call is a no-op outside systemd."""
 
     def _send(self, *lines: str) -> None:
-        if _sd_daemon is not None and os.environ.get("NOTIFY_SOCKET"):
-            _sd_daemon.notify("\n".join(lines))
+        journal.notify("\n".join(lines))
 
     def ready(self, status: str) -> None:
         self._send("READY=1", f"STATUS={status}")
