@@ -5,10 +5,12 @@ threshold do not fit in memory, or free memory is short.  How fast ksmd scans is
 module's: a rule over what the last interval cost and returned, pure (no I/O, no clock:
 time comes in the readings), so the same readings always give the same decision.
 
-- **Burst.** When KSM starts, when a guest starts (the libvirt hook's retune, or the scan
-  seeing a new guest) and when the guests' memory grows, ksmd scans so that a full scan of
-  the guests' pages takes about ``BURST_SCAN_S``, and keeps at it for at least two full
-  scans (a page merges on its second visit) and for as long as full scans add savings.
+- **Burst.** When KSM first starts, ksmd scans so that a full scan of the guests' pages
+  takes a little less than an interval (``BURST_SHARE``), for two full scans (a page merges
+  on its second visit), and longer while pages still merge and change.
+- **Catch-up.** When a guest starts (the libvirt hook's retune, or the scan seeing a new
+  guest) or the guests' memory grows, two full scans at that rate but within
+  ``CATCH_UP_CPU`` of a CPU: a new guest is a small part of what a full scan visits.
 - **Steady.** Once a full scan adds no savings, it backs off: a full scan takes
   ``IDLE_SCAN_S[0]``, twice as long after each quiet interval, up to ``IDLE_SCAN_S[1]``.
   That slow scan is the probe for new duplicates: when it merges pages again, it bursts.
@@ -37,7 +39,8 @@ from ksmtuned_py.readings import MemInfo, Readings
 
 BURST, CATCH_UP, STEADY, ADVISOR = "burst", "catch-up", "steady", "advisor"
 STARTS = "ksm starts"
-BURST_SCAN_S = 48.0  # a full scan while merging, CPU allowing (0.8 of the interval once it is known)
+BURST_SHARE = 0.8  # a full scan while merging takes 0.8 of KSM_MONITOR_INTERVAL, CPU allowing ...
+BURST_SCAN_S = 5.0  # ... and at least this long
 IDLE_SCAN_S = (900.0, 8 * 3600.0)  # a full scan once scans stop paying: from, doubling up to
 BURST_SCANS = 2  # full scans a burst makes at least
 UNMERGED_PAGE_COST_S = 12e-6  # CPU per page not merged yet, before ksmd's own cost is measured
@@ -157,9 +160,11 @@ class AdaptivePolicy:
     name = "adaptive"
 
     def __init__(self, params: Params, max_cpu: int = 20, tuning: Tuning | None = None,
-                 memo: Memo | None = None, npages: int | None = None, sleep_ms: int | None = None):
+                 memo: Memo | None = None, npages: int | None = None, sleep_ms: int | None = None,
+                 interval_s: float = 60.0):
         self.params = params
         self.max_cpu = max_cpu  # percent of one CPU
+        self.interval_s = interval_s  # KSM_MONITOR_INTERVAL: a burst's full scan ends just before a decision
         self.tuner: Tuner | None = None if tuning is None else Tuner(params, tuning.total, 0, tuning)
         self.memo = memo or Memo()
         self._npages = npages
@@ -169,14 +174,14 @@ class AdaptivePolicy:
     def from_config(cls, config: configmod.Config) -> "AdaptivePolicy":
         from ksmtuned_py.policies import ksmtuned_params
 
-        return cls(ksmtuned_params(config), int(config["KSM_MAX_CPU"]))
+        return cls(ksmtuned_params(config), int(config["KSM_MAX_CPU"]), interval_s=float(config.monitor_interval))
 
     @classmethod
     def from_state(cls, state: dict) -> "AdaptivePolicy":
         """The policy a daemon published; KeyError, TypeError or ValueError when the state is not one."""
         memo = Memo(**state["memo"])
         return cls(Params(**state["params"]), int(state["max_cpu"]), Tuning(**state["tuning"]), memo,
-                   state.get("npages"), state.get("sleep_ms"))
+                   state.get("npages"), state.get("sleep_ms"), float(state.get("interval_s", 60.0)))
 
     @property
     def npages(self) -> int | None:
@@ -196,7 +201,8 @@ class AdaptivePolicy:
 
     def state(self) -> dict:
         return {"policy": self.name, "npages": self._npages, "sleep_ms": self._sleep_ms,
-                "max_cpu": self.max_cpu, "tuning": asdict(self.tuner.tuning), "params": asdict(self.params),
+                "max_cpu": self.max_cpu, "interval_s": self.interval_s, "tuning": asdict(self.tuner.tuning),
+                "params": asdict(self.params),
                 "memo": asdict(self.memo)}
 
     # --- the decision ---------------------------------------------------------------------
@@ -293,7 +299,7 @@ class AdaptivePolicy:
         if mode in (BURST, CATCH_UP):
             # A full scan in a little less than an interval: the burst's scans end before a
             # decision, which can then stop them (ksmd cannot be stopped between decisions).
-            seconds = BURST_SCAN_S if last is None else min(max(0.8 * last.seconds, BURST_SCAN_S), 120.0)
+            seconds = max(BURST_SCAN_S, BURST_SHARE * self.interval_s)
             rate = pages / seconds
         else:
             rate = pages / min(IDLE_SCAN_S[1], IDLE_SCAN_S[0] * 2 ** min(self.memo.quiet, 30))
