@@ -246,9 +246,23 @@ def _is_range(line: bytes) -> bool:
 
 def read_smaps(proc: str, pid: int) -> list[Mapping] | None:
     """A process's mappings, None when /proc/PID/smaps cannot be read (gone, or not served)."""
-    path = f"{proc}/{pid}/smaps"
     try:
-        with open(path, "rb") as f:
-            return parse_smaps(f.read(64 << 20))
+        fd = os.open(f"{proc}/{pid}/smaps", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO in a tree: no hang
     except OSError:
         return None
+    chunks, size = [], 0
+    try:
+        while size < 64 << 20 and (data := os.read(fd, 1 << 18)):  # procfs gives a few mappings per read
+            chunks.append(data)
+            size += len(data)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return parse_smaps(b"".join(chunks))
+
+
+def smaps_mergeable(proc: str, pid: int) -> bool | None:
+    """Whether any of a process's mappings is mergeable (VmFlags mg); None when smaps cannot be read."""
+    maps = read_smaps(proc, pid)
+    return None if maps is None else any(m.mergeable for m in maps)

@@ -114,6 +114,7 @@ class Guest:
     kb: int  # resident (or proportional) set size in kB
     name: str = ""  # from its command line (libvirt's -name guest=, Proxmox VE's -id), else the pid
     ksm: procinfo.KsmStat | None = None  # its /proc/PID/ksm_stat, None where there is none
+    mergeable: bool | None = None  # ksm_stat's ksm_mergeable, else mg in smaps' VmFlags; None when neither says
 
 
 @dataclass(slots=True)
@@ -123,6 +124,7 @@ class _Entry:
     guest: bool
     kthread: bool  # a kernel thread never execs a guest: its comm is not re-read
     name: str = ""  # a guest's name (its command line is read once)
+    merges: bool = False  # smaps showed mergeable memory (kernels before 6.7): not read again
 
 
 @dataclass
@@ -318,9 +320,10 @@ class GuestScanner:
         # Guests are re-checked every cycle: a guest may exec something else.
         guest = self._is_guest(comm)
         kthread = bool(flags & PF_KTHREAD)
-        keep = cached.name if cached is not None and cached.guest and cached.comm == comm else ""
+        same = cached is not None and cached.guest and cached.comm == comm
         self.watch.discard(name)
-        self._cache[name] = entry = _Entry(0, comm, guest, kthread, name=keep)
+        self._cache[name] = entry = _Entry(0, comm, guest, kthread, name=cached.name if same else "",
+                                           merges=same and cached.merges)
         if kthread and comm == "ksmd":
             self.ksmd_pid = pid
         if not guest:
@@ -335,7 +338,12 @@ class GuestScanner:
             return Guest(pid, comm, kb)
         if not entry.name:
             entry.name = procinfo.guest_name(procinfo.read_cmdline(self._proc, pid), pid)
-        return Guest(pid, comm, kb, entry.name, procinfo.read_ksm_stat(self._proc, pid))
+        ksm = procinfo.read_ksm_stat(self._proc, pid)
+        mergeable = None if ksm is None else ksm.mergeable
+        if mergeable is None:  # a kernel before 6.7: VmFlags say it (read until it is yes)
+            mergeable = entry.merges or procinfo.smaps_mergeable(self._proc, pid)
+            entry.merges = mergeable is True
+        return Guest(pid, comm, kb, entry.name, ksm, mergeable)
 
     def _remember(self, name: str, entry: _Entry) -> None:
         """How a non-guest is told apart later: its comm file kept open, else its /proc/PID inode."""

@@ -17,7 +17,7 @@ class GuestReport:
     ksm_process_profit: int | None = None  # bytes, can be negative
     ksm_rmap_items: int | None = None
     ksm_zero_pages: int | None = None
-    mergeable: bool | None = None  # ksm_stat's ksm_mergeable (Linux >= 6.7), None before
+    mergeable: bool | None = None  # ksm_stat's ksm_mergeable (Linux >= 6.7), else mg in smaps; None if unknown
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def guest_reports(guests) -> tuple[GuestReport, ...]:
         out.append(GuestReport(g.pid, g.name or str(g.pid), g.comm, g.kb,
                                None if k is None else k.merging_pages, None if k is None else k.process_profit,
                                None if k is None else k.rmap_items, None if k is None else k.zero_pages,
-                               None if k is None else k.mergeable))
+                               g.mergeable))
     return tuple(out)
 
 

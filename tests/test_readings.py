@@ -144,6 +144,46 @@ def test_pss_metric_reads_smaps_rollup(tmp_path):
         assert 8192 <= g.kb <= rss_kib(guest.pid)
 
 
+SMAPS_MAPPING = (
+    "7f0000000000-7f0000400000 rw-p 00000000 00:00 0 \n"
+    "Size:               4096 kB\nRss:                2048 kB\nAnonymous:          2048 kB\n"
+    "AnonHugePages:         0 kB\nVmFlags: rd wr mr mw me ac{mg} \n"
+)
+
+
+def test_whether_a_guest_is_mergeable_comes_from_ksm_stat_else_from_smaps_vmflags(tmp_path):
+    """Linux 6.7 and later say it in ksm_stat; before, the guest's smaps mappings do (VmFlags mg)."""
+    root = make_root(tmp_path)
+    old_ksm_stat = "ksm_rmap_items 0\nksm_merging_pages 0\nksm_process_profit 0\n"  # Linux 6.1-6.6
+    for pid, ksm_stat, mg in ((41, old_ksm_stat, " mg"), (42, old_ksm_stat, ""), (43, None, " mg"),
+                              (44, old_ksm_stat + "ksm_merge_any: no\nksm_mergeable: no\n", " mg"),
+                              (45, old_ksm_stat, None)):
+        d = fake_process(root, pid, "qemu-kvm", 1, rss_pages=512, vmrss=2048)
+        if ksm_stat is not None:
+            (d / "ksm_stat").write_text(ksm_stat)
+        if mg is not None:
+            (d / "smaps").write_text(SMAPS_MAPPING.format(mg=mg))
+    scanner = GuestScanner(root)
+    assert [(g.pid, g.mergeable) for g in scanner.scan()] == [
+        (41, True), (42, False), (43, True), (44, False), (45, None)]  # ksm_stat wins where it says
+    # The report and so status, --json and the metrics carry it.
+    from ksmtuned_py.report import guest_reports
+
+    assert [r.mergeable for r in guest_reports(scanner.scan())] == [True, False, True, False, None]
+    # Once mergeable, smaps is not read again; a guest not mergeable yet is read every scan.
+    (root / "proc/41/smaps").write_text(SMAPS_MAPPING.format(mg=""))
+    (root / "proc/42/smaps").write_text(SMAPS_MAPPING.format(mg=" mg"))
+    assert [g.mergeable for g in scanner.scan()][:2] == [True, True]
+
+
+def test_a_fifo_as_smaps_does_not_hang_the_scan(tmp_path):
+    root = make_root(tmp_path)
+    d = fake_process(root, 41, "qemu-kvm", 1, rss_pages=512, vmrss=2048)
+    os.mkfifo(d / "smaps")
+    (g,) = GuestScanner(root).scan()  # a FIFO without a writer reads as empty: no mappings
+    assert g.mergeable is False
+
+
 def test_read_host_sums_committed_memory(tmp_path):
     root = make_root(tmp_path)
     with stand_in_guests({"resident_kib": 4096}, {"comm": "qemu:db", "resident_kib": 4096}) as procs:
