@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -355,6 +356,7 @@ def test_an_unlistable_proc_is_logged_once_per_change(tmp_path, caplog):
 
 RENAMER = r"""
 import ctypes, sys
+print("ready", flush=True)
 sys.stdin.readline()
 ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b"qemu:vm1"), 0, 0, 0)  # PR_SET_NAME
 print("renamed", flush=True)
@@ -374,8 +376,11 @@ def test_on_the_real_proc_known_processes_are_watched_and_an_exec_or_a_rename_is
     qemu = tmp_path / "qemu-system-x86_64"
     qemu.symlink_to(shutil.which("sleep"))
     execs = subprocess.Popen(["sh", "-c", 'read line; exec "$0" 600', str(qemu)], stdin=subprocess.PIPE)
-    renames = subprocess.Popen(["python3", "-c", RENAMER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    renames = subprocess.Popen([sys.executable, "-c", RENAMER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        # Both have exec'd their programs (a comm that changes after the first scan is read again).
+        assert renames.stdout.readline() == b"ready\n"
+        _wait_comm(execs.pid, "sh")
         scanner = GuestScanner("/")
         mine = {execs.pid, renames.pid}
         assert not mine & {g.pid for g in scanner.scan()}
