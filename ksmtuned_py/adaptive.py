@@ -7,13 +7,15 @@ time comes in the readings), so the same readings always give the same decision.
 
 - **Burst.** When KSM first starts, ksmd scans so that a full scan of the guests' pages
   takes a little less than an interval (``BURST_SHARE``), for two full scans (a page merges
-  on its second visit), and longer while pages still merge and change.
+  on its second visit), and longer while pages still merge and change.  A guest that starts
+  before those scans are done (or while the gate interrupted them) joins the burst.
 - **Catch-up.** When a guest starts (the libvirt hook's retune, or the scan seeing a new
   guest) or the guests' memory grows, two full scans at that rate but within
   ``CATCH_UP_CPU`` of a CPU: a new guest is a small part of what a full scan visits.
 - **Steady.** Once a full scan adds no savings, it backs off: a full scan takes
   ``IDLE_SCAN_S[0]``, twice as long after each quiet interval, up to ``IDLE_SCAN_S[1]``.
-  That slow scan is the probe for new duplicates: when it merges pages again, it bursts.
+  That slow scan is the probe for new duplicates: when it merges pages again, it goes back
+  to its quickest (a catch-up would rescan every guest twice for pages it is finding anyway).
   Copy-on-write breaks (``cow_ksm``: guests writing to merged pages) bring the probe back
   to its quickest, since the guests' memory changed.
 - **Budget.** Never faster than ``KSM_MAX_CPU`` percent of one CPU allows, from ksmd's
@@ -252,7 +254,9 @@ class AdaptivePolicy:
         """Burst, catch-up or steady, and why; updates the memo's scan and quiet counts."""
         trigger = self._trigger(memo, readings)
         if trigger:
-            mode = BURST if trigger == STARTS else CATCH_UP
+            # A guest that starts during a burst's scans (or while the gate interrupted them) joins the burst.
+            bursting = memo.pending == BURST and memo.scans_left > 0
+            mode = BURST if trigger == STARTS or bursting else CATCH_UP
             memo.scans_left, memo.quiet, memo.committed_kb, memo.pending = \
                 BURST_SCANS, 0, readings.committed_kb, mode
             return mode, f"{mode}: {trigger}"
@@ -269,8 +273,8 @@ class AdaptivePolicy:
             memo.quiet = 0
             return STEADY, f"steady: the {memo.mode}'s full scans are done"
         if gain >= max(MIN_GAIN_PAGES, (merged_pages(readings) or 0) // REBURST_SHARE):
-            memo.scans_left, memo.quiet, memo.pending = BURST_SCANS, 0, CATCH_UP
-            return CATCH_UP, f"catch-up: the steady scan merged {gain} pages"
+            memo.quiet = 0
+            return STEADY, f"steady: the last interval merged {gain} pages, probing at the quickest again"
         if last is not None and last.cow >= MIN_GAIN_PAGES:
             memo.quiet = min(memo.quiet, COW_QUIET)
             return STEADY, f"steady: {last.cow} copy-on-write breaks, probing again sooner"

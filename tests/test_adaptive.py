@@ -103,7 +103,7 @@ def test_a_burst_at_start_then_steady_once_its_scans_are_done_then_slower():
     assert rates == sorted(rates, reverse=True) and rates[0] > 4 * rates[-1]
 
 
-def test_a_new_guest_or_merges_found_by_the_steady_scan_start_a_catch_up():
+def test_a_new_guest_starts_a_catch_up_and_merges_found_by_the_steady_scan_quicken_it():
     host, p = Host(), policy()
     p.decide(host.readings())
     host.advance(scanned=6_000_000, scans=2, merged=1_000_000, cpu=10.0)
@@ -113,9 +113,29 @@ def test_a_new_guest_or_merges_found_by_the_steady_scan_start_a_catch_up():
     assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: guest 2000 started")
     host.advance(scanned=3_000_000, scans=2, cpu=6.0)
     assert p.decide(host.readings()).level == STEADY
+    for _ in range(4):  # quiet intervals: the steady scan slows down
+        host.advance(scanned=30_000, cpu=0.1)
+        slow = p.decide(host.readings())
     host.advance(scanned=30_000, merged=5_000, cpu=0.1)
     d = p.decide(host.readings())
-    assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: the steady scan merged 5000 pages")
+    # A steady scan that merges again goes back to its quickest (a full scan in 15 minutes), not to a
+    # catch-up: two full scans of every guest for pages the steady scan is finding anyway.
+    assert (d.level, d.reason.split(";")[0]) == (STEADY, "steady: the last interval merged 5000 pages, "
+                                                          "probing at the quickest again")
+    assert d.npages / (d.sleep_ms + 4) > 4 * slow.npages / (slow.sleep_ms + 4)
+    assert d.reason.split("; ")[1].endswith("a full scan in 15 min")
+
+
+def test_a_guest_that_starts_during_the_burst_joins_it():
+    host, p = Host(), policy()
+    first = p.decide(host.readings())
+    host.advance(scanned=1_000_000, cpu=1.0)
+    host.guests.append(Guest(2000, "qemu-system-x86", 1_000_000))
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[0]) == (BURST, "burst: guest 2000 started")
+    assert d.npages / (d.sleep_ms + 4) >= first.npages / (first.sleep_ms + 4)  # not a catch-up's 5 % of a CPU
+    host.advance(scanned=3_000_000, scans=1, cpu=3.0)
+    assert p.decide(host.readings()).reason.startswith("burst: 1 more full scan")
 
 
 def test_copy_on_write_breaks_bring_the_probe_back():
