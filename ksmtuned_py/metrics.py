@@ -163,8 +163,8 @@ GUEST_METRICS = (
      "ksm_merging_pages", 1),
     ("ksmtuned_guest_ksm_profit_bytes", "gauge",
      "What KSM saves in a guest less its metadata (ksm_process_profit; can be negative).", "ksm_process_profit", 1),
-    ("ksmtuned_guest_mergeable", "gauge", "1 when some of a guest's memory is mergeable (ksm_mergeable), else 0.",
-     "mergeable", 1),
+    ("ksmtuned_guest_mergeable", "gauge",
+     "1 when some of a guest's memory is mergeable (ksm_mergeable, else mg in smaps), else 0.", "mergeable", 1),
 )
 
 
