@@ -15,7 +15,7 @@ KSM_MONITOR_INTERVAL of simulated time), and prints per scenario:
   with at most a third of the CPU time.
 
 The scenarios are the shipped ones (sysfs_emu/scenarios) and the held-out ones in
-bench/scenarios, written to have other shapes and kept out of the policy's tuning.
+bench/scenarios, written to have other shapes and kept out of the policy's first tuning (see the README).
 Usage: .venv/bin/python bench/bench_policies.py [--only NAME,...] [--duration T] [--json FILE]
 """
 
