@@ -21,6 +21,7 @@ from sysfs_emu.ksmd import Ksmd
 from sysfs_emu.memory import Memory
 from tests import realksm, scantime
 from tests.fidelity_workload import (
+    foreign_mergeable,
     read_counter,
     start_workload,
     wait_full_scans,
@@ -43,18 +44,6 @@ def unique(n: int) -> list[int]:
     start = _unique_next[0]
     _unique_next[0] += n
     return list(range(start, start + n))
-
-
-def foreign_mergeable() -> list[int]:
-    """Processes other than ours whose memory KSM scans (they would skew the global counters)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/ksm_stat"):
-        try:
-            if "ksm_mergeable: yes" in stat.read_text():
-                found.append(int(stat.parent.name))
-        except OSError:
-            continue
-    return found
 
 
 def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tuple[list[dict], list[tuple]]:
