@@ -50,7 +50,8 @@ class PageByPage:
             self.mem.map_zero_pages(s)
             scan.work.changed += 1
             return
-        scan.work.tree += 1
+        if not after_checksum:  # else the tree pass that handed it over counted it
+            scan.work.tree += 1
         n = self.stable.search(content, scan.now)
         if n >= 0:
             self.mem.map_ksm_page(s, n)
