@@ -41,11 +41,12 @@ import numpy as np
 
 from sysfs_emu import procstats
 from sysfs_emu.pagearrays import (
-    LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, NOT_AN_ITEM, ONE_EACH, PAGE_ARRAYS, RMAP, SEQ, UNSTABLE, ZERO,
-    Growable, keep_temporaries_on_heap, resident,
+    HUGE_PAGES, LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, NOT_AN_ITEM, ONE_EACH, PAGE_ARRAYS, RMAP, SEQ,
+    UNSTABLE, ZERO, Growable, keep_temporaries_on_heap, resident,
 )
 from sysfs_emu.pagearrays import PAGE_SIZE, RMAP_ITEM_SIZE  # noqa: F401  (the model's sizes, named here for importers)
 from sysfs_emu.procstats import ProcessStats
+from sysfs_emu.thp import HugePages
 
 
 class MemoryError_(ValueError):
@@ -62,6 +63,7 @@ class Region:
     npages: int
     mergeable: bool  # VM_MERGEABLE (madvise or prctl)
     alive: bool = True
+    thp: bool = False  # backed by transparent huge pages (sysfs_emu.thp)
 
     @property
     def stop(self) -> int:
@@ -84,7 +86,7 @@ def checksum(contents: np.ndarray) -> np.ndarray:
     return contents.astype(np.uint32) + np.uint32(1)
 
 
-class Memory:
+class Memory(HugePages):
     """All simulated processes and their pages."""
 
     def __init__(self, capacity: int = 0) -> None:
@@ -108,6 +110,8 @@ class Memory:
         self.ksm_mapped = 0  # entries mapping a KSM page
         self.ksm_pages = 0  # KSM pages in memory (mapcount > 0)
         self.rmap_items = 0
+        self.huge_pages = 0  # slots in transparent huge pages
+        self.thp_splits = 0  # huge pages split by ksmd so far
         self.listeners: list = []  # called with (event, pid) on process changes
 
     def trim(self) -> None:
@@ -174,42 +178,45 @@ class Memory:
         self.processes[pid] = proc
         return proc
 
-    def _alloc_slots(self, n: int) -> int:
+    def _alloc_slots(self, n: int, align: int = 1) -> int:
+        """``n`` consecutive free slots, the first a multiple of ``align``."""
         for i, (start, size) in enumerate(self._free_ranges):
-            if size >= n:
-                if size == n:
-                    del self._free_ranges[i]
-                else:
-                    self._free_ranges[i] = (start + n, size - n)
-                return start
-        start = self.pages.size
+            first = -(-start // align) * align
+            if first + n <= start + size:
+                rest = [(start, first - start), (first + n, start + size - first - n)]
+                self._free_ranges[i : i + 1] = [r for r in rest if r[1] > 0]
+                return first
+        start = -(-self.pages.size // align) * align
+        if start > self.pages.size:
+            self._free_ranges.append((self.pages.size, start - self.pages.size))
         if start + n >= LARGE:
             keep_temporaries_on_heap()
         self.pages.reserve(start + n)
         self.pages.size = start + n
         return start
 
-    def add_region(self, pid: int, contents, mergeable: bool = True, mapped: bool = True) -> int:
+    def add_region(self, pid: int, contents, mergeable: bool = True, mapped: bool = True, thp: bool = False) -> int:
         """Map a new region of ``len(contents)`` pages in ``pid``; returns its region id.
 
         ``mapped=False`` maps the pages lazily: they take no memory until
-        :meth:`fault_in` or a write touches them.
+        :meth:`fault_in` or a write touches them. ``thp`` backs the region with
+        transparent huge pages (:mod:`sysfs_emu.thp`).
         """
         arr = self._check_contents(contents)
         proc = self.add_process(pid)
-        start = self._alloc_slots(arr.size)
+        start = self._alloc_slots(arr.size, HUGE_PAGES if thp else 1)
         p = self.pages
         sl = slice(start, start + arr.size)
         p.content[sl] = arr
         p.oldsum[sl] = 0
         p.kpage[sl] = NO_NODE
         p.rnode[sl] = NO_NODE
-        p.flags[sl] = MAPPED if mapped else 0
+        p.flags[sl] = 0
         p.age[sl] = 0
         p.skips[sl] = 0
+        region = Region(len(self.regions), pid, start, arr.size, bool(mergeable or proc.merge_any), thp=bool(thp))
         if mapped:
-            self.mapped_pages += arr.size
-        region = Region(len(self.regions), pid, start, arr.size, bool(mergeable or proc.merge_any))
+            self._fault(region, sl)
         self.regions.append(region)
         proc.regions.append(region.id)
         if region.mergeable:
@@ -232,6 +239,21 @@ class Memory:
         for rid in proc.regions:
             self.regions[rid].mergeable = True
         self._enter_ksm(proc)
+
+    def set_region_mergeable(self, region_id: int, mergeable: bool) -> None:
+        """madvise(MADV_MERGEABLE) or madvise(MADV_UNMERGEABLE) on a region.
+
+        Unmerging breaks the region's KSM pages and zero pages at once (each
+        entry gets a copy of its own); the rmap items stay until ksmd passes
+        them, and so does a KSM page's count of sharers (as unmerge_ksm_pages()).
+        """
+        region = self.region(region_id)
+        if mergeable:
+            region.mergeable = True
+            self._enter_ksm(self.processes[region.pid])
+        elif region.mergeable:
+            self.break_ksm(np.arange(region.start, region.stop))
+            region.mergeable = False
 
     def _enter_ksm(self, proc: Process) -> None:
         if not proc.in_ksm:
@@ -279,18 +301,22 @@ class Memory:
         sl = self._slice(region_id, first, arr.size)
         idx = np.arange(sl.start, sl.stop)
         self.break_ksm(idx)
-        p = self.pages
-        newly = int(((p.flags[sl] & MAPPED) == 0).sum())
-        self.mapped_pages += newly
-        p.flags[sl] |= MAPPED
-        p.content[sl] = arr
+        self._fault(self.regions[region_id], sl)
+        self.pages.content[sl] = arr
 
     def fault_in(self, region_id: int, first: int = 0, n: int | None = None) -> None:
         """The process touches pages ``first..first+n-1``: lazily mapped pages take memory."""
         region = self.region(region_id)
         if n is None:
             n = region.npages - first
-        sl = self._slice(region_id, first, n)
+        self._fault(region, self._slice(region_id, first, n))
+
+    def _fault(self, region: Region, sl: slice) -> None:
+        """Pages ``sl`` of ``region`` are touched: those not mapped yet take memory (whole huge pages in a thp region)."""
+        if sl.stop <= sl.start:
+            return
+        if region.thp:
+            self._map_huge(region, sl.start, sl.stop)
         p = self.pages
         newly = int(((p.flags[sl] & MAPPED) == 0).sum())
         self.mapped_pages += newly
@@ -304,6 +330,7 @@ class Memory:
             region = self.regions[rid]
             idx = np.arange(region.start, region.stop)
             self.break_ksm(idx)
+            self._unmap_huge(idx)
             self.mapped_pages -= int(((p.flags[idx] & MAPPED) != 0).sum())
             p.flags[idx] &= ~MAPPED
             region.alive = False
@@ -344,6 +371,8 @@ class Memory:
 
     def map_ksm_page(self, slot: int, node: int) -> None:
         """The entry of ``slot`` now maps KSM page ``node``; its own page is freed (replace_page())."""
+        if self.huge_pages:
+            self.split_huge(slot)
         self.pages.kpage[slot] = node
         mapcount = self.nodes.mapcount
         if mapcount[node] == 0:
@@ -362,6 +391,8 @@ class Memory:
         items each of ``nodes`` had before.
         """
         p = self.pages
+        if self.huge_pages:
+            self.split_huge(slots)  # the caller made sure no page here is empty: none goes to the zero page
         p.kpage[slots] = node_ids
         p.rnode[slots] = node_ids
         if nodes is None:

@@ -18,6 +18,9 @@ The observable rules of mm/ksm.c are reproduced, counter for counter:
   skip schedule (``pages_skipped``).
 * An rmap item exists for every candidate page ksmd has visited and lives
   until the page stops being a candidate and the scan passes it again.
+* A transparent huge page is split by the first merge of one of its pages
+  (sysfs_emu.thp): its empty pages go to the shared zero page, and two pages
+  of one huge page merge only a scan later.
 
 The modules follow mm/ksm.c's seams:
 
@@ -37,6 +40,7 @@ The modules follow mm/ksm.c's seams:
                 ``pages_skipped``
 ``treepass``    the vectorised stable/unstable tree pass over a window
 ``groups``      the tree pass's pages that share a content within one pass
+``huge``        the huge pages the vectorised scan leaves to the page-by-page path
 ``timing``      jiffies, the batch period and the cost model (pure)
 =============== ===============================================================
 

@@ -203,8 +203,10 @@ class Ksmd:
         if whole:
             self.advisor.start_scan(t, tun)
         scan = ScanPass(now=int(t * HZ), seqnr=self.mm.seqnr)
+        splits = self.mem.thp_splits
         ended = self.mm.scan(budget, self.window, scan)
         work = scan.work
+        work.splits = self.mem.thp_splits - splits
         secs = work.seconds(self.cost, max(unshared, work.tree // 2))  # the tree fills up as it goes
         batches = split_into_batches(secs, work.visits, pts, ended)
         if work.visits:

@@ -46,6 +46,7 @@ class CostModel:
     tree_base: float = 4.7e-6  # tree search + insert with 4096 pages in the unstable tree
     tree_per_level: float = 0.75e-6  # each doubling of the unstable tree
     merge: float = 1.5e-6  # each page merged into a KSM page (write-protect, replace the mapping)
+    split: float = 40e-6  # each transparent huge page split (split_huge_page())
     batch: float = 2e-6  # per wake-up
 
     def tree(self, unshared: int) -> float:
@@ -64,6 +65,7 @@ class Work:
     changed: int = 0
     tree: int = 0
     merges: int = 0
+    splits: int = 0
 
     def seconds(self, cost: CostModel, unshared: int) -> float:
         """CPU seconds of this work with ``unshared`` pages in the unstable tree."""
@@ -73,6 +75,7 @@ class Work:
             + self.changed * cost.checksum
             + self.tree * cost.tree(unshared)
             + self.merges * cost.merge
+            + self.splits * cost.split
         )
 
 
