@@ -42,7 +42,7 @@ STATE_DIR = ".sysfs-emu"
 # The files of /sys/kernel/mm/ksm on Linux 6.18 and whether each can be written (0644) or not (0444).
 KSM_ATTRS: dict[str, bool] = {attr.name: not attr.counter for attr in ATTRS}
 
-PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages", "smaps_rollup")
+PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages", "smaps_rollup", "smaps")
 HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg")
 # Directories the tree needs, parents first.
 BASE_DIRS = ("proc", "sys", "sys/kernel", "sys/kernel/mm", KSM_DIR)
@@ -62,6 +62,7 @@ class _ProcView:
     ksm_stat_text: str
     ksm_merging_pages: int
     rollup: procfs.Rollup
+    vmas: tuple[procfs.Vma, ...]
 
     @classmethod
     def of(cls, proc, memory) -> "_ProcView":
@@ -70,6 +71,7 @@ class _ProcView:
             pid=proc.pid, name=proc.name, cmdline=tuple(proc.cmdline), start_time=proc.start_time,
             rss_pages=int(n.rss_pages), vsz_pages=int(proc.vsz_pages), page_size=proc.page_size,
             ksm_stat_text=n.ksm_stat_text, ksm_merging_pages=int(n.ksm_merging_pages), rollup=n.rollup,
+            vmas=n.vmas,
         )
 
 
@@ -341,6 +343,7 @@ class Tree:
             "ksm_stat": proc.ksm_stat_text.encode(),
             "ksm_merging_pages": f"{proc.ksm_merging_pages}\n".encode(),
             "smaps_rollup": procfs.smaps_rollup_text(proc.rollup, proc.vsz_pages, proc.page_size).encode(),
+            "smaps": procfs.smaps_text(proc.vmas).encode(),
         }
 
     def _add_pid_dir(self, proc, texts: dict[str, bytes]) -> bool:
