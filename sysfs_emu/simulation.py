@@ -34,6 +34,7 @@ from sysfs_emu.scenario import (
     ContentIds,
     Event,
     ExitProcess,
+    Madvise,
     ProcessSpec,
     Rewrite,
     Scenario,
@@ -44,7 +45,14 @@ from sysfs_emu.scenario import (
     load_yaml,
     parse_event,
 )
-from sysfs_emu.scenario.timeline import ProcessIds, guest_budget_pages, not_running, pid_error, resolve_page_range
+from sysfs_emu.scenario.timeline import (
+    ProcessIds,
+    guest_budget_pages,
+    not_running,
+    pid_error,
+    region_error,
+    resolve_page_range,
+)
 from sysfs_emu.units import describe_size, format_duration
 
 __all__ = ["Simulation", "SimProcess", "SimulationError"]
@@ -165,7 +173,7 @@ class Simulation:
             return "run is 0 (ksmd is stopped); write 1 to run"
         if run == 2:
             return "run is 2 (ksmd only unmerges); write 1 to run"
-        if not any(lv.spec.mergeable for lv in self._live.values()):
+        if not any(self.memory.processes[lv.pid].in_ksm for lv in self._live.values()):
             return "no running process has mergeable memory, so ksmd has nothing to scan"
         return None
 
@@ -214,6 +222,10 @@ class Simulation:
             if resolved is None:
                 raise SimulationError(f"event: {place}: {message}")
             return resolved
+        elif isinstance(action, Madvise):
+            problem = region_error(Event(ev.at, action, ""), {i: lv.spec for i, lv in self._live.items()}, "")
+            if problem:
+                raise SimulationError(f"event: {problem[0]}: {problem[1]}")
         return Event(ev.at, action, ev.where)
 
     def _apply_due(self, now: float) -> None:
@@ -234,6 +246,9 @@ class Simulation:
             self._exit(action.id)
         elif isinstance(action, (Rewrite, Touch)):
             self._write(action, ev)
+        elif isinstance(action, Madvise):
+            lv = self._live[action.process]
+            self.memory.set_region_mergeable(lv.regions[action.region], action.mergeable)
         else:  # pragma: no cover - parse_event only builds these kinds
             raise TypeError(action)
 
@@ -274,7 +289,8 @@ class Simulation:
         handles = []
         for region in spec.regions:
             contents = self.contents.contents(region.fill, 0, region.pages)
-            handles.append(self.memory.add_region(pid, contents, mergeable=region.mergeable, mapped=not region.lazy))
+            handles.append(self.memory.add_region(pid, contents, mergeable=region.mergeable, mapped=not region.lazy,
+                                                  thp=region.thp))
         self._live[spec.id] = LiveProcess(spec=spec, pid=pid, start_time=self.uptime, regions=handles)
         log.debug("process %d (%s, pid %d) started with %d pages", spec.id, spec.name, pid, spec.pages)
 
@@ -353,6 +369,7 @@ class Simulation:
             guest_physical=int(self.memory.physical_pages()) * PAGE_SIZE,
             guest_committed=sum(lv.spec.pages for lv in self._live.values()) * PAGE_SIZE,
             cpus=host.cpus,
+            guest_anon_huge=self.memory.huge_pages * PAGE_SIZE,
         )
 
     def meminfo(self) -> str:

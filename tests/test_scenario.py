@@ -51,7 +51,7 @@ def error_of(data, source="scenario.yaml") -> str:
 
 HOST_KEYS = "memory, buffers, cached, used, swap, uptime, boot_time, pid_base, cpus"
 PROC_KEYS = "name, cmdline, id, start, exit, mergeable_all, regions"
-REGION_KEYS = "pages, size, mergeable, lazy, fill, tag, pool, offset"
+REGION_KEYS = "pages, size, mergeable, lazy, thp, fill, tag, pool, offset"
 
 
 @pytest.mark.parametrize(
@@ -155,11 +155,11 @@ REGION_KEYS = "pages, size, mergeable, lazy, fill, tag, pool, offset"
         (base(events=[{"at": "5x", "sysfs": {"run": 1}}]),
          "scenario.yaml: events[0].at: not a duration: '5x' (write seconds, or e.g. '250ms', '30s', '5m', '2h', '1d', '1h30m')"),
         (base(events=[{"at": 1}]),
-         "scenario.yaml: events[0]: needs exactly one of sysfs, start, exit, rewrite, touch, got none"),
+         "scenario.yaml: events[0]: needs exactly one of sysfs, start, exit, rewrite, touch, madvise, got none"),
         (base(events=[{"at": 1, "sysfs": {"run": 1}, "exit": 0}]),
-         "scenario.yaml: events[0]: needs exactly one of sysfs, start, exit, rewrite, touch, got sysfs, exit"),
+         "scenario.yaml: events[0]: needs exactly one of sysfs, start, exit, rewrite, touch, madvise, got sysfs, exit"),
         (base(events=[{"at": 1, "stop": 0}]),
-         "scenario.yaml: events[0].stop: unknown key (expected one of: at, sysfs, start, exit, rewrite, touch)"),
+         "scenario.yaml: events[0].stop: unknown key (expected one of: at, sysfs, start, exit, rewrite, touch, madvise)"),
         (base(events=[{"at": 1, "sysfs": {}}]), "scenario.yaml: events[0].sysfs: must name at least one file"),
         (base(events=[{"at": 1, "sysfs": {"full_scans": 0}}]),
          "scenario.yaml: events[0].sysfs.full_scans: read-only counter, cannot be written (EACCES)"),

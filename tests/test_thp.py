@@ -4,10 +4,13 @@ written out here; tests/test_fidelity.py runs them on the real kernel too)."""
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sysfs_emu import Simulation
 from sysfs_emu.kernel import Kernel
 from sysfs_emu.ksmd import Ksmd
 from sysfs_emu.ksmd.timing import CostModel, Work
@@ -254,3 +257,80 @@ def test_huge_pages_that_merge_in_bulk_stay_fast():
     assert counts(scan(ksmd)) == (8 * H, 8 * H, 0, 0, 0)
     assert seen == [] and memory.huge_pages == 0 and memory.thp_splits == 16
     assert int(((memory.pages.flags & MAPPED) != 0).sum()) == 16 * H
+
+
+# ---- what /proc shows -------------------------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+# Recorded on Linux 6.18: a process whose first region (4 MiB, MADV_HUGEPAGE while faulted in, then
+# MADV_NOHUGEPAGE) has its first 2 MiB merged with another process's 4 KiB pages and its second 2 MiB
+# still a huge page, followed by 300 unique 4 KiB pages; and that process's smaps_rollup.
+REAL_VMA = DATA / "smaps-vma-linux-6.18.txt"
+REAL_ROLLUP = DATA / "smaps_rollup-linux-6.18.txt"
+
+
+def recorded_host() -> Simulation:
+    sim = Simulation({
+        "host": {"memory": "1GiB"},
+        "ksm": {"pages_to_scan": 100000, "sleep_millisecs": 20, "run": 1},
+        "processes": [
+            {"name": "guest", "regions": [{"pages": 2 * H, "fill": "pool", "pool": "os", "thp": True},
+                                          {"pages": 300, "fill": "unique"}]},
+            {"name": "guest", "regions": [{"pages": H, "fill": "pool", "pool": "os"}]},
+        ],
+    })
+    sim.run_until(full_scans=2)
+    return sim
+
+
+def test_smaps_shows_a_half_split_huge_region_as_the_real_kernel():
+    real = REAL_VMA.read_text().splitlines()
+    ours = recorded_host().processes[0].smaps_text().splitlines()
+    assert re.fullmatch(r"[0-9a-f]{8,}-[0-9a-f]{8,} rw-p 00000000 00:00 0 ", ours[0]), ours[0]
+    assert re.fullmatch(r"[0-9a-f]{8,}-[0-9a-f]{8,} rw-p 00000000 00:00 0 ", real[0])
+    start, end = (int(x, 16) for x in ours[0].split()[0].split("-"))
+    assert start % (2 << 20) == 0 and end - start == 4 << 20
+    # every memory line, value for value; the real region was MADV_NOHUGEPAGE once faulted in
+    assert ours[1 : len(real) - 3] == real[1:-3]
+    assert ours[len(real) - 3 : len(real)] == ["THPeligible:           1", "ProtectionKey:         0",
+                                               "VmFlags: rd wr mr mw me ac hg mg "]
+    assert real[-3:] == ["THPeligible:           0", "ProtectionKey:         0", "VmFlags: rd wr mr mw me ac nh mg "]
+    assert ours[len(real)].startswith(f"{end:08x}-")  # the second region follows
+
+
+def test_smaps_rollup_has_the_real_kernels_lines():
+    sim = recorded_host()
+    real = REAL_ROLLUP.read_text().splitlines()
+    ours = sim.processes[0].smaps_rollup_text().splitlines()
+    assert [line.split(":")[0] for line in ours[1:]] == [line.split(":")[0] for line in real[1:]]
+    assert ours[0].index("[rollup]") == real[0].index("[rollup]")
+    values = {line.split(":")[0]: int(line.split()[1]) for line in ours[1:]}
+    assert (values["Rss"], values["AnonHugePages"], values["KSM"], values["Shared_Dirty"]) == (
+        (2 * H + 300) * 4, H * 4, H * 4, H * 4)
+    assert values["Pss"] == (H + 300) * 4 + H * 2
+    assert sim.processes[0].anon_huge_pages == H and sim.processes[1].anon_huge_pages == 0
+
+
+def test_meminfo_anon_huge_pages_follow_the_splits():
+    sim = Simulation({
+        "host": {"memory": "1GiB"},
+        "ksm": {"pages_to_scan": 100000, "sleep_millisecs": 20, "run": 1},
+        "processes": [{"name": "g", "regions": [{"pages": 4 * H, "fill": "pool", "pool": "os", "thp": True}]},
+                      {"name": "g", "regions": [{"pages": H, "fill": "pool", "pool": "os", "thp": True}]}],
+    })
+    assert sim.meminfo_kb()["AnonHugePages"] == 5 * H * 4
+    sim.run_until(full_scans=2)
+    assert sim.meminfo_kb()["AnonHugePages"] == 3 * H * 4  # one huge page of each process was split
+
+
+def test_thp_is_a_region_key():
+    from sysfs_emu import ScenarioError
+
+    with pytest.raises(ScenarioError, match=r"processes\[0\].regions\[0\].thp: must be true or false, got 'yes'"):
+        Simulation({"processes": [{"name": "g", "regions": [{"pages": 10, "fill": "zero", "thp": "yes"}]}]})
+    sim = Simulation({"host": {"memory": "64MiB"},
+                      "processes": [{"name": "g", "regions": [{"pages": 3 * H, "fill": "unique", "thp": True,
+                                                               "lazy": True}]}]})
+    assert sim.processes[0].anon_huge_pages == 0
+    sim.apply({"touch": {"process": 0, "first": H, "pages": 1}})
+    assert sim.processes[0].anon_huge_pages == H and sim.processes[0].rss_pages == H

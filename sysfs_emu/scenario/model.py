@@ -8,7 +8,7 @@ from typing import Union
 from sysfs_emu.scenario.fills import Fill
 
 __all__ = ["RegionSpec", "ProcessSpec", "HostSpec", "SysfsWrite", "StartProcess", "ExitProcess", "Rewrite",
-           "Touch", "Action", "Event", "Scenario"]
+           "Touch", "Madvise", "Action", "Event", "Scenario"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class RegionSpec:
     fill: Fill
     mergeable: bool = True
     lazy: bool = False
+    thp: bool = False  # backed by transparent huge pages
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,16 @@ class Touch:
     pages: int
 
 
-Action = Union[SysfsWrite, StartProcess, ExitProcess, Rewrite, Touch]
+@dataclass(frozen=True)
+class Madvise:
+    """Process ``process`` calls madvise() on region ``region``: ``mergeable`` (MADV_MERGEABLE) or not (MADV_UNMERGEABLE)."""
+
+    process: int
+    region: int
+    mergeable: bool
+
+
+Action = Union[SysfsWrite, StartProcess, ExitProcess, Rewrite, Touch, Madvise]
 
 
 @dataclass(frozen=True)

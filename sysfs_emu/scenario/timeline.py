@@ -10,7 +10,8 @@ time order) and again while a :class:`~sysfs_emu.simulation.Simulation` runs
 - the guests' resident memory fits in ``host.memory - host.used``
   (:func:`guest_budget_pages`), without counting on KSM;
 - a rewrite or touch names a running process, one of its regions and pages
-  inside it (:func:`resolve_page_range`).
+  inside it (:func:`resolve_page_range`); a madvise, a running process and one
+  of its regions (:func:`region_error`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sysfs_emu.kernel import Kernel
 from sysfs_emu.memory import PAGE_SIZE
 from sysfs_emu.scenario.checks import Checker, join
 from sysfs_emu.scenario.fills import span_error
-from sysfs_emu.scenario.model import Event, ExitProcess, HostSpec, ProcessSpec, Rewrite, StartProcess, Touch
+from sysfs_emu.scenario.model import Event, ExitProcess, HostSpec, Madvise, ProcessSpec, Rewrite, StartProcess, Touch
 from sysfs_emu.units import describe_size, format_duration
 
 
@@ -148,6 +149,19 @@ def resolve_page_range(ev: Event, live: dict[int, ProcessSpec], when: str) -> tu
     return Event(ev.at, Rewrite(rw.process, rw.region, rw.first, pages, rw.fill), ev.where), "", ""
 
 
+def region_error(ev: Event, live: dict[int, ProcessSpec], when: str) -> tuple[str, str] | None:
+    """(place, message) when a madvise names no running process or no region of it, else None."""
+    action = ev.action
+    assert isinstance(action, Madvise)
+    place = join(ev.where, "madvise")
+    proc = live.get(action.process)
+    if proc is None:
+        return join(place, "process"), not_running(action.process, when)
+    if action.region >= len(proc.regions):
+        return join(place, "region"), f"process {action.process} has {len(proc.regions)} region(s), no region {action.region}"
+    return None
+
+
 def _entries(processes: list[ProcessSpec], events: list[Event]) -> list[Event]:
     """Every start, exit and event, sorted: by time, then exits, starts of ``processes``, ``events``."""
     def exit_of(p: ProcessSpec) -> Event:
@@ -203,5 +217,9 @@ def build_timeline(c: Checker, host: HostSpec, processes: list[ProcessSpec], eve
             if resolved is None:
                 raise c.fail(place, message)
             ev = resolved
+        elif isinstance(action, Madvise):
+            problem = region_error(ev, live, f" at {format_duration(at)}")
+            if problem:
+                raise c.fail(*problem)
         timeline.append(ev)
     return timeline
