@@ -11,19 +11,23 @@ otherwise.
 from __future__ import annotations
 
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sysfs_emu import procstats
 from sysfs_emu.kernel import Kernel
 from sysfs_emu.ksmd import Ksmd
 from sysfs_emu.memory import Memory
 from tests import realksm, scantime
+from tests.fidelity_cases import HOST_WORKLOADS, THP_WORKLOADS
 from tests.fidelity_workload import (
     foreign_mergeable,
     read_counter,
     start_workload,
+    thp_unavailable,
     wait_full_scans,
     workload_processes,
 )
@@ -71,6 +75,7 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
             pytest.skip(f"other processes use KSM (pids {sorted(others)}): the global counters would not be ours")
         for regions in processes:
             procs.append(start_workload(regions))
+        require_huge_pages(procs)
         for step in plan:
             if step[0] == "scan":
                 target = read_counter("full_scans") + step[1]
@@ -95,14 +100,28 @@ def run_real(processes: list[list[dict]], knobs: dict, plan: list[tuple]) -> tup
                 realksm.write("run", 0)
             elif step[0] == "exit":
                 procs[step[1]].stop()
+            elif step[0] == "madvise":
+                procs[step[1]].madvise(step[2], step[3])
             elif step[0] == "knob":
                 realksm.write(step[1], step[2])
             elif step[0] == "read":
                 counters = {key: read_counter(key) for key in EXACT + ("pages_unshared", "pages_volatile", "full_scans")}
                 counters.update({key: read_counter(key) - value for key, value in base.items()})
-                stats = [Path(f"/proc/{p.pid}/ksm_stat").read_text() for p in procs if p.process.poll() is None]
-                readings.append({"counters": counters, "ksm_stat": stats})
+                live = [p for p in procs if p.alive]
+                stats = [Path(f"/proc/{p.pid}/ksm_stat").read_text() for p in live]
+                use = [astuple(p.memory_use()) for p in live]
+                readings.append({"counters": counters, "ksm_stat": stats, "smaps": use})
     return readings, marks
+
+
+def require_huge_pages(procs) -> None:
+    """Skip unless every whole 2 MiB of each thp region came as a huge page (THP on, memory not too fragmented)."""
+    for proc in procs:
+        for region, use in zip(proc.regions, proc.region_use()):
+            want = len(region["contents"]) // 512 * 2048 if region["thp"] else 0
+            if use.anon_huge != want:
+                reason = thp_unavailable() or f"got {use.anon_huge} kB of huge pages, not {want} (memory fragmented?)"
+                pytest.skip(f"no transparent huge pages for the workload: {reason}")
 
 
 def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: list[tuple]) -> list[dict]:
@@ -115,7 +134,8 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
         kernel.write_attr(name, str(value))
     handles = []
     for pid, regions in enumerate(processes, start=1):
-        handles.append([memory.add_region(pid, r["contents"], mergeable=r.get("mergeable", True)) for r in regions])
+        handles.append([memory.add_region(pid, r["contents"], mergeable=r.get("mergeable", True), thp=r.get("thp", False))
+                        for r in regions])
     readings = []
     marks = list(marks)
     for step in plan:
@@ -132,6 +152,8 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
             kernel.write_attr("run", "0")
         elif step[0] == "exit":
             memory.remove_process(step[1] + 1)
+        elif step[0] == "madvise":
+            memory.set_region_mergeable(handles[step[1]][step[2]], step[3] == "mergeable")
         elif step[0] == "knob":
             kernel.write_attr(step[1], str(step[2]))
         elif step[0] == "read":
@@ -141,8 +163,15 @@ def run_sim(processes: list[list[dict]], knobs: dict, plan: list[tuple], marks: 
             }
             live = [pid for pid in range(1, len(processes) + 1) if pid in memory.processes and memory.processes[pid].alive]
             stats = [memory.process_stats(pid).ksm_stat_text() for pid in live]
-            readings.append({"counters": counters, "ksm_stat": stats})
+            use = [memory_use(memory, handles[pid - 1]) for pid in live]
+            readings.append({"counters": counters, "ksm_stat": stats, "smaps": use})
     return readings
+
+
+def memory_use(memory: Memory, regions: list[int]) -> tuple[int, int, int]:
+    """(Rss, AnonHugePages, KSM) of a simulated process's regions in kB, as the real one's smaps shows them."""
+    r = sum((procstats.count_region(memory, memory.regions[h]) for h in regions), procstats.PageCounts()).rollup()
+    return r.rss, r.anon_huge, r.ksm
 
 
 def check(real: list[dict], sim: list[dict]) -> None:
@@ -155,6 +184,7 @@ def check(real: list[dict], sim: list[dict]) -> None:
         assert got == want, f"reading {i}"
         assert sc["pages_unshared"] + sc["pages_volatile"] == rc["pages_unshared"] + rc["pages_volatile"], f"reading {i}"
         assert s["ksm_stat"] == r["ksm_stat"], f"reading {i}: /proc/PID/ksm_stat"
+        assert s["smaps"] == r["smaps"], f"reading {i}: (Rss, AnonHugePages, KSM) of each process in /proc/PID/smaps"
 
 
 def scan_and_read(*counts: int) -> list[tuple]:
@@ -237,6 +267,10 @@ WORKLOADS = {
         {"use_zero_pages": 1},
         scan_and_read(3) + [("run2",), ("read",)] + scan_and_read(2)),
 }
+
+
+WORKLOADS.update(THP_WORKLOADS)
+WORKLOADS.update(HOST_WORKLOADS)
 
 
 @pytest.mark.parametrize("name", list(WORKLOADS))

@@ -13,7 +13,7 @@ Transparent huge pages: the area is ``MADV_NOHUGEPAGE``, so every page is a
 ``MADV_HUGEPAGE`` while it is filled (each 2 MiB of it is faulted in as one
 huge page) and ``MADV_NOHUGEPAGE`` afterwards, which keeps its huge pages but
 keeps khugepaged from collapsing split ones back, something the simulator does
-not model (see :attr:`WorkloadProcess.huge_kb` to check the huge pages came).
+not model (:meth:`WorkloadProcess.region_use` shows whether the huge pages came).
 
 Always use :func:`workload_processes` (or call ``stop``) so that no process
 outlives its user.
@@ -138,20 +138,27 @@ class WorkloadProcess:
         return out
 
     def region_use(self) -> list[RegionUse]:
-        """Each region's Rss, AnonHugePages and KSM from /proc/PID/smaps (the VMAs inside it, summed)."""
+        """Each region's Rss, AnonHugePages and KSM from /proc/PID/smaps.
+
+        smaps counts per mapping, and neighbouring regions with the same flags
+        are one mapping: such a mapping counts for the first region it
+        overlaps. The sum over the regions is exact.
+        """
         spans = [(a, a + len(r["contents"]) * 4096) for a, r in zip(self.addresses, self.regions)]
         use = [RegionUse() for _ in spans]
-        for start, values in _smaps_vmas(self.pid):
+        for start, end, values in _smaps_vmas(self.pid):
             for i, (a, b) in enumerate(spans):
-                if a <= start < b:
+                if start < b and end > a:
                     use[i].rss += values.get("Rss", 0)
                     use[i].anon_huge += values.get("AnonHugePages", 0)
                     use[i].ksm += values.get("KSM", 0)
+                    break
         return use
 
-    def huge_kb(self) -> int:
-        """kB of this process's workload regions in huge pages."""
-        return sum(u.anon_huge for u in self.region_use())
+    def memory_use(self) -> RegionUse:
+        """The workload's memory as /proc/PID/smaps shows it: its regions' Rss, AnonHugePages and KSM, summed."""
+        use = self.region_use()
+        return RegionUse(sum(u.rss for u in use), sum(u.anon_huge for u in use), sum(u.ksm for u in use))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -163,18 +170,18 @@ class WorkloadProcess:
 
 
 def _smaps_vmas(pid: int):
-    """(start address, {key: kB}) of each VMA in /proc/PID/smaps."""
-    start, values = None, {}
+    """(start address, end address, {key: kB}) of each VMA in /proc/PID/smaps."""
+    span, values = None, {}
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         head = line.split(maxsplit=1)[0]
         if "-" in head and not head.endswith(":"):
-            if start is not None:
-                yield start, values
-            start, values = int(head.split("-")[0], 16), {}
+            if span is not None:
+                yield *span, values
+            span, values = tuple(int(x, 16) for x in head.split("-")), {}
         elif line.endswith(" kB"):
             values[head.rstrip(":")] = int(line.split()[1])
-    if start is not None:
-        yield start, values
+    if span is not None:
+        yield *span, values
 
 
 def thp_unavailable() -> str | None:
