@@ -77,12 +77,15 @@ def idle_scenario() -> dict:
     }
 
 
-def load_simulation(scenario: str | None):
-    """(Simulation, name) for a scenario file, a shipped scenario's name, or the idle host."""
+def load_simulation(scenario: str | None, costs: str | None = None):
+    """(Simulation, name) for a scenario file, a shipped scenario's name, or the idle host; ``costs``
+    a cost profile file (default: the reference profile)."""
     from sysfs_emu import Simulation
+    from sysfs_emu.costs import resolve
 
+    model = resolve(costs)
     if scenario is None:
-        return Simulation(idle_scenario()), "idle host (this machine's size)"
+        return Simulation(idle_scenario(), costs=model), "idle host (this machine's size)"
     path = Path(scenario)
     if not path.exists():
         shipped = shipped_scenarios()
@@ -92,7 +95,7 @@ def load_simulation(scenario: str | None):
         path = shipped[scenario]
     if path.is_dir():
         raise CliError(f"{scenario} is a directory, not a scenario file")
-    return Simulation.from_yaml(path), path.stem
+    return Simulation.from_yaml(path, costs=model), path.stem
 
 
 def _duration(value: str | None) -> float | None:
@@ -124,8 +127,10 @@ def main() -> None:
 @click.option("--duration", default=None, metavar="T",
               help="Stop after T of simulated time (seconds, or 30s, 5m, 2h, 1d).")
 @click.option("--clean", is_flag=True, help="Remove the tree when stopping.")
+@click.option("--costs", default=None, metavar="FILE",
+              help="ksmd's cost profile (from 'sysfs-emu calibrate'; default: the reference profile).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def run(scenario, root, speed, duration, clean, verbose):
+def run(scenario, root, speed, duration, clean, costs, verbose):
     """Serve SCENARIO (a YAML file or a shipped name; default: an idle host) under --root."""
     from sysfs_emu.runner import Server
 
@@ -145,7 +150,7 @@ def run(scenario, root, speed, duration, clean, verbose):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sim, name = load_simulation(scenario)
+    sim, name = load_simulation(scenario, costs)
     if stop_early:
         raise SystemExit(0)
     server = Server(sim, root, speed=speed, duration=seconds, clean=clean, scenario_name=name)
@@ -224,7 +229,9 @@ def event(event, root, timeout):
 @click.option("--duration", default="1h", show_default=True, metavar="T",
               help="Simulated time to run (seconds, or 30s, 5m, 2h, 1d).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per cycle.")
-def simulate(scenario, config_path, duration, as_json):
+@click.option("--costs", default=None, metavar="FILE",
+              help="ksmd's cost profile (from 'sysfs-emu calibrate'; default: the reference profile).")
+def simulate(scenario, config_path, duration, as_json, costs):
     """Drive ksmtuned-py's decision over SCENARIO in simulated time; print each decision and the saving."""
     from ksmtuned_py import config as configmod
     from ksmtuned_py.errors import UserError
@@ -238,12 +245,13 @@ def simulate(scenario, config_path, duration, as_json):
         raise CliError(one_line(exc)) from None
     if config_path and not config.file_found:
         raise CliError(f"no config file {config_path}")
-    sim, name = load_simulation(scenario)
+    sim, name = load_simulation(scenario, costs)
     run = Simulate(sim, config)
     where = config_path or "ksmtuned's defaults"
     if not as_json:
         click.echo(f"simulating {name} for {format_clock(seconds)} with the settings of {where} "
                    f"(a decision every {run.interval:g} s)")
+        click.echo(f"ksmd's CPU costs: {sim.costs.origin}")
         click.echo(f"{'time':>8}  {'guests':>6}  {'committed':>10}  {'free':>10}  {'decision':<46} {'saved':>10}")
     started = time.monotonic()
     first_saving = None
@@ -258,7 +266,7 @@ def simulate(scenario, config_path, duration, as_json):
             if c.saved_bytes > peak[0]:
                 peak = (c.saved_bytes, c.time)
             if as_json:
-                click.echo(json.dumps(json_row(c)))
+                click.echo(json.dumps({**json_row(c), "cost_profile": sim.costs.origin}))
                 continue
             what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_millisecs} ms"
                     if c.action == "start" else "stop")
@@ -278,6 +286,35 @@ def simulate(scenario, config_path, duration, as_json):
                f"peak {format_bytes(peak[0])} at {format_clock(peak[1])}; {wall:.1f} s of wall time")
     if run.advisor_noted:
         click.echo("note: advisor_mode is scan-time, so the kernel's advisor set pages_to_scan")
+
+
+@main.command()
+@click.option("--out", "out", default=None, metavar="FILE",
+              help="Write the cost profile to FILE (default: print it on standard output).")
+@click.option("-v", "--verbose", is_flag=True, help="Log each measurement.")
+def calibrate(out, verbose):
+    """Measure this machine's ksmd costs on the real KSM (root) and write a cost profile.
+
+    Real processes with known page contents are scanned by the real ksmd for a
+    few seconds; every KSM setting is put back afterwards and run left at 0.
+    Give the profile to 'run' and 'simulate' with --costs FILE.
+    """
+    from sysfs_emu import costs
+    from sysfs_emu.realksm.calibrate import calibrate as measure
+
+    _setup_logging(verbose)
+    if not verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+    model, measured = measure()
+    text = costs.to_json(model, measured)
+    summary = "\n".join(f"{name:>14}  {getattr(model, name) * 1e6:10.3f} us  (reference "
+                         f"{getattr(costs.reference(), name) * 1e6:.3f})" for name in costs.COSTS)
+    if out is None:
+        click.echo(text, nl=False)
+        click.echo(f"{model.origin}\n{summary}", err=True)
+        return
+    costs.save(model, out, measured)
+    click.echo(f"{model.origin}\n{summary}\nwrote {out}; use it with --costs {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -174,6 +174,7 @@ class Server:
                          "(e.g. /dev/shm) does far faster", self.root, kind)
             log.info("serving %s under %s at %gx; try: ksmtuned-py --root %s status",
                      self.scenario_name, self.root, self.speed, self.root)
+            log.info("ksmd's simulated time and CPU follow %s", self.sim.costs.origin)
             try:
                 self._loop()
             except EmuError as exc:  # e.g. a scenario event that runs out of memory
@@ -291,6 +292,7 @@ class Server:
             "speed": self.speed,
             "now": self.sim.now,
             "page_size": self.sim.page_size,
+            "cost_profile": self.sim.costs.origin,
         }
         path = _state_dir(self.root) / "state.json"
         replace_file(path, json.dumps(state).encode(), tmp=path.with_name("state.json.tmp"))

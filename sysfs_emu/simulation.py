@@ -24,10 +24,11 @@ import os
 import time
 from dataclasses import replace
 
+from sysfs_emu.costs import resolve as resolve_costs
 from sysfs_emu.errors import SimulationError, errno_text
 from sysfs_emu.host import MemorySnapshot, meminfo_text
 from sysfs_emu.kernel import Kernel, saved_bytes
-from sysfs_emu.ksmd import Ksmd
+from sysfs_emu.ksmd import CostModel, Ksmd
 from sysfs_emu.memory import PAGE_SIZE, Memory
 from sysfs_emu.processes import LiveProcess, SimProcess
 from sysfs_emu.scenario import (
@@ -73,7 +74,9 @@ class Simulation:
 
     page_size = PAGE_SIZE
 
-    def __init__(self, scenario: dict | Scenario | None = None, *, source: str = "scenario") -> None:
+    def __init__(self, scenario: dict | Scenario | None = None, *, source: str = "scenario", costs=None) -> None:
+        """``costs``: ksmd's cost profile, a :class:`CostModel` or a profile file (default: the reference profile)."""
+        cost_model = resolve_costs(costs)
         if not isinstance(scenario, Scenario):
             scenario = load_scenario(scenario, source)
         self.scenario: Scenario = scenario
@@ -81,7 +84,7 @@ class Simulation:
         # Room for the guests running at time 0 up front: growing page arrays one region at a time is slow.
         self.memory = Memory(capacity=sum(p.pages for p in scenario.processes if p.start == 0))
         self.kernel = Kernel()
-        self.ksmd = Ksmd(self.kernel, self.memory)  # reads its tunables from the kernel's attributes
+        self.ksmd = Ksmd(self.kernel, self.memory, cost=cost_model)  # reads its tunables from the kernel's attributes
         self.kernel.engine = self.ksmd  # the kernel's counters, run=2 and EBUSY come from ksmd
         self.contents = ContentIds(self.memory.new_contents)
         self.now: float = 0.0
@@ -98,9 +101,14 @@ class Simulation:
         self.memory.trim()  # the content tables grew while guests were built: no slack kept at rest
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "Simulation":
+    def from_yaml(cls, path: str | os.PathLike, costs=None) -> "Simulation":
         """Load, validate and start the scenario in a YAML file (ScenarioError names the file and place)."""
-        return cls(load_yaml(path))
+        return cls(load_yaml(path), costs=costs)
+
+    @property
+    def costs(self) -> CostModel:
+        """ksmd's CPU costs; ``costs.origin`` names the profile they come from."""
+        return self.ksmd.cost
 
     # ---- the clock -------------------------------------------------------------------
 

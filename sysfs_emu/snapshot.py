@@ -51,7 +51,7 @@ def take_snapshot(root: str | os.PathLike) -> dict:
         "processes": _ksm_processes(root, page_size),
     }
     if state:
-        snap["simulation"] = {k: state[k] for k in ("pid", "scenario", "speed", "now") if k in state}
+        snap["simulation"] = {k: state[k] for k in ("pid", "scenario", "speed", "now", "cost_profile") if k in state}
     return snap
 
 
@@ -85,6 +85,8 @@ def format_snapshot(snap: dict) -> str:
     if sim:
         lines.append(f"simulation  {sim.get('scenario')} at {format_clock(sim.get('now', 0))} simulated "
                      f"(speed {sim.get('speed'):g}x, sysfs-emu pid {sim.get('pid')})")
+        if sim.get("cost_profile"):
+            lines.append(f"ksmd costs  {sim['cost_profile']}")
 
     def get(name):
         return ksm.get(name, "-")

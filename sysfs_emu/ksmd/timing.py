@@ -21,7 +21,7 @@ The timing is that of an unloaded machine.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 HZ = 250
 TICK = 1.0 / HZ
@@ -36,9 +36,16 @@ def msecs_to_jiffies(ms: int) -> int:
     return -(-int(ms) * HZ // 1000)
 
 
+REFERENCE_ORIGIN = "the reference profile (measured on Linux 6.18 on the development machine)"
+
+
 @dataclass
 class CostModel:
-    """CPU time ksmd spends, in seconds, measured on Linux 6.18 (see tests/test_fidelity.py)."""
+    """CPU time ksmd spends, in seconds; by default the reference profile, measured on Linux 6.18.
+
+    ``origin`` says where the figures come from, for every output that shows
+    simulated time or ksmd CPU (sysfs_emu.costs loads and writes profiles).
+    """
 
     ksm_page: float = 0.37e-6  # visit of a page already merged
     skipped: float = 0.30e-6  # page passed over by smart scan
@@ -48,6 +55,7 @@ class CostModel:
     merge: float = 1.5e-6  # each page merged into a KSM page (write-protect, replace the mapping)
     split: float = 40e-6  # each transparent huge page split (split_huge_page())
     batch: float = 2e-6  # per wake-up
+    origin: str = field(default=REFERENCE_ORIGIN, compare=False)
 
     def tree(self, unshared: int) -> float:
         """One tree search and insert with ``unshared`` pages in the unstable tree."""
