@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sysfs_emu import procstats
+from sysfs_emu.numa import NodeContents
 from sysfs_emu.pagearrays import (
     HUGE_PAGES, LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, NOT_AN_ITEM, ONE_EACH, PAGE_ARRAYS, RMAP, SEQ,
     UNSTABLE, ZERO, Growable, keep_temporaries_on_heap, resident,
@@ -64,6 +65,7 @@ class Region:
     mergeable: bool  # VM_MERGEABLE (madvise or prctl)
     alive: bool = True
     thp: bool = False  # backed by transparent huge pages (sysfs_emu.thp)
+    node: int = 0  # the NUMA node its pages are on (sysfs_emu.numa)
 
     @property
     def stop(self) -> int:
@@ -112,6 +114,9 @@ class Memory(HugePages):
         self.rmap_items = 0
         self.huge_pages = 0  # slots in transparent huge pages
         self.thp_splits = 0  # huge pages split by ksmd so far
+        self.numa_nodes = 1  # the host's NUMA nodes
+        self.split_nodes = False  # merge_across_nodes 0 on several nodes: pages off node 0 have ids of their own
+        self.node_contents = NodeContents()
         self.listeners: list = []  # called with (event, pid) on process changes
 
     def trim(self) -> None:
@@ -162,6 +167,36 @@ class Memory(HugePages):
             self._grow_tables(top)
         return arr
 
+    def _on_node(self, contents: np.ndarray, node: int) -> np.ndarray:
+        """The ids ``contents`` have on ``node`` (their own there when KSM merges within nodes only)."""
+        return self.node_contents.on_node(contents, node, self.new_contents) if self.split_nodes else contents
+
+    def is_empty(self, contents: np.ndarray) -> np.ndarray:
+        """Which of the content ids ``contents`` are empty (all-zero) pages."""
+        return self.node_contents.is_empty(contents)
+
+    def follow_merge_across_nodes(self, merge_across_nodes: int) -> None:
+        """Pages on different nodes merge unless ``merge_across_nodes`` is 0 on a host of several nodes.
+
+        Called by ksmd before it scans; the kernel allows the switch only while
+        nothing is merged, so only page contents (and their checksums) change.
+        """
+        split = not merge_across_nodes and self.numa_nodes > 1
+        if split == self.split_nodes:
+            return
+        self.split_nodes = split
+        p = self.pages
+        for region in self.regions:
+            if not region.alive or region.node == 0 or region.npages == 0:
+                continue
+            sl = slice(region.start, region.stop)
+            old = p.content[sl].astype(np.int64)
+            plain = self.node_contents.plain(old)
+            new = self._on_node(plain, region.node)
+            same = p.oldsum[sl] == checksum(old)
+            p.content[sl] = new
+            p.oldsum[sl] = np.where(same, checksum(new), p.oldsum[sl])
+
     # ---- processes and regions --------------------------------------------
 
     def _process(self, pid: int) -> Process:
@@ -195,14 +230,16 @@ class Memory(HugePages):
         self.pages.size = start + n
         return start
 
-    def add_region(self, pid: int, contents, mergeable: bool = True, mapped: bool = True, thp: bool = False) -> int:
+    def add_region(self, pid: int, contents, mergeable: bool = True, mapped: bool = True, thp: bool = False,
+                   node: int = 0) -> int:
         """Map a new region of ``len(contents)`` pages in ``pid``; returns its region id.
 
         ``mapped=False`` maps the pages lazily: they take no memory until
         :meth:`fault_in` or a write touches them. ``thp`` backs the region with
-        transparent huge pages (:mod:`sysfs_emu.thp`).
+        transparent huge pages (:mod:`sysfs_emu.thp`); ``node`` is the NUMA
+        node of its pages (:mod:`sysfs_emu.numa`).
         """
-        arr = self._check_contents(contents)
+        arr = self._on_node(self._check_contents(contents), node)
         proc = self.add_process(pid)
         start = self._alloc_slots(arr.size, HUGE_PAGES if thp else 1)
         p = self.pages
@@ -214,7 +251,8 @@ class Memory(HugePages):
         p.flags[sl] = 0
         p.age[sl] = 0
         p.skips[sl] = 0
-        region = Region(len(self.regions), pid, start, arr.size, bool(mergeable or proc.merge_any), thp=bool(thp))
+        region = Region(len(self.regions), pid, start, arr.size, bool(mergeable or proc.merge_any), thp=bool(thp),
+                        node=int(node))
         if mapped:
             self._fault(region, sl)
         self.regions.append(region)
@@ -297,7 +335,7 @@ class Memory(HugePages):
 
     def write_pages(self, region_id: int, first: int, contents) -> None:
         """The process writes ``contents`` over pages ``first..``: COW breaks where merged."""
-        arr = self._check_contents(contents)
+        arr = self._on_node(self._check_contents(contents), self.region(region_id).node)
         sl = self._slice(region_id, first, arr.size)
         idx = np.arange(sl.start, sl.stop)
         self.break_ksm(idx)

@@ -49,6 +49,7 @@ from sysfs_emu.scenario import (
 from sysfs_emu.scenario.timeline import (
     ProcessIds,
     guest_budget_pages,
+    node_error,
     not_running,
     pid_error,
     region_error,
@@ -83,6 +84,7 @@ class Simulation:
         host = scenario.host
         # Room for the guests running at time 0 up front: growing page arrays one region at a time is slow.
         self.memory = Memory(capacity=sum(p.pages for p in scenario.processes if p.start == 0))
+        self.memory.numa_nodes = host.nodes
         self.kernel = Kernel()
         self.ksmd = Ksmd(self.kernel, self.memory, cost=cost_model)  # reads its tunables from the kernel's attributes
         self.kernel.engine = self.ksmd  # the kernel's counters, run=2 and EBUSY come from ksmd
@@ -221,6 +223,9 @@ class Simulation:
             problem = pid_error(self.scenario.host, action.process.id)
             if problem:
                 raise SimulationError(f"event: start.id: {problem}")
+            problem = node_error(self.scenario.host, action.process)
+            if problem:
+                raise SimulationError(f"event: {problem[0]}: {problem[1]}")
         elif isinstance(action, ExitProcess):
             if action.id not in self._live:
                 raise SimulationError(f"event: exit: {not_running(action.id)}")
@@ -298,7 +303,7 @@ class Simulation:
         for region in spec.regions:
             contents = self.contents.contents(region.fill, 0, region.pages)
             handles.append(self.memory.add_region(pid, contents, mergeable=region.mergeable, mapped=not region.lazy,
-                                                  thp=region.thp))
+                                                  thp=region.thp, node=region.node))
         self._live[spec.id] = LiveProcess(spec=spec, pid=pid, start_time=self.uptime, regions=handles)
         log.debug("process %d (%s, pid %d) started with %d pages", spec.id, spec.name, pid, spec.pages)
 

@@ -80,7 +80,7 @@ class HugePages:
         blocks = np.unique(s >> HUGE_SHIFT)
         idx = block_slots(blocks)
         flags = p.flags[idx]
-        empty = idx[(p.content[idx] == 0) & ((flags & (MAPPED | ZERO)) == MAPPED) & (p.kpage[idx] < 0)]
+        empty = idx[self.is_empty(p.content[idx]) & ((flags & (MAPPED | ZERO)) == MAPPED) & (p.kpage[idx] < 0)]
         p.flags[idx] = (flags & NOT_HUGE) | SMALL
         if empty.size:
             p.flags[empty] &= ~MAPPED

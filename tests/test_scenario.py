@@ -49,9 +49,9 @@ def error_of(data, source="scenario.yaml") -> str:
 # Errors: one line naming the file and the place
 # ---------------------------------------------------------------------------
 
-HOST_KEYS = "memory, buffers, cached, used, swap, uptime, boot_time, pid_base, cpus"
+HOST_KEYS = "memory, buffers, cached, used, swap, uptime, boot_time, pid_base, cpus, nodes"
 PROC_KEYS = "name, cmdline, id, start, exit, mergeable_all, regions"
-REGION_KEYS = "pages, size, mergeable, lazy, thp, fill, tag, pool, offset"
+REGION_KEYS = "pages, size, mergeable, lazy, thp, node, fill, tag, pool, offset"
 
 
 @pytest.mark.parametrize(

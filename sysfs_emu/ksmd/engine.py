@@ -48,6 +48,7 @@ class Tunables(AdvisorKernel, Protocol):
     use_zero_pages: int
     smart_scan: int
     stable_node_chains_prune_millisecs: int
+    merge_across_nodes: int  # read on hosts of several NUMA nodes only
 
 
 class Ksmd:
@@ -178,6 +179,8 @@ class Ksmd:
         if t > end:
             return None
         self._sleep_ms_used = tun.sleep_millisecs
+        if self.mem.numa_nodes > 1:
+            self.mem.follow_merge_across_nodes(tun.merge_across_nodes)
         if int(tun.pages_to_scan) == 0:  # ksmd wakes and sleeps without scanning: nothing changes
             self.next_wake = end + TICK
             return None

@@ -40,7 +40,7 @@ def slow_blocks(memory, pos: int, end: int, vectorise: bool) -> list[tuple[int, 
     if blocks.size == 0:
         return []
     cont = memory.pages.content[block_slots(blocks)].reshape(-1, HUGE_PAGES)
-    empty = (cont == 0).any(axis=1)
+    empty = memory.is_empty(cont).any(axis=1)
     kind = np.where(empty, ONE_BY_ONE, 0)
     if vectorise:
         ordered = np.sort(cont, axis=1)

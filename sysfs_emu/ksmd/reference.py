@@ -47,7 +47,7 @@ class PageByPage:
                 scan.work.changed += 1
                 return
         content = int(p.content[s])
-        if self.tunables.use_zero_pages and content == 0:
+        if self.tunables.use_zero_pages and self.mem.is_empty(np.array([content]))[0]:
             scan.work.changed += 1
             if not p.flags[s] & HUGE:
                 self.mem.map_zero_pages(s)

@@ -206,7 +206,7 @@ class Window:
             keep = ~changed
             r, cont = r[keep], cont[keep]
         if self.tunables.use_zero_pages and r.size:
-            z = cont == 0
+            z = self.mem.is_empty(cont)
             if z.any():
                 self.mem.map_zero_pages(r[z])
                 scan.work.changed += int(z.sum())

@@ -20,6 +20,7 @@ class RegionSpec:
     mergeable: bool = True
     lazy: bool = False
     thp: bool = False  # backed by transparent huge pages
+    node: int = 0  # the NUMA node its pages are on
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class HostSpec:
     boot_time: float | None = None
     pid_base: int = 1000
     cpus: int = 1
+    nodes: int = 1  # NUMA nodes
 
 
 @dataclass(frozen=True)

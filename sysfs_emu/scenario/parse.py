@@ -31,9 +31,10 @@ from sysfs_emu.scenario.model import (
 from sysfs_emu.units import describe_size, format_duration
 
 TOP_KEYS = ("description", "host", "ksm", "processes", "events")
-HOST_KEYS = ("memory", "buffers", "cached", "used", "swap", "uptime", "boot_time", "pid_base", "cpus")
+HOST_KEYS = ("memory", "buffers", "cached", "used", "swap", "uptime", "boot_time", "pid_base", "cpus", "nodes")
+MAX_NODES = 1024  # MAX_NUMNODES with CONFIG_NODES_SHIFT=10
 PROCESS_KEYS = ("name", "cmdline", "id", "start", "exit", "mergeable_all", "regions")
-REGION_KEYS = ("pages", "size", "mergeable", "lazy", "thp", "fill") + FILL_KEYS
+REGION_KEYS = ("pages", "size", "mergeable", "lazy", "thp", "node", "fill") + FILL_KEYS
 TOUCH_KEYS = ("process", "region", "first", "pages")
 REWRITE_KEYS = TOUCH_KEYS + ("fill",) + FILL_KEYS
 MADVISE_KEYS = ("process", "region", "advice")
@@ -70,6 +71,7 @@ def parse_host(c: Checker, raw: Any) -> HostSpec:
         boot_time=boot_time,
         pid_base=c.integer(raw.get("pid_base", 1000), "host.pid_base", minimum=2, maximum=PID_MAX - 1),
         cpus=c.integer(raw.get("cpus", machine_cpus()), "host.cpus", minimum=1, maximum=8192),
+        nodes=c.integer(raw.get("nodes", 1), "host.nodes", minimum=1, maximum=MAX_NODES),
         **values,
     )
 
@@ -120,7 +122,8 @@ def parse_region(c: Checker, raw: Any, where: str) -> RegionSpec:
     mergeable = c.boolean(raw.get("mergeable", True), join(where, "mergeable"))
     lazy = c.boolean(raw.get("lazy", False), join(where, "lazy"))
     thp = c.boolean(raw.get("thp", False), join(where, "thp"))
-    return RegionSpec(pages=pages, fill=fill, mergeable=mergeable, lazy=lazy, thp=thp)
+    node = c.integer(raw.get("node", 0), join(where, "node"), minimum=0, maximum=MAX_NODES - 1)
+    return RegionSpec(pages=pages, fill=fill, mergeable=mergeable, lazy=lazy, thp=thp, node=node)
 
 
 def _parse_cmdline(c: Checker, raw: Any, where: str, name: str) -> tuple[str, ...]:

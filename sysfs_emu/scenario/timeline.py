@@ -149,6 +149,15 @@ def resolve_page_range(ev: Event, live: dict[int, ProcessSpec], when: str) -> tu
     return Event(ev.at, Rewrite(rw.process, rw.region, rw.first, pages, rw.fill), ev.where), "", ""
 
 
+def node_error(host: HostSpec, spec: ProcessSpec) -> tuple[str, str] | None:
+    """(place, message) when a region of ``spec`` is on a NUMA node the host does not have, else None."""
+    for i, region in enumerate(spec.regions):
+        if region.node >= host.nodes:
+            return (join(f"{spec.where or 'start'}.regions[{i}]", "node"),
+                    f"must be below host.nodes ({host.nodes}), got {region.node}")
+    return None
+
+
 def region_error(ev: Event, live: dict[int, ProcessSpec], when: str) -> tuple[str, str] | None:
     """(place, message) when a madvise names no running process or no region of it, else None."""
     action = ev.action
@@ -202,6 +211,9 @@ def build_timeline(c: Checker, host: HostSpec, processes: list[ProcessSpec], eve
         action, at = ev.action, ev.at
         if isinstance(action, StartProcess):
             p = action.process
+            problem = node_error(host, p)
+            if problem:
+                raise c.fail(*problem)
             live[p.id] = p
             resident += p.resident_pages_at_start
             if resident > guest_budget_pages(host):
