@@ -15,7 +15,11 @@ sleep_millisecs 20 -> 41 x 6 ticks = 984 ms (real 988 ms), with 10 ms -> 41 x 4
 ticks = 656 ms (real 656 ms), 1000 pages with 20 ms -> 4 x 7 + 6 ticks = 136 ms
 (real 136 ms), sleep 0 -> 18.7 ms of work (real 18.2 ms).
 
-The timing is that of an unloaded machine.
+The timing is that of an unloaded machine, with the per-page costs of a cost
+profile (sysfs_emu.costs): the reference one, measured on the development
+machine, or this machine's (``sysfs-emu calibrate``). Pages in huge pages are
+costed as 4 KiB pages (Linux 6.18 visits them faster: 0.9 against 1.3 us for a
+first visit on the development machine); each split has a cost of its own.
 """
 
 from __future__ import annotations
