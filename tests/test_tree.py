@@ -424,13 +424,15 @@ def test_snapshot(tmp_path):
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert lines[0].startswith("simulation  study-2-same-os at ")
-        assert lines[1].startswith("ksmd        run 1, pages_to_scan 100, sleep_millisecs 200, full_scans ")
+        assert lines[1] == "ksmd costs  the reference profile (measured on Linux 6.18 on the development machine)"
+        assert lines[2].startswith("ksmd        run 1, pages_to_scan 100, sleep_millisecs 200, full_scans ")
         assert any(line.startswith("memory      MemTotal 16.0 GiB") for line in lines)
         js = cli("snapshot", "--root", str(root), "--json")
         import json
 
         data = json.loads(js.stdout)
         assert data["ksm"]["max_page_sharing"] == 256
+        assert data["simulation"]["cost_profile"].startswith("the reference profile")
         assert data["memory"]["MemTotal_kB"] == 16 * 1024 * 1024
         assert len(data["processes"]) == 2
     missing = cli("snapshot", "--root", str(tmp_path / "nothing"))
