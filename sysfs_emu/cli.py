@@ -288,6 +288,17 @@ def simulate(scenario, config_path, duration, as_json, costs):
         click.echo("note: advisor_mode is scan-time, so the kernel's advisor set pages_to_scan")
 
 
+def _check_writable(path: Path) -> None:
+    """CliError unless a file can be written at ``path`` (its directory exists and is writable)."""
+    if path.is_dir():
+        raise CliError(f"--out {path}: is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CliError(f"--out {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CliError(f"--out {path}: the directory {parent} is not writable")
+
+
 @main.command()
 @click.option("--out", "out", default=None, metavar="FILE",
               help="Write the cost profile to FILE (default: print it on standard output).")
@@ -305,6 +316,8 @@ def calibrate(out, verbose):
     _setup_logging(verbose)
     if not verbose:
         logging.getLogger().setLevel(logging.WARNING)
+    if out is not None:
+        _check_writable(Path(out))  # before the seconds of measuring, not after
     model, measured = measure()
     text = costs.to_json(model, measured)
     summary = "\n".join(f"{name:>14}  {getattr(model, name) * 1e6:10.3f} us  (reference "
