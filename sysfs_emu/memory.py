@@ -24,10 +24,10 @@ Who writes what: the running totals (``mapped_pages``, ``zero_pages``,
 ``ksm_mapped``, ``ksm_pages``, ``rmap_items``) change only inside the methods
 here, and so do the page table fields (``content``, ``kpage``, the MAPPED and
 ZERO bits, a KSM page's ``mapcount``). ksmd changes them through the
-operations it needs (:meth:`Memory.merge_pages`, :meth:`Memory.map_ksm_page`,
-:meth:`Memory.map_zero_pages`, :meth:`Memory.break_ksm`,
-:meth:`Memory.new_rmap_items`, :meth:`Memory.free_rmap_items`,
-:meth:`Memory.new_ksm_pages`, :meth:`Memory.leave_ksm`) and writes its own
+operations it needs (:meth:`Memory.break_ksm` here, the others in
+:mod:`sysfs_emu.ksmpages`: ``merge_pages``, ``map_ksm_page``,
+``map_zero_pages``, ``new_rmap_items``, ``free_rmap_items``,
+``new_ksm_pages``, ``leave_ksm``) and writes its own
 bookkeeping stored here directly: an rmap item's ``oldsum``, ``rnode``,
 ``age``, ``skips`` and UNSTABLE/SEQ bits, a KSM page's ``count``, ``chain`` and
 ``alive``, and the content tables.
@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sysfs_emu import procstats
-from sysfs_emu.numa import NodeContents
+from sysfs_emu.ksmpages import KsmPages
+from sysfs_emu.numa import NodeContents, NodePlacement
 from sysfs_emu.pagearrays import (
-    HUGE_PAGES, LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, NOT_AN_ITEM, ONE_EACH, PAGE_ARRAYS, RMAP, SEQ,
-    UNSTABLE, ZERO, Growable, keep_temporaries_on_heap, resident,
+    HUGE_PAGES, LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, PAGE_ARRAYS, ZERO, Growable,
+    keep_temporaries_on_heap, resident,
 )
-from sysfs_emu.pagearrays import PAGE_SIZE, RMAP_ITEM_SIZE  # noqa: F401  (the model's sizes, named here for importers)
+from sysfs_emu.pagearrays import PAGE_SIZE, RMAP_ITEM_SIZE, checksum  # noqa: F401  (named here for importers)
 from sysfs_emu.procstats import ProcessStats
 from sysfs_emu.thp import HugePages
 
@@ -83,13 +84,9 @@ class Process:
     in_ksm: bool = False  # has an mm slot on ksmd's list (MMF_VM_MERGEABLE)
 
 
-def checksum(contents: np.ndarray) -> np.ndarray:
-    """The page checksum ksmd compares between scans: never 0 (0 = no checksum yet)."""
-    return contents.astype(np.uint32) + np.uint32(1)
-
-
-class Memory(HugePages):
-    """All simulated processes and their pages."""
+class Memory(HugePages, KsmPages, NodePlacement):
+    """All simulated processes and their pages (ksmd's operations in :mod:`sysfs_emu.ksmpages`,
+    huge pages in :mod:`sysfs_emu.thp`, NUMA placement in :mod:`sysfs_emu.numa`)."""
 
     def __init__(self, capacity: int = 0) -> None:
         if capacity >= LARGE:
@@ -166,36 +163,6 @@ class Memory(HugePages):
             self._next_content = max(self._next_content, top)
             self._grow_tables(top)
         return arr
-
-    def _on_node(self, contents: np.ndarray, node: int) -> np.ndarray:
-        """The ids ``contents`` have on ``node`` (their own there when KSM merges within nodes only)."""
-        return self.node_contents.on_node(contents, node, self.new_contents) if self.split_nodes else contents
-
-    def is_empty(self, contents: np.ndarray) -> np.ndarray:
-        """Which of the content ids ``contents`` are empty (all-zero) pages."""
-        return self.node_contents.is_empty(contents)
-
-    def follow_merge_across_nodes(self, merge_across_nodes: int) -> None:
-        """Pages on different nodes merge unless ``merge_across_nodes`` is 0 on a host of several nodes.
-
-        Called by ksmd before it scans; the kernel allows the switch only while
-        nothing is merged, so only page contents (and their checksums) change.
-        """
-        split = not merge_across_nodes and self.numa_nodes > 1
-        if split == self.split_nodes:
-            return
-        self.split_nodes = split
-        p = self.pages
-        for region in self.regions:
-            if not region.alive or region.node == 0 or region.npages == 0:
-                continue
-            sl = slice(region.start, region.stop)
-            old = p.content[sl].astype(np.int64)
-            plain = self.node_contents.plain(old)
-            new = self._on_node(plain, region.node)
-            same = p.oldsum[sl] == checksum(old)
-            p.content[sl] = new
-            p.oldsum[sl] = np.where(same, checksum(new), p.oldsum[sl])
 
     # ---- processes and regions --------------------------------------------
 
@@ -390,94 +357,6 @@ class Memory(HugePages):
                 self.pages.rnode[region.start : region.stop] = NO_NODE
                 self.pages.kpage[region.start : region.stop] = NO_NODE
         del self.processes[pid]
-
-    # ---- ksmd's operations --------------------------------------------------
-
-    def new_ksm_pages(self, contents: np.ndarray) -> np.ndarray:
-        """Stable nodes for new KSM pages of ``contents`` (no rmap item, no mapping yet); returns their ids."""
-        nodes = self.nodes
-        n = contents.size
-        start = nodes.size
-        nodes.reserve(start + n, factor=1.5)
-        nodes.size = start + n
-        sl = slice(start, start + n)
-        nodes.content[sl] = contents
-        nodes.cm[sl] = 0  # no rmap item, no mapping
-        nodes.chain[sl] = NO_NODE
-        nodes.alive[sl] = True
-        return np.arange(start, start + n, dtype=np.int32)
-
-    def map_ksm_page(self, slot: int, node: int) -> None:
-        """The entry of ``slot`` now maps KSM page ``node``; its own page is freed (replace_page())."""
-        if self.huge_pages:
-            self.split_huge(slot)
-        self.pages.kpage[slot] = node
-        mapcount = self.nodes.mapcount
-        if mapcount[node] == 0:
-            self.ksm_pages += 1
-        mapcount[node] += 1
-        self.ksm_mapped += 1
-
-    def merge_pages(self, slots: np.ndarray, node_ids: np.ndarray, nodes=None, per_node=1, packed=None) -> np.ndarray:
-        """Pages ``slots`` merge into KSM pages ``node_ids``: each entry maps its KSM page and its rmap item hangs off it.
-
-        ``nodes`` are the distinct KSM pages among ``node_ids`` and ``per_node``
-        how many of ``slots`` each takes (by default ``node_ids`` are distinct,
-        one each); ``packed`` is ``self.nodes.cm[nodes]`` when the caller has
-        read it already. The item count and the mapcount of a KSM page share
-        one int64, so both change in one write. Returns the number of rmap
-        items each of ``nodes`` had before.
-        """
-        p = self.pages
-        if self.huge_pages:
-            self.split_huge(slots)  # the caller made sure no page here is empty: none goes to the zero page
-        p.kpage[slots] = node_ids
-        p.rnode[slots] = node_ids
-        if nodes is None:
-            nodes = node_ids
-        if packed is None:
-            packed = self.nodes.cm[nodes]
-        self.nodes.cm[nodes] = packed + per_node * ONE_EACH
-        halves = packed.view(np.int32)
-        self.ksm_pages += int(np.count_nonzero(halves[1::2] == 0))
-        self.ksm_mapped += slots.size
-        return halves[0::2]
-
-    def map_zero_pages(self, slots) -> None:
-        """The entries of ``slots`` (an array or one slot) now map the shared zero page: their own pages are freed."""
-        self.pages.flags[slots] |= ZERO
-        self.zero_pages += int(np.size(slots))
-
-    def new_rmap_items(self, window: slice, mask: np.ndarray) -> int:
-        """ksmd's first visit of the pages ``mask`` selects in ``window``: an rmap item each, no checksum yet."""
-        n = int(np.count_nonzero(mask))
-        if n:
-            p = self.pages
-            flags = p.flags[window]
-            flags[mask] = (flags[mask] | RMAP) & ~(UNSTABLE | SEQ)
-            p.oldsum[window][mask] = 0
-            p.age[window][mask] = 0
-            p.skips[window][mask] = 0
-            p.rnode[window][mask] = NO_NODE
-            self.rmap_items += n
-        return n
-
-    def free_rmap_items(self, slots) -> None:
-        """Free the rmap items of ``slots`` (an array or one slot; already out of both trees)."""
-        self.pages.flags[slots] &= NOT_AN_ITEM
-        self.rmap_items -= int(np.size(slots))
-
-    def has_rmap_items(self, pid: int) -> bool:
-        return bool((self.pages.flags[self.process_slots(pid)] & RMAP).any())
-
-    def leave_ksm(self, pid: int) -> None:
-        """ksmd dropped the process from its list; an exited one is forgotten (its slots reused)."""
-        proc = self.processes.get(pid)
-        if proc is None:
-            return
-        proc.in_ksm = False
-        if not proc.alive:
-            self.release_process(pid)
 
     # ---- views -------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sysfs_emu.pagearrays import checksum
+
 NO_ALIAS = -1
 
 
@@ -68,3 +70,41 @@ class NodeContents:
     def is_empty(self, ids: np.ndarray) -> np.ndarray:
         """Which of ``ids`` are empty pages."""
         return ids == 0 if self.empty_ids.size == 1 else np.isin(ids, self.empty_ids)
+
+
+class NodePlacement:
+    """The memory model's NUMA placement (a part of :class:`sysfs_emu.memory.Memory`)."""
+
+    numa_nodes: int  # the host's NUMA nodes
+    split_nodes: bool  # merge_across_nodes 0 on several nodes: pages off node 0 have ids of their own
+    node_contents: NodeContents
+
+    def _on_node(self, contents: np.ndarray, node: int) -> np.ndarray:
+        """The ids ``contents`` have on ``node`` (their own there when KSM merges within nodes only)."""
+        return self.node_contents.on_node(contents, node, self.new_contents) if self.split_nodes else contents
+
+    def is_empty(self, contents: np.ndarray) -> np.ndarray:
+        """Which of the content ids ``contents`` are empty (all-zero) pages."""
+        return self.node_contents.is_empty(contents)
+
+    def follow_merge_across_nodes(self, merge_across_nodes: int) -> None:
+        """Pages on different nodes merge unless ``merge_across_nodes`` is 0 on a host of several nodes.
+
+        Called by ksmd before it scans; the kernel allows the switch only while
+        nothing is merged, so only page contents (and their checksums) change.
+        """
+        split = not merge_across_nodes and self.numa_nodes > 1
+        if split == self.split_nodes:
+            return
+        self.split_nodes = split
+        p = self.pages
+        for region in self.regions:
+            if not region.alive or region.node == 0 or region.npages == 0:
+                continue
+            sl = slice(region.start, region.stop)
+            old = p.content[sl].astype(np.int64)
+            plain = self.node_contents.plain(old)
+            new = self._on_node(plain, region.node)
+            same = p.oldsum[sl] == checksum(old)
+            p.content[sl] = new
+            p.oldsum[sl] = np.where(same, checksum(new), p.oldsum[sl])

@@ -157,3 +157,6 @@ ONE_EACH = np.int64(0x1_0000_0001)
 """Added to ``nodes.cm``: one more rmap item and one more mapping (both halves stay below 2**31)."""
 
 
+def checksum(contents: np.ndarray) -> np.ndarray:
+    """The page checksum ksmd compares between scans: never 0 (0 = no checksum yet)."""
+    return contents.astype(np.uint32) + np.uint32(1)
