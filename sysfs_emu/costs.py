@@ -6,7 +6,7 @@ measures them on the machine it runs on, see sysfs_emu/realksm/calibrate.py)::
     {"format": "sysfs-emu cost profile", "version": 1,
      "origin": "calibrated on host1 (Linux 6.18.4, AMD EPYC) on 2026-12-01",
      "costs_us": {"ksm_page": 0.37, "skipped": 0.3, "checksum": 1.0, "tree_base": 4.7,
-                  "tree_per_level": 0.75, "merge": 1.5, "split": 40.0, "batch": 2.0},
+                  "tree_per_level": 0.75, "merge": 1.5, "split": 700.0, "batch": 2.0},
      "measured": {...}}
 
 Costs are in microseconds (see :class:`sysfs_emu.ksmd.CostModel` for what

@@ -57,7 +57,9 @@ class CostModel:
     tree_base: float = 4.7e-6  # tree search + insert with 4096 pages in the unstable tree
     tree_per_level: float = 0.75e-6  # each doubling of the unstable tree
     merge: float = 1.5e-6  # each page merged into a KSM page (write-protect, replace the mapping)
-    split: float = 40e-6  # each transparent huge page split (split_huge_page())
+    # each transparent huge page split (split_huge_page()), as calibrate measures it: a huge page of
+    # empty pages, whose 512 parts also go to the zero page (0.69-1.0 ms on the development machine)
+    split: float = 700e-6
     batch: float = 2e-6  # per wake-up
     origin: str = field(default=REFERENCE_ORIGIN, compare=False)
 
