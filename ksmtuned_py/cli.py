@@ -17,7 +17,7 @@ import click
 
 from ksmtuned_py import __version__
 from ksmtuned_py import config as configmod
-from ksmtuned_py.errors import UserError
+from ksmtuned_py.errors import EX_NOINPUT, UserError
 from ksmtuned_py.service import configure_logging
 
 
@@ -27,7 +27,7 @@ class Options:
     config_path: str
 
     def load_config(self) -> configmod.Config:
-        return configmod.load(self.config_path)
+        return configmod.load(self.config_path, root=self.root)
 
 
 # The global options, defined once: the group takes them with their defaults, and
@@ -179,10 +179,15 @@ def check_config(opts: Options) -> None:
     cfg = opts.load_config()
     for w in cfg.warnings:
         click.echo(f"warning: {w}", err=True)
-    if not cfg.file_found:
-        click.echo(f"{cfg.path} does not exist; using the environment and defaults", err=True)
+    if cfg.file_found:
+        click.echo(f"# the settings in effect with {cfg.path}")
+    else:
+        click.echo(f"# {cfg.path} does not exist: the settings in effect without it")
+    click.echo(f"# compatibility: {cfg.compat.mode} ({cfg.compat.why})")
     for key, s in cfg.settings.items():
         click.echo(f"{key + '=' + shlex.quote(s.text):<40} # {s.origin}")
+    if not cfg.file_found:
+        raise SystemExit(EX_NOINPUT)
 
 
 @main.group()

@@ -96,7 +96,7 @@ class Daemon:
 
     def load_config(self) -> None:
         """Read and check the configuration and that the kernel has KSM."""
-        cfg = configmod.load(self.config_path, self._env())
+        cfg = configmod.load(self.config_path, self._env(), root=self.root)
         configmod.log_warnings(cfg)
         require_ksm(self.root)
         self.config = cfg
@@ -121,7 +121,7 @@ class Daemon:
         old = self.scanner
         if old is None or old.pattern.pattern != cfg.process_regex or old.metric != cfg.memory_metric:
             self.scanner = GuestScanner(self.root, cfg.process_regex, cfg.memory_metric)
-        self.host = FileHost(self.root, self.scanner, cfg.free_metric)
+        self.host = FileHost(self.root, self.scanner, cfg.free_metric, awk_sum=cfg.compat.proxmox)
         if self.tuning_cycle is not None:
             self.tuning_cycle.host = self.host
         self._config_listeners = config_listeners(cfg)
@@ -225,7 +225,7 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading %s", self.config_path)
         try:
-            new = configmod.load(self.config_path, self._env())
+            new = configmod.load(self.config_path, self._env(), root=self.root)
         except configmod.ConfigError as e:
             log.error("%s; keeping the previous configuration", e)
         else:
@@ -288,7 +288,8 @@ class Daemon:
                 self.start_tuning()
                 self.state = StateFile(state_path(self.config.pidfile))
                 self._publish()
-                log.info("started: interval %gs, %s", self.config.monitor_interval, self.policy.summary())
+                log.info("started: interval %gs, %s; %s mode (%s)", self.config.monitor_interval,
+                         self.policy.summary(), self.config.compat.mode, self.config.compat.why)
                 self.notifier.ready(self._ready_status())
                 self._loop()
             finally:

@@ -85,6 +85,7 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
         "general_profit": ksm.counters.get("general_profit"),
     }
     return {
+        "compat": {"mode": cfg.compat.mode, "why": cfg.compat.why},
         "ksm": knobs,
         "counters": dict(ksm.counters),
         "saved": saved,
@@ -147,6 +148,7 @@ def render_text(s: dict) -> str:
         what = "stop ksm"
     lines.append(f"next cycle: {what}, because {n['reason']}")
     lines.append(f"npages:     {n['from_npages']} now, from {n['npages_from']}")
+    lines.append(f"compat:     {s['compat']['mode']} ({s['compat']['why']})")
     d = s["daemon"]
     if d["running"]:
         text = f"daemon:     running (pid {d['pid']})"

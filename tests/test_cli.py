@@ -95,6 +95,9 @@ def test_check_config_prints_every_value_and_its_origin(host):
     assert r.returncode == 0
     c = str(host.conf)
     assert r.stdout.splitlines() == [
+        f"# the settings in effect with {c}",
+        f"# compatibility: upstream (KSM_COMPAT=auto, and this is not a Proxmox VE host (no Proxmox VE "
+        f"package in {host.root}/var/lib/dpkg/status, no {host.root}/etc/pve))",
         "KSM_MONITOR_INTERVAL=60                  # default",
         "KSM_SLEEP_MSEC=20                        # environment",
         "KSM_NPAGES_BOOST=300                     # default",
@@ -111,6 +114,8 @@ def test_check_config_prints_every_value_and_its_origin(host):
         "KSM_FREE_METRIC=classic                  # default",
         "KSM_MAX_KERNEL_PAGES=''                  # default",
         "KSM_METRICS_TEXTFILE=''                  # default",
+        "KSM_COMPAT=auto                          # default",
+        "KSM_PS_METRIC=''                         # default",
     ]
     assert r.stderr == f"warning: {c}:2: unknown key KSM_NPAGE_MIN, ignored (did you mean KSM_NPAGES_MIN?)\n"
 
@@ -132,12 +137,25 @@ def test_check_config_errors_are_one_line_with_exit_78(host):
     )
 
 
-def test_check_config_without_a_file(host):
+def test_check_config_without_a_file_warns_and_exits_66(host):
+    """A mistyped --config: the values without it are printed, marked as a warning, exit status 66."""
     host.conf.unlink()
     r = cli(host, "check-config")
+    assert r.returncode == 66  # EX_NOINPUT
+    assert r.stderr == (f"warning: {host.conf} does not exist; using the environment and the defaults "
+                        "(as ksmtuned does)\n")
+    assert r.stdout.splitlines()[0] == f"# {host.conf} does not exist: the settings in effect without it"
+    assert r.stdout.splitlines()[2] == "KSM_MONITOR_INTERVAL=60                  # default"
+
+
+def test_check_config_says_what_npages_min_above_max_does(host):
+    host.conf.write_text("KSM_NPAGES_MAX=100\nKSM_NPAGES_MIN=2000\n")
+    r = cli(host, "check-config")
     assert r.returncode == 0
-    assert r.stderr == f"{host.conf} does not exist; using the environment and defaults\n"
-    assert r.stdout.splitlines()[0] == "KSM_MONITOR_INTERVAL=60                  # default"
+    assert r.stderr == (
+        f"warning: {host.conf}:2: KSM_NPAGES_MIN=2000 is above KSM_NPAGES_MAX=100, so pages_to_scan is "
+        "never between them: as ksmtuned does, a cycle that starts KSM writes 2000 when npages plus the "
+        "step (KSM_NPAGES_BOOST or KSM_NPAGES_DECAY) is below 2000, else 100\n")
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -157,6 +175,8 @@ def test_status_text(host):
         "free 100000 kB <= thres 200000 kB; free 100000 kB < thres 200000 kB, "
         "so boost pages_to_scan from 0 to 300\n"
         "npages:     0 now, from a fresh start (no daemon running)\n"
+        f"compat:     upstream (KSM_COMPAT=auto, and this is not a Proxmox VE host (no Proxmox VE package "
+        f"in {host.root}/var/lib/dpkg/status, no {host.root}/etc/pve))\n"
         f"daemon:     not running (no ksmtuned-py daemon is running: {host.pidfile} does not exist)\n"
     )
     assert r.stderr == ""
