@@ -50,6 +50,23 @@ def config_listeners(config: configmod.Config) -> list[CycleListener]:
     return listeners
 
 
+def close_listeners(listeners: list[CycleListener], keep: list[CycleListener] = ()) -> None:
+    """Let listeners with a ``close`` (the metrics textfile) clean up, but those ``keep`` continues.
+
+    A listener continues when a kept one has the same ``path()``: a reload that keeps
+    KSM_METRICS_TEXTFILE keeps the file (no gap a scrape could fall into).
+    """
+    kept = {listener.path() for listener in keep if hasattr(listener, "path")}
+    for listener in listeners:
+        close = getattr(listener, "close", None)
+        if close is None or (hasattr(listener, "path") and listener.path() in kept):
+            continue
+        try:
+            close()
+        except Exception:  # cleaning up must never stop the daemon from stopping
+            log.exception("closing cycle listener %r failed", listener)
+
+
 class Daemon:
     """One ksmtuned-py daemon; ``run()`` returns the exit status."""
 
@@ -124,7 +141,8 @@ class Daemon:
         self.host = FileHost(self.root, self.scanner, cfg.free_metric, awk_sum=cfg.compat.proxmox)
         if self.tuning_cycle is not None:
             self.tuning_cycle.host = self.host
-        self._config_listeners = config_listeners(cfg)
+        old, self._config_listeners = self._config_listeners, config_listeners(cfg)
+        close_listeners(old, keep=self._config_listeners)
 
     def _started_policy(self) -> Policy:
         """The configured policy, started on MemTotal now (ksmtuned's: tuning computed, npages 0)."""
@@ -294,6 +312,7 @@ class Daemon:
                 self._loop()
             finally:
                 self.notifier.stopping()
+                close_listeners([*self.cycle_listeners, *self._config_listeners])
                 if self.state is not None:
                     self.state.remove()
                 self.pidfile.release()
