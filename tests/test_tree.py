@@ -416,6 +416,18 @@ def test_events_start_a_guest_in_a_running_emulator(tmp_path):
     _one_error_line(none, f"no sysfs-emu is serving {root}")
 
 
+def test_the_examples_of_event_help_work(tmp_path):
+    """`sysfs-emu event --help` shows examples; each must be accepted as written."""
+    help_text = cli("event", "--help").stdout
+    examples = [line.strip().strip("'") for line in help_text.splitlines() if line.startswith("    '")]
+    assert [e.split(":")[0] for e in examples] == ["start", "exit"], help_text
+    root = tmp_path / "host"
+    with served(root, "--speed", "10"):
+        for example in examples:
+            got = cli("event", "--root", str(root), example)
+            assert (got.returncode, got.stdout, got.stderr) == (0, "ok\n", ""), example
+
+
 def test_snapshot(tmp_path):
     root = tmp_path / "host"
     with served(root, "study-2-same-os", "--speed", "600"):
