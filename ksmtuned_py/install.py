@@ -60,7 +60,7 @@ def items(unitdir: str = DEFAULT_UNITDIR) -> list[Item]:
         Item("systemd/ksmtuned-py-ksm.service", f"{unitdir}/ksmtuned-py-ksm.service", 0o644,
              names_exec=True),
         Item("etc/ksmtuned.conf", "/etc/ksmtuned.conf", 0o644, keep_existing=True),
-        Item("etc/logrotate.d/ksmtuned-py", "/etc/logrotate.d/ksmtuned-py", 0o644),
+        Item("etc/logrotate.d/ksmtuned-py", "/etc/logrotate.d/ksmtuned-py", 0o644, names_exec=True),
         Item("etc/libvirt/hooks/qemu.d/ksmtuned-py", "/etc/libvirt/hooks/qemu.d/ksmtuned-py", 0o755,
              names_exec=True),
     ]

@@ -386,6 +386,19 @@ def test_retune_signals_the_running_daemon(host, daemons):
     assert d.finish() == 0
 
 
+def test_reload_signals_the_running_daemon_and_only_it(host, daemons):
+    r = cli(host, "reload")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"ksmtuned-py: no ksmtuned-py daemon is running: {host.pidfile} does not exist\n"
+    d = daemons(host).wait_ready()
+    r = cli(host, "reload")
+    assert (r.returncode, r.stdout) == (0, f"asked ksmtuned-py (pid {d.pid}) to reload\n")
+    # SIGHUP: the start lines again (the config re-read), then the reload's cycle
+    wait_for(lambda: _cycle_done(host.debug_lines()))
+    assert host.debug_lines()[3:6] == ["total 1000000", "sleep 167", "thres 200000"]
+    assert d.finish() == 0
+
+
 def test_no_command_runs_the_daemon(host):
     proc = subprocess.Popen([*ksmtuned_py(), "--root", str(host.root), "--config", str(host.conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

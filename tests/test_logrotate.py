@@ -16,7 +16,7 @@ from tests.svc_daemon import RunningDaemon, make_host, wait_for
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "etc/logrotate.d/ksmtuned-py"
 SHIPPED_LOG = "/var/log/ksmtuned"
-SHIPPED_PIDFILE = "/run/ksmtune.pid"
+SHIPPED_RELOAD = "/usr/bin/ksmtuned-py reload"
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +35,15 @@ def logrotate() -> list[str]:
 
 
 def config_for(host, tmp_path: Path) -> Path:
-    """The shipped file with only its log and pidfile paths pointed at the test's."""
+    """The shipped file with its log pointed at the test's, and its reload at the test's config.
+
+    The daemon's PIDFILE is not /run/ksmtune.pid: the reload finds it through the config.
+    """
     text = SHIPPED.read_text()
-    assert text.count(SHIPPED_LOG + " ") == 1 and SHIPPED_PIDFILE in text
+    assert text.count(SHIPPED_LOG + " ") == 1 and text.count(SHIPPED_RELOAD) == 1
     conf = tmp_path / "logrotate.conf"
-    conf.write_text(text.replace(SHIPPED_LOG + " ", f"{host.logfile} ")
-                    .replace(SHIPPED_PIDFILE, str(host.pidfile)))
+    reload = f"{host.cli()[0]} --config {host.config} reload"
+    conf.write_text(text.replace(SHIPPED_LOG + " ", f"{host.logfile} ").replace(SHIPPED_RELOAD, reload))
     conf.chmod(0o644)  # logrotate refuses group/world-writable configs
     return conf
 
