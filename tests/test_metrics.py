@@ -293,3 +293,14 @@ def test_a_reload_keeps_the_metrics_file_or_removes_the_one_no_longer_configured
         daemon.proc.send_signal(signal.SIGHUP)
         wait_for(second.exists, what="the new metrics file")
         assert not first.exists()
+
+
+def test_one_name_for_the_metrics_file():
+    """The README, the shipped config and the code name the same file (it was ksmtuned.prom in one)."""
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "etc/ksmtuned.conf"):
+        names = set(re.findall(r"[\w-][\w.-]*\.prom\b", (repo / doc).read_text()))
+        assert names <= {metrics.DEFAULT_NAME}, (doc, names)
+    assert metrics.DEFAULT_NAME in (repo / "etc/ksmtuned.conf").read_text()
