@@ -303,13 +303,16 @@ def metrics(opts: Options, textfile: str) -> None:
               help="Where the systemd units go (packages: /usr/lib/systemd/system).")
 @click.option("--exec", "exec_path", default=None, metavar="FILE",
               help="The ksmtuned-py program the units and hook run [default: this ksmtuned-py].")
-def install(destdir: str, unitdir: str, exec_path: str | None) -> None:
+@click.option("--libvirt-hook/--no-libvirt-hook", "libvirt_hook", default=None,
+              help="Install the libvirt hook or not [default: on this system only when /etc/libvirt "
+                   "exists; always below another --destdir].")
+def install(destdir: str, unitdir: str, exec_path: str | None, libvirt_hook: bool | None) -> None:
     """Install the systemd units, the default config (never over an existing one), the logrotate
-    file and the libvirt hook."""
+    file and the libvirt hook; print what was done with each."""
     from ksmtuned_py import install as installmod
 
     exec_path = exec_path or installmod.default_exec()
-    for action in installmod.install(destdir, unitdir, exec_path):
+    for action in installmod.install(destdir, unitdir, exec_path, libvirt_hook=libvirt_hook):
         click.echo(str(action))
     for path in installmod.hidden_by_sandbox(exec_path):
         click.echo(f"warning: the service cannot run {path}: its sandbox (ProtectHome=yes) hides "

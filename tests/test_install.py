@@ -57,7 +57,9 @@ def test_program_path_is_written_into_units_and_hook(tmp_path: Path):
     assert "ExecStop=/opt/ksmtuned-py/bin/ksmtuned-py ksm stop\n" in ksm
     hook = (tmp_path / "etc/libvirt/hooks/qemu.d/ksmtuned-py").read_text()
     assert 'KSMTUNED_PY="${KSMTUNED_PY:-/opt/ksmtuned-py/bin/ksmtuned-py}"\n' in hook
-    # The config and logrotate file name no program: copied unchanged.
+    rotate = (tmp_path / "etc/logrotate.d/ksmtuned-py").read_text()
+    assert "        /opt/ksmtuned-py/bin/ksmtuned-py reload >/dev/null 2>&1 || true\n" in rotate
+    # The config names no program: copied unchanged.
     assert (tmp_path / "etc/ksmtuned.conf").read_bytes() == (REPO / "etc/ksmtuned.conf").read_bytes()
 
 
@@ -118,3 +120,25 @@ def test_modes_do_not_depend_on_the_umask(tmp_path: Path):
         assert stat.S_IMODE((tmp_path / rel).stat().st_mode) == mode, rel
     for d in ("etc", "etc/systemd/system", "etc/libvirt/hooks/qemu.d", "etc/logrotate.d"):
         assert stat.S_IMODE((tmp_path / d).stat().st_mode) == 0o755, d
+
+
+def test_the_libvirt_hook_can_be_left_out(tmp_path: Path):
+    dest = tmp_path / "dest"
+    got = cli("install", "--destdir", str(dest), "--exec", "/usr/bin/ksmtuned-py", "--no-libvirt-hook")
+    assert got.returncode == 0, got.stderr
+    hook = dest / "etc/libvirt/hooks/qemu.d/ksmtuned-py"
+    assert got.stdout.splitlines()[-1] == f"skipped {hook} (--no-libvirt-hook)"
+    assert not (dest / "etc/libvirt").exists()  # not even the directory
+    assert files_under(dest) == set(EXPECTED) - {"etc/libvirt/hooks/qemu.d/ksmtuned-py"}
+
+
+def test_on_the_live_system_the_hook_goes_only_where_libvirt_is(tmp_path: Path):
+    """`install` on / without /etc/libvirt says it skipped the hook; below a --destdir it ships it."""
+    libvirt = tmp_path / "etc-libvirt"
+    assert install.libvirt_hook_skipped("/", None, str(libvirt)) == (
+        f"no {libvirt}: libvirt is not installed; --libvirt-hook installs the hook anyway")
+    libvirt.mkdir()
+    assert install.libvirt_hook_skipped("/", None, str(libvirt)) is None
+    assert install.libvirt_hook_skipped(tmp_path, None, str(tmp_path / "none")) is None  # packaging
+    assert install.libvirt_hook_skipped("/", True, str(tmp_path / "none")) is None
+    assert install.libvirt_hook_skipped(tmp_path, False, str(libvirt)) == "--no-libvirt-hook"
