@@ -224,7 +224,7 @@ def sample_from_status(snap: dict, timestamp: float, duration: float) -> Sample:
     """
     from ksmtuned_py import __version__
 
-    counters, mem, nxt = snap["counters"], snap["memory"], snap["next"]
+    counters, mem, nxt = snap["ksm"], snap["memory"], snap["next"]
     return Sample(
         general_profit=counters.get("general_profit"),
         ksm_zero_pages=counters.get("ksm_zero_pages"),

@@ -28,6 +28,19 @@ def cli(host, *args, env=None, root=True):
     return subprocess.run([*base, *args], capture_output=True, text=True, env=e, timeout=60)
 
 
+def status_fields(text: str) -> dict[str, str]:
+    """``status``'s output as label -> text, the wrapped lines joined again."""
+    fields: dict[str, str] = {}
+    label = None
+    for line in text.splitlines():
+        if line[:12].strip():
+            label, _, rest = line.partition(":")
+            fields[label] = line[12:]
+        else:
+            fields[label] += " " + line[12:]
+    return fields
+
+
 def test_version(host):
     r = cli(host, "--version")
     assert (r.returncode, r.stdout) == (0, f"ksmtuned-py, version {__version__}\n")
@@ -162,24 +175,30 @@ def test_check_config_says_what_npages_min_above_max_does(host):
 
 
 def test_status_text(host):
+    """Sizes in human units (the reason keeps the rule's kB), lines of at most 79 columns."""
     r = cli(host, "status")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == (
-        "KSM:        stopped (run=0), pages_to_scan 100, sleep_millisecs 20, advisor none\n"
-        "counters:   pages_shared 0, pages_sharing 2560, pages_unshared 0, pages_volatile 0, "
-        "full_scans 0, general_profit 10000000\n"
+    assert r.stdout.split("compat:")[0] == (
+        "KSM:        stopped (run=0), pages_to_scan 100, sleep_millisecs 20,\n"
+        "            advisor none\n"
+        "counters:   pages_shared 0, pages_sharing 2560, pages_unshared 0,\n"
+        "            pages_volatile 0, full_scans 0, general_profit 10000000\n"
         f"saved:      10.0 MiB (pages_sharing 2560 x {PAGE} B); general_profit 9.5 MiB\n"
-        "memory:     total 1000000 kB, free 100000 kB (classic), committed 0 kB (rss, 0 guests), "
-        "thres 200000 kB\n"
-        "next cycle: start ksm (boost): pages_to_scan 300, sleep_millisecs 167, because "
-        "free 100000 kB <= thres 200000 kB; free 100000 kB < thres 200000 kB, "
-        "so boost pages_to_scan from 0 to 300\n"
+        "memory:     total 976.6 MiB, free 97.7 MiB (classic),\n"
+        "            committed 0 B (rss, 0 guests), thres 195.3 MiB\n"
+        "next cycle: start ksm (boost): pages_to_scan 300, sleep_millisecs 167, because\n"
+        "            free 100000 kB <= thres 200000 kB; free 100000 kB <\n"
+        "            thres 200000 kB, so boost pages_to_scan from 0 to 300\n"
         "npages:     0 now, from a fresh start (no daemon running)\n"
-        f"compat:     upstream (KSM_COMPAT=auto, and this is not a Proxmox VE host (no Proxmox VE package "
-        f"in {host.root}/var/lib/dpkg/status, no {host.root}/etc/pve))\n"
-        f"daemon:     not running (no ksmtuned-py daemon is running: {host.pidfile} does not exist)\n"
     )
     assert r.stderr == ""
+    # the lines with the test's paths wrap by their length
+    fields = status_fields(r.stdout)
+    assert fields["compat"] == (f"upstream (KSM_COMPAT=auto, and this is not a Proxmox VE host (no Proxmox VE "
+                                f"package in {host.root}/var/lib/dpkg/status, no {host.root}/etc/pve))")
+    assert fields["daemon"] == f"not running ({host.pidfile} does not exist)"
+    assert list(fields)[-2:] == ["compat", "daemon"]
+    assert all(len(line) <= 79 or " " not in line.strip() for line in r.stdout.splitlines())
 
 
 def test_status_json_with_a_guest_and_a_running_daemon(host, daemons):
@@ -190,19 +209,20 @@ def test_status_json_with_a_guest_and_a_running_daemon(host, daemons):
         r = cli(host, "status", "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["ksm"] == {"run": 0, "pages_to_scan": 100, "sleep_millisecs": 20, "advisor_mode": "none"}
-    assert s["saved"] == {"bytes": 2560 * PAGE, "pages_sharing": 2560, "page_size": PAGE,
-                          "general_profit": 10000000}
+    assert s["ksm"] == {"run": 0, "pages_to_scan": 100, "sleep_millisecs": 20, "advisor_mode": "none",
+                        "pages_shared": 0, "pages_sharing": 2560, "pages_unshared": 0, "pages_volatile": 0,
+                        "full_scans": 0, "general_profit": 10000000}
+    assert (s["saved_bytes"], s["page_size"]) == (2560 * PAGE, PAGE)
     (guest,) = s["guests"]
-    assert (guest["pid"], guest["comm"]) == (g.pid, "qemu:web") and guest["kb"] >= 2048
+    assert (guest["pid"], guest["comm"]) == (g.pid, "qemu:web") and guest["committed_kb"] >= 2048
     assert s["memory"] == {"total_kb": 1000000, "free_kb": 900000, "free_metric": "classic",
-                           "committed_kb": guest["kb"], "memory_metric": "rss", "thres_kb": 200000,
-                           "sleep_ms": 167}
+                           "committed_kb": guest["committed_kb"], "memory_metric": "rss", "thres_kb": 200000}
+    assert s["next"]["sleep_ms"] == 167 and s["next"]["advisor_active"] is False
     # the daemon has not decided yet: its npages is 0, whatever pages_to_scan says
     assert s["next"]["action"] == "stop" and s["next"]["npages"] == 0
     assert (s["next"]["from_npages"], s["next"]["npages_source"]) == (0, "daemon")
     assert s["next"]["reason"] == (
-        f"committed + thres = {guest['kb'] + 200000} kB < total 1000000 kB "
+        f"committed + thres = {guest['committed_kb'] + 200000} kB < total 1000000 kB "
         "and free 900000 kB > thres 200000 kB"
     )
     assert s["daemon"] == {"running": True, "pid": d.pid, "pidfile": str(host.pidfile),
@@ -219,7 +239,7 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
     published = json.loads(state.read_text())
     assert (published["pid"], published["npages"], published["last_decision"]) == (d.pid, 0, None)
     assert published["tuning"] == {"total": 1000000, "sleep": 167, "thres": 200000, "thres_text": "200000"}
-    assert f"daemon:     running (pid {d.pid}), no cycle yet\n" in cli(host, "status").stdout
+    assert status_fields(cli(host, "status").stdout)["daemon"] == f"running (pid {d.pid}), no cycle yet"
     d.kick()
     d.kick()  # boost twice: the daemon's npages is 600
     (host.ksm / "pages_to_scan").write_text("5\n")  # someone else changed the knob
@@ -235,11 +255,11 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
         f"dry run: nothing written (npages started from 600, taken from the running daemon (pid {d.pid}, {state}))",
     ]
     r = cli(host, "status")
-    assert f"npages:     600 now, from the running daemon (pid {d.pid}, {state})\n" in r.stdout
-    assert "so boost pages_to_scan from 600 to 900" in r.stdout
+    fields = status_fields(r.stdout)
+    assert fields["npages"] == f"600 now, from the running daemon (pid {d.pid}, {state})"
+    assert fields["next cycle"].endswith("so boost pages_to_scan from 600 to 900")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(published["last_decision"]["time"]))
-    assert f"daemon:     running (pid {d.pid}), last cycle at {when}: start ksm (boost, pages_to_scan 600)\n" \
-        in r.stdout
+    assert fields["daemon"] == f"running (pid {d.pid}), last cycle at {when}: start ksm (boost, pages_to_scan 600)"
     # a reload restarts npages at 0 with the new settings, and the state says so
     d.kick(signal.SIGHUP)
     wait_for(lambda: json.loads(state.read_text())["params"]["npages_max"] == 700)
@@ -253,8 +273,8 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
         (other / "sys/kernel/mm/ksm" / name).write_text(value + "\n")
     (other / "proc/meminfo").write_text((host.root / "proc/meminfo").read_text())
     r = cli(host, "status", "--root", str(other))
-    assert (f"npages:     0 now, from a fresh start (the daemon runs on root {host.root}, not {other})\n"
-            in r.stdout), r.stdout
+    assert status_fields(r.stdout)["npages"] == (
+        f"0 now, from a fresh start (the daemon runs on root {host.root}, not {other})"), r.stdout
     assert d.finish() == 0
     assert not state.exists() and not host.pidfile.exists()
     assert list(host.base.glob(".ksmtune.state.*")) == []

@@ -443,8 +443,10 @@ def test_snapshot(tmp_path):
 
         data = json.loads(js.stdout)
         assert data["ksm"]["max_page_sharing"] == 256
-        assert data["memory"]["MemTotal_kB"] == 16 * 1024 * 1024
+        assert data["memory"]["mem_total_kb"] == 16 * 1024 * 1024
+        assert data["ksm"]["advisor_mode"] == "none"  # the chosen one of "[none] scan-time"
         assert len(data["processes"]) == 2
+        assert sorted(data["processes"][0]) == ["comm", "ksm_merging_pages", "pid", "rss_kb"]
     missing = cli("snapshot", "--root", str(tmp_path / "nothing"))
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "does not exist: nothing is served under" in missing.stderr
