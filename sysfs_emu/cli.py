@@ -95,6 +95,11 @@ def load_simulation(scenario: str | None):
     return Simulation.from_yaml(path), path.stem
 
 
+def format_speed(ratio: float) -> str:
+    """Simulated seconds per wall second: ``1970x``, ``59.8x``, ``0.5x`` (never 1.97e+03x)."""
+    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
+
+
 def _duration(value: str | None) -> float | None:
     from sysfs_emu.units import UnitError, parse_duration
 
@@ -155,7 +160,7 @@ def run(scenario, root, speed, duration, clean, verbose):
     except OSError as exc:
         raise CliError(f"cannot keep the tree under {root}: {exc.strerror}: {exc.filename}") from None
     wall = time.monotonic() - started
-    pace = f", {(sim.now - sim_start) / wall:.3g}x on average" if wall > 0 else ""
+    pace = f", {format_speed((sim.now - sim_start) / wall)} on average" if wall > 0 else ""
     log.info("stopped at simulated time %.1fs after %.1fs%s; tree %s", sim.now, wall, pace,
              "removed" if clean else f"left in {root}")
 
@@ -281,10 +286,13 @@ def simulate(scenario, config_path, duration, as_json):
     if last is None:
         click.echo(f"no decision: --duration {duration} is shorter than the interval ({run.interval:g} s)")
         return
-    first = format_clock(first_saving) if first_saving is not None else "never"
-    click.echo(f"after {format_clock(last.time)}: KSM saves {format_bytes(last.saved_bytes)} "
-               f"(general_profit {format_bytes(last.general_profit)}); first saving at {first}; "
-               f"peak {format_bytes(peak[0])} at {format_clock(peak[1])}; {wall:.1f} s of wall time")
+    if first_saving is None:
+        saving = f"KSM saved nothing (general_profit {format_bytes(last.general_profit)})"
+    else:
+        saving = (f"KSM saves {format_bytes(last.saved_bytes)} (general_profit {format_bytes(last.general_profit)}); "
+                  f"first saving at {format_clock(first_saving)}; peak {format_bytes(peak[0])} at "
+                  f"{format_clock(peak[1])}")
+    click.echo(f"after {format_clock(last.time)}: {saving}; {wall:.1f} s of wall time")
     if run.advisor_noted:
         click.echo("note: advisor_mode is scan-time, so the kernel's advisor set pages_to_scan")
 
