@@ -84,14 +84,14 @@ def _installed(data: bytes, name: bytes) -> bool:
 
 def detect(root: str | os.PathLike) -> Compat:
     """``proxmox`` on a Proxmox VE host under ``root``, else ``upstream``; the reason names the evidence."""
+    pve = Path(root, PVE_DIR)
+    if pve.is_dir():  # first: a stat, where the dpkg status is megabytes to read
+        return Compat(PROXMOX, f"KSM_COMPAT=auto, and this is a Proxmox VE host: {pve} exists")
     status = Path(root, DPKG_STATUS)
     package = installed_package(status, PROXMOX_PACKAGES)
     if package:
         return Compat(PROXMOX, f"KSM_COMPAT=auto, and this is a Proxmox VE host: package {package} "
                                f"is installed ({status})")
-    pve = Path(root, PVE_DIR)
-    if pve.is_dir():
-        return Compat(PROXMOX, f"KSM_COMPAT=auto, and this is a Proxmox VE host: {pve} exists")
     return Compat(UPSTREAM, f"KSM_COMPAT=auto, and this is not a Proxmox VE host (no Proxmox VE "
                             f"package in {status}, no {pve})")
 
