@@ -19,7 +19,7 @@ and times from just before the start to the daemon closing the ``run`` file afte
 writing it (inotify IN_CLOSE_WRITE). The variants alternate run by run, so a busy
 machine slows them alike; compare them side by side. Prints p50, p99 and the maximum.
 
-    .venv/bin/python bench/bench_retune.py [-n 200]
+    .venv/bin/python bench/bench_retune.py [-n 200] [--only hook --only 'kill -USR1']
 """
 
 from __future__ import annotations
@@ -149,6 +149,9 @@ def measure(start, ksm: Path, watch: CloseWrites) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=200, help="runs of each variant")
+    ap.add_argument("--only", action="append", default=None, metavar="VARIANT",
+                    help="run only this variant (repeatable): hook, 'hook via retune', 'ksmtuned-py retune', "
+                         "'kill -USR1'")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-retune-") as tmp:
         root, plain, unplain = make_host(Path(tmp))
@@ -157,6 +160,7 @@ def main() -> None:
             ksm = root / "sys/kernel/mm/ksm"
             watch = CloseWrites(ksm)
             runs = variants(daemon, plain, unplain)
+            runs = {name: run for name, run in runs.items() if args.only is None or name in args.only}
             times: dict[str, list[float]] = {name: [] for name in runs}
             for _ in range(args.n):
                 for name, start in runs.items():
