@@ -50,6 +50,23 @@ def config_listeners(config: configmod.Config) -> list[CycleListener]:
     return listeners
 
 
+def close_listeners(listeners: list[CycleListener], keep: list[CycleListener] = ()) -> None:
+    """Let listeners with a ``close`` (the metrics textfile) clean up, but those ``keep`` continues.
+
+    A listener continues when a kept one has the same ``path()``: a reload that keeps
+    KSM_METRICS_TEXTFILE keeps the file (no gap a scrape could fall into).
+    """
+    kept = {listener.path() for listener in keep if hasattr(listener, "path")}
+    for listener in listeners:
+        close = getattr(listener, "close", None)
+        if close is None or (hasattr(listener, "path") and listener.path() in kept):
+            continue
+        try:
+            close()
+        except Exception:  # cleaning up must never stop the daemon from stopping
+            log.exception("closing cycle listener %r failed", listener)
+
+
 class Daemon:
     """One ksmtuned-py daemon; ``run()`` returns the exit status."""
 
@@ -96,7 +113,7 @@ class Daemon:
 
     def load_config(self) -> None:
         """Read and check the configuration and that the kernel has KSM."""
-        cfg = configmod.load(self.config_path, self._env())
+        cfg = configmod.load(self.config_path, self._env(), root=self.root)
         configmod.log_warnings(cfg)
         require_ksm(self.root)
         self.config = cfg
@@ -121,10 +138,11 @@ class Daemon:
         old = self.scanner
         if old is None or old.pattern.pattern != cfg.process_regex or old.metric != cfg.memory_metric:
             self.scanner = GuestScanner(self.root, cfg.process_regex, cfg.memory_metric)
-        self.host = FileHost(self.root, self.scanner, cfg.free_metric)
+        self.host = FileHost(self.root, self.scanner, cfg.free_metric, awk_sum=cfg.compat.proxmox)
         if self.tuning_cycle is not None:
             self.tuning_cycle.host = self.host
-        self._config_listeners = config_listeners(cfg)
+        old, self._config_listeners = self._config_listeners, config_listeners(cfg)
+        close_listeners(old, keep=self._config_listeners)
 
     def _started_policy(self) -> Policy:
         """The configured policy, started on MemTotal now (ksmtuned's: tuning computed, npages 0)."""
@@ -225,7 +243,7 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading %s", self.config_path)
         try:
-            new = configmod.load(self.config_path, self._env())
+            new = configmod.load(self.config_path, self._env(), root=self.root)
         except configmod.ConfigError as e:
             log.error("%s; keeping the previous configuration", e)
         else:
@@ -288,11 +306,13 @@ class Daemon:
                 self.start_tuning()
                 self.state = StateFile(state_path(self.config.pidfile))
                 self._publish()
-                log.info("started: interval %gs, %s", self.config.monitor_interval, self.policy.summary())
+                log.info("started: interval %gs, %s; %s mode (%s)", self.config.monitor_interval,
+                         self.policy.summary(), self.config.compat.mode, self.config.compat.why)
                 self.notifier.ready(self._ready_status())
                 self._loop()
             finally:
                 self.notifier.stopping()
+                close_listeners([*self.cycle_listeners, *self._config_listeners])
                 if self.state is not None:
                     self.state.remove()
                 self.pidfile.release()

@@ -224,7 +224,7 @@ def sample_from_status(snap: dict, timestamp: float, duration: float) -> Sample:
     """
     from ksmtuned_py import __version__
 
-    counters, mem, nxt = snap["counters"], snap["memory"], snap["next"]
+    counters, mem, nxt = snap["ksm"], snap["memory"], snap["next"]
     return Sample(
         general_profit=counters.get("general_profit"),
         ksm_zero_pages=counters.get("ksm_zero_pages"),
@@ -247,7 +247,8 @@ class TextfileWriter:
     """Cycle listener: rewrite the metrics file after every cycle (KSM_METRICS_TEXTFILE).
 
     A failing write is logged once, and again only when the error changes,
-    never every cycle; it never stops the daemon.
+    never every cycle; it never stops the daemon.  :meth:`close` removes the file
+    (the daemon calls it when it stops).
     """
 
     def __init__(self, target: str | os.PathLike):
@@ -266,6 +267,31 @@ class TextfileWriter:
         if self._last_error is not None:
             log.info("metrics textfile %s written again", self.target)
             self._last_error = None
+
+    def path(self) -> Path | None:
+        """The file this writer writes (None when the target is unusable, e.g. its directory is gone)."""
+        try:
+            return target_path(self.target)
+        except UserError:
+            return None
+
+    def close(self) -> None:
+        """Remove the file: the daemon stopped (or writes elsewhere now), so its figures are not current.
+
+        node_exporter then stops exporting them, and an alert on ``absent(ksmtuned_info)`` sees
+        the daemon gone, where a stale file would look like a healthy daemon.
+        """
+        path = self.path()
+        if path is None:
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.warning("cannot remove the metrics textfile %s: %s", path, err.strerror)
+        else:
+            log.info("removed the metrics textfile %s", path)
 
     def __repr__(self) -> str:
         return f"TextfileWriter({str(self.target)!r})"

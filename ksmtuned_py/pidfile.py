@@ -9,6 +9,10 @@ import os
 from ksmtuned_py.errors import UserError
 
 
+#: How every "no daemon" answer of :func:`running_pid` begins (status shows only what follows).
+NOT_RUNNING = "no ksmtuned-py daemon is running"
+
+
 class PidfileError(UserError):
     pass
 
@@ -99,7 +103,7 @@ def running_pid(path: str) -> int:
         # its RuntimeDirectory.  Only the daemon's own open refuses links.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NotRunning(f"no ksmtuned-py daemon is running: {path} does not exist") from None
+        raise NotRunning(f"{NOT_RUNNING}: {path} does not exist") from None
     except OSError as e:
         raise NotRunning(f"cannot open the pidfile {path}: {e.strerror}") from None
     try:
@@ -115,7 +119,7 @@ def running_pid(path: str) -> int:
                     f"{path} belongs to the original ksmtuned (pid {pid}), not ksmtuned-py; "
                     f"retune it with: kill -USR1 {pid}"
                 )
-            raise NotRunning(f"no ksmtuned-py daemon is running: {path} is stale (not locked)")
+            raise NotRunning(f"{NOT_RUNNING}: {path} is stale (not locked)")
         pid = _read_pid(fd)
         if pid is None:
             raise NotRunning(f"the pidfile {path} holds no pid")

@@ -34,23 +34,34 @@ def ksmtuned_params(config: configmod.Config) -> Params:
     )
 
 
+def start_preamble(config: configmod.Config) -> tuple[str, ...]:
+    """Proxmox VE's ksmtuned names its memory metric first (``using pss metric``); upstream's nothing."""
+    if config.compat.proxmox:
+        return (f"using {config['KSM_PS_METRIC']} metric",)
+    return ()
+
+
 class KsmtunedPolicy:
     """ksmtuned's rule (``decision.py``, bit-exact with the reference): the tuning of the start, then npages."""
 
     name = "ksmtuned"
 
-    def __init__(self, params: Params, tuning: Tuning | None = None, npages: int = 0):
+    def __init__(self, params: Params, tuning: Tuning | None = None, npages: int = 0,
+                 preamble: tuple[str, ...] = ()):
         self.params = params
         self.tuner: Tuner | None = None if tuning is None else Tuner(params, tuning.total, npages, tuning)
+        # DEBUG lines the reference prints before total/sleep/thres (Proxmox VE's "using pss metric").
+        self.preamble = tuple(preamble)
 
     @classmethod
     def from_config(cls, config: configmod.Config) -> "KsmtunedPolicy":
-        return cls(ksmtuned_params(config))
+        return cls(ksmtuned_params(config), preamble=start_preamble(config))
 
     @classmethod
     def from_state(cls, state: dict) -> "KsmtunedPolicy":
         """The policy a daemon published; KeyError, TypeError or ValueError when the state is not one."""
-        return cls(Params(**state["params"]), Tuning(**state["tuning"]), int(state["npages"]))
+        return cls(Params(**state["params"]), Tuning(**state["tuning"]), int(state["npages"]),
+                   tuple(str(line) for line in state.get("preamble", ())))
 
     @property
     def npages(self) -> int:
@@ -62,7 +73,7 @@ class KsmtunedPolicy:
         self.tuner = Tuner(self.params, meminfo.total)
 
     def start_lines(self) -> list[str]:
-        return self.tuner.tuning.debug_lines() if self.tuner is not None else []
+        return [*self.preamble, *self.tuner.tuning.debug_lines()] if self.tuner is not None else []
 
     def summary(self) -> str:
         t = self.tuner.tuning
@@ -87,7 +98,8 @@ class KsmtunedPolicy:
 
     def state(self) -> dict:
         t = self.tuner.tuning
-        return {"policy": self.name, "npages": self.npages, "tuning": asdict(t), "params": asdict(self.params)}
+        return {"policy": self.name, "npages": self.npages, "tuning": asdict(t), "params": asdict(self.params),
+                "preamble": list(self.preamble)}
 
 
 #: Policy name -> class; the configuration will choose among them (today: ksmtuned's rule only).

@@ -16,7 +16,9 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
+from ksmtuned_py.decision import wrap
 from ksmtuned_py.errors import UserError
 from ksmtuned_py.knobs import KsmState, ksm_dir, read_ksm_state
 
@@ -298,10 +300,25 @@ class Readings:
     ksm: KsmState
 
 
-def read_host(root, scanner: GuestScanner, free_metric: str = "classic") -> Readings:
-    """Read meminfo, the guests and the KSM files under ``root`` once."""
+def awk_sum_kb(sizes: Iterable[int]) -> int:
+    """The sizes summed as Proxmox VE's ksmtuned does: ``awk '{ sum += $1 }; END { printf ("%.0f", sum) }'``.
+
+    awk adds in double precision (each number read to the nearest double, as Python's float()
+    does) and printf rounds to an integer; bash then reads the digits as a 64-bit integer.
+    Below 2**53 kB (8 EiB) that is the exact sum; beyond, low bits are lost exactly as awk
+    loses them.  ps lists the processes in pid order, the order of the guests here.
+    """
+    total = 0.0
+    for kb in sizes:
+        total += kb
+    return wrap(int("%.0f" % total))
+
+
+def read_host(root, scanner: GuestScanner, free_metric: str = "classic",
+              sum_kb: Callable[[Iterable[int]], int] = sum) -> Readings:
+    """Read meminfo, the guests and the KSM files under ``root`` once (``sum_kb`` adds the guests' sizes)."""
     started = time.time()
     mem = read_meminfo(root)
     guests = scanner.scan()
-    return Readings(started, mem, mem.free_kb(free_metric), sum(g.kb for g in guests), guests,
+    return Readings(started, mem, mem.free_kb(free_metric), sum_kb(g.kb for g in guests), guests,
                     read_ksm_state(ksm_dir(root)))

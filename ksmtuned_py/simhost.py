@@ -14,7 +14,7 @@ import re
 
 from ksmtuned_py import config as configmod
 from ksmtuned_py.knobs import KsmState
-from ksmtuned_py.readings import Guest, MemInfo, Readings, parse_meminfo
+from ksmtuned_py.readings import Guest, MemInfo, Readings, awk_sum_kb, parse_meminfo
 from sysfs_emu import procfs, procstats
 
 
@@ -24,15 +24,17 @@ class SimulationHost:
     ksm_dir = "the simulated /sys/kernel/mm/ksm"
 
     def __init__(self, sim, process_regex: str = configmod.UPSTREAM_PROCESS_REGEX,
-                 memory_metric: str = "rss", free_metric: str = "classic"):
+                 memory_metric: str = "rss", free_metric: str = "classic", awk_sum: bool = False):
         self.sim = sim
         self.pattern = re.compile(process_regex)
         self.memory_metric = memory_metric
         self.free_metric = free_metric
+        self.sum_kb = awk_sum_kb if awk_sum else sum  # Proxmox VE's ksmtuned sums with awk
 
     @classmethod
     def from_config(cls, sim, config: configmod.Config) -> "SimulationHost":
-        return cls(sim, config.process_regex, config.memory_metric, config.free_metric)
+        return cls(sim, config.process_regex, config.memory_metric, config.free_metric,
+                   awk_sum=config.compat.proxmox)
 
     @property
     def page_size(self) -> int:
@@ -49,7 +51,7 @@ class SimulationHost:
             if self.pattern.search(comm):
                 guests.append(Guest(proc.pid, comm, self._size_kb(proc)))
         return Readings(self.sim.now, meminfo, meminfo.free_kb(self.free_metric),
-                        sum(g.kb for g in guests), guests, self.read_ksm())
+                        self.sum_kb(g.kb for g in guests), guests, self.read_ksm())
 
     def _size_kb(self, proc) -> int:
         """VmRSS, or with KSM_MEMORY_METRIC=pss the Pss of smaps_rollup."""

@@ -95,6 +95,11 @@ def load_simulation(scenario: str | None):
     return Simulation.from_yaml(path), path.stem
 
 
+def format_speed(ratio: float) -> str:
+    """Simulated seconds per wall second: ``1970x``, ``59.8x``, ``0.5x`` (never 1.97e+03x)."""
+    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
+
+
 def _duration(value: str | None) -> float | None:
     from sysfs_emu.units import UnitError, parse_duration
 
@@ -115,11 +120,11 @@ def main() -> None:
     """A simulated KSM kernel: /sys/kernel/mm/ksm and /proc as a live file tree."""
 
 
-@main.command()
+@main.command(short_help="Serve a simulated host as a live file tree.")
 @click.argument("scenario", required=False)
-@click.option("--root", required=True, type=click.Path(path_type=Path),
+@click.option("--root", required=True, type=click.Path(path_type=Path), metavar="DIR",
               help="Directory to build the tree in (sys/ and proc/ appear below it).")
-@click.option("--speed", default=1.0, show_default=True, type=float,
+@click.option("--speed", default=1.0, show_default=True, type=float, metavar="X",
               help="Simulated seconds per wall second (60 = a simulated minute per second).")
 @click.option("--duration", default=None, metavar="T",
               help="Stop after T of simulated time (seconds, or 30s, 5m, 2h, 1d).")
@@ -155,16 +160,18 @@ def run(scenario, root, speed, duration, clean, verbose):
     except OSError as exc:
         raise CliError(f"cannot keep the tree under {root}: {exc.strerror}: {exc.filename}") from None
     wall = time.monotonic() - started
-    pace = f", {(sim.now - sim_start) / wall:.3g}x on average" if wall > 0 else ""
+    pace = f", {format_speed((sim.now - sim_start) / wall)} on average" if wall > 0 else ""
     log.info("stopped at simulated time %.1fs after %.1fs%s; tree %s", sim.now, wall, pace,
              "removed" if clean else f"left in {root}")
 
 
-@main.command()
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="The tree's root (/ for this machine).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@main.command(short_help="Show the KSM counters and memory under --root.")
+@click.option("--root", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="The tree's root (/ for this machine).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see the README).")
 def snapshot(root, as_json):
-    """The current KSM counters and memory of the host under --root."""
+    """The current KSM counters, memory saved, memory and KSM-using processes of the host under
+    --root, read from its files."""
     from sysfs_emu.snapshot import format_snapshot, take_snapshot
 
     snap = take_snapshot(root)
@@ -174,7 +181,7 @@ def snapshot(root, as_json):
         click.echo(format_snapshot(snap), nl=False)
 
 
-@main.command()
+@main.command(short_help="List the shipped scenarios.")
 def scenarios():
     """List the example scenarios shipped with sysfs-emu."""
     items = shipped_scenarios()
@@ -183,16 +190,22 @@ def scenarios():
         click.echo(f"{name:<{width}}  {scenario_description(path)}")
 
 
-@main.command()
+@main.command(short_help="Apply an event in a running sysfs-emu.")
 @click.argument("event")
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="The served tree's root.")
-@click.option("--timeout", default=10.0, show_default=True, type=float, help="Seconds to wait for the answer.")
+@click.option("--root", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="The served tree's root.")
+@click.option("--timeout", default=10.0, show_default=True, type=float, metavar="SECONDS",
+              help="Seconds to wait for the answer.")
 def event(event, root, timeout):
     """Apply EVENT now in the running sysfs-emu under --root.
 
-    EVENT is a scenario event in YAML, or @FILE holding one, for example
-    'start: {name: qemu-system-x86, id: vm2, regions: [{pages: 262144, fill: pool, pool: debian}]}'
-    or 'exit: vm2'.
+    EVENT is a scenario event in YAML (docs/scenario-format.md, without `at`), or @FILE
+    holding one; a process's id is a whole number, its pid is host.pid_base + id.  For
+    example:
+
+    \b
+      'start: {name: qemu-kvm, id: 9, regions: [{pages: 25600, fill: unique}]}'
+      'exit: 9'
     """
     from sysfs_emu.runner import send_event
     from sysfs_emu.scenario import parse_yaml
@@ -217,15 +230,16 @@ def event(event, root, timeout):
     click.echo("ok")
 
 
-@main.command()
+@main.command(short_help="Run ksmtuned-py's cycle on a scenario, fast.")
 @click.argument("scenario")
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help="A ksmtuned.conf to take the settings from (default: ksmtuned's defaults).")
 @click.option("--duration", default="1h", show_default=True, metavar="T",
               help="Simulated time to run (seconds, or 30s, 5m, 2h, 1d).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per cycle.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per cycle (see the README).")
 def simulate(scenario, config_path, duration, as_json):
-    """Drive ksmtuned-py's decision over SCENARIO in simulated time; print each decision and the saving."""
+    """Drive ksmtuned-py's tuning cycle over SCENARIO in simulated time, without files or a daemon;
+    print each decision and the memory saved."""
     from ksmtuned_py import config as configmod
     from ksmtuned_py.errors import UserError
     from sysfs_emu.simulate import Simulate, json_row
@@ -272,10 +286,13 @@ def simulate(scenario, config_path, duration, as_json):
     if last is None:
         click.echo(f"no decision: --duration {duration} is shorter than the interval ({run.interval:g} s)")
         return
-    first = format_clock(first_saving) if first_saving is not None else "never"
-    click.echo(f"after {format_clock(last.time)}: KSM saves {format_bytes(last.saved_bytes)} "
-               f"(general_profit {format_bytes(last.general_profit)}); first saving at {first}; "
-               f"peak {format_bytes(peak[0])} at {format_clock(peak[1])}; {wall:.1f} s of wall time")
+    if first_saving is None:
+        saving = f"KSM saved nothing (general_profit {format_bytes(last.general_profit)})"
+    else:
+        saving = (f"KSM saves {format_bytes(last.saved_bytes)} (general_profit {format_bytes(last.general_profit)}); "
+                  f"first saving at {format_clock(first_saving)}; peak {format_bytes(peak[0])} at "
+                  f"{format_clock(peak[1])}")
+    click.echo(f"after {format_clock(last.time)}: {saving}; {wall:.1f} s of wall time")
     if run.advisor_noted:
         click.echo("note: advisor_mode is scan-time, so the kernel's advisor set pages_to_scan")
 

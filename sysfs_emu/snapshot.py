@@ -1,6 +1,9 @@
 """``sysfs-emu snapshot``: KSM counters, memory and KSM-using processes read from a root's files.
 
 Reads only files, so it works on a served tree and on the real machine (``--root /``).
+Its JSON uses ksmtuned-py's names (see ksmtuned_py/cycle.py and the README): the KSM files by
+their names (a file of choices, advisor_mode, by the chosen one), memory in ``_kb``, bytes in
+``_bytes``, a process's name as ``comm``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from sysfs_emu.runner import holder_pid, read_state
 from sysfs_emu.tree import KSM_DIR
 from sysfs_emu.units import format_bytes, format_clock
 
-MEMINFO_KEYS = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached")
+#: /proc/meminfo's lines shown, and their names in the snapshot (kB).
+MEMINFO_KEYS = {"MemTotal": "mem_total_kb", "MemFree": "mem_free_kb", "MemAvailable": "mem_available_kb",
+                "Buffers": "buffers_kb", "Cached": "cached_kb"}
 
 
 def take_snapshot(root: str | os.PathLike) -> dict:
@@ -30,13 +35,13 @@ def take_snapshot(root: str | os.PathLike) -> dict:
             text = (ksm_dir / entry).read_text().strip()
         except OSError:
             continue
-        ksm[entry] = int(text) if text.lstrip("-").isdigit() else text
+        ksm[entry] = file_value(text)
     memory: dict[str, int] = {}
     try:
         for line in (root / "proc/meminfo").read_text().splitlines():
             key, _, rest = line.partition(":")
             if key in MEMINFO_KEYS and rest.split():
-                memory[key + "_kB"] = int(rest.split()[0])
+                memory[MEMINFO_KEYS[key]] = int(rest.split()[0])
     except (OSError, ValueError):
         pass
     state = read_state(root) if holder_pid(root) is not None else None
@@ -51,8 +56,18 @@ def take_snapshot(root: str | os.PathLike) -> dict:
         "processes": _ksm_processes(root, page_size),
     }
     if state:
-        snap["simulation"] = {k: state[k] for k in ("pid", "scenario", "speed", "now") if k in state}
+        snap["simulation"] = {k: state[k] for k in ("pid", "scenario", "speed") if k in state}
+        if "now" in state:
+            snap["simulation"]["time"] = state["now"]  # simulated seconds, as a cycle's time
     return snap
+
+
+def file_value(text: str) -> int | str:
+    """A KSM file's value: a number, the chosen word of a list of choices (``[none] scan-time``), or the text."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    chosen = [word[1:-1] for word in text.split() if word.startswith("[") and word.endswith("]")]
+    return chosen[0] if len(chosen) == 1 else text
 
 
 def _ksm_processes(root: Path, page_size: int) -> list[dict]:
@@ -68,11 +83,11 @@ def _ksm_processes(root: Path, page_size: int) -> list[dict]:
         try:
             merging = int((base / "ksm_merging_pages").read_text())
             comm = (base / "comm").read_text().rstrip("\n")
-            rss = int((base / "statm").read_text().split()[1]) * page_size
+            rss_kb = int((base / "statm").read_text().split()[1]) * page_size // 1024
         except (OSError, ValueError, IndexError):
             continue
         if merging or root != Path("/"):
-            found.append({"pid": int(name), "name": comm, "rss_bytes": rss, "ksm_merging_pages": merging})
+            found.append({"pid": int(name), "comm": comm, "rss_kb": rss_kb, "ksm_merging_pages": merging})
     return found
 
 
@@ -83,7 +98,7 @@ def format_snapshot(snap: dict) -> str:
     lines = []
     sim = snap.get("simulation")
     if sim:
-        lines.append(f"simulation  {sim.get('scenario')} at {format_clock(sim.get('now', 0))} simulated "
+        lines.append(f"simulation  {sim.get('scenario')} at {format_clock(sim.get('time', 0))} simulated "
                      f"(speed {sim.get('speed'):g}x, sysfs-emu pid {sim.get('pid')})")
 
     def get(name):
@@ -100,11 +115,12 @@ def format_snapshot(snap: dict) -> str:
         extra = f", general_profit {format_bytes(profit)}" if isinstance(profit, int) else ""
         lines.append(f"saved       {format_bytes(saved)} (pages_sharing x page size){extra}")
     if mem:
-        parts = [f"{k[:-3]} {format_bytes(v * 1024)}" for k, v in mem.items()]
+        names = {snapshot_name: meminfo for meminfo, snapshot_name in MEMINFO_KEYS.items()}
+        parts = [f"{names[k]} {format_bytes(v * 1024)}" for k, v in mem.items()]
         lines.append("memory      " + ", ".join(parts))
     procs = snap.get("processes") or []
     lines.append(f"processes   {len(procs)}")
     for p in procs:
-        lines.append(f"  {p['pid']:>7}  {p['name']:<16} rss {format_bytes(p['rss_bytes']):>10}  "
+        lines.append(f"  {p['pid']:>7}  {p['comm']:<16} rss {format_bytes(p['rss_kb'] * 1024):>10}  "
                      f"merging {p['ksm_merging_pages']} pages")
     return "\n".join(lines) + "\n"

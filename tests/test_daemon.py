@@ -362,6 +362,15 @@ def test_a_stale_pidfile_is_taken_over(host, daemons):
     assert not host.pidfile.exists()
 
 
+def test_without_a_config_file_it_runs_on_the_defaults_and_warns(host, daemons):
+    """As the reference does (it sources the file only if it exists), but saying so."""
+    host.conf.unlink()
+    d = daemons(host, env={"PIDFILE": str(host.pidfile)}).wait_ready(debug_lines=False)
+    assert d.finish() == 0
+    assert (f"ksmtuned-py: WARNING: {host.conf} does not exist; using the environment and the defaults "
+            "(as ksmtuned does)") in d.stderr.splitlines()
+
+
 def test_no_ksm_directory_is_a_clear_error(host, daemons):
     for f in host.ksm.iterdir():
         f.unlink()

@@ -257,3 +257,50 @@ def test_cycles_total_counts_the_daemons_cycles_across_reloads(tmp_path: Path):
         daemon.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: cycles_total() == 3, what="the reload's cycle in the metrics file")
         assert parse(prom.read_text())[1]["ksmtuned_cycles_total"] == "counter"
+
+
+def test_the_daemon_removes_its_metrics_file_when_it_stops(tmp_path: Path):
+    """A stopped daemon's figures are not current: the file goes, so absent(ksmtuned_info) fires."""
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    (textdir / "other.prom").write_text("# another exporter's file\n")
+    host = make_host(tmp_path / "host", extra_config=f"KSM_METRICS_TEXTFILE={textdir}\n")
+    prom = textdir / metrics.DEFAULT_NAME
+    with RunningDaemon(host) as daemon:
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(prom.exists, what="the metrics file")
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=10) == 0
+    assert sorted(p.name for p in textdir.iterdir()) == ["other.prom"]
+    assert f"removed the metrics textfile {prom}" in daemon.log_text()
+
+
+def test_a_reload_keeps_the_metrics_file_or_removes_the_one_no_longer_configured(tmp_path: Path):
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    first, second = tmp_path / "a.prom", tmp_path / "b.prom"
+    host = make_host(tmp_path / "host", extra_config=f"KSM_METRICS_TEXTFILE={first}\n")
+    with RunningDaemon(host) as daemon:
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(first.exists, what="the metrics file")
+        inode = first.stat().st_ino
+        daemon.proc.send_signal(signal.SIGHUP)  # the same file: kept, then rewritten by the reload's cycle
+        wait_for(lambda: daemon.cycles() == 2, what="the reload's cycle")
+        wait_for(lambda: first.exists() and first.stat().st_ino != inode, what="the rewritten file")
+        host.config.write_text(host.config.read_text().replace(str(first), str(second)))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(second.exists, what="the new metrics file")
+        assert not first.exists()
+
+
+def test_one_name_for_the_metrics_file():
+    """The README, the shipped config and the code name the same file (it was ksmtuned.prom in one)."""
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "etc/ksmtuned.conf"):
+        names = set(re.findall(r"[\w-][\w.-]*\.prom\b", (repo / doc).read_text()))
+        assert names <= {metrics.DEFAULT_NAME}, (doc, names)
+    assert metrics.DEFAULT_NAME in (repo / "etc/ksmtuned.conf").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,14 @@ def test_simulate_prints_each_decision_and_the_saving(tmp_path):
     rows = _rows(r.stdout)
     assert [row.split()[0] for row in rows] == ["00:02:00", "00:04:00", "00:06:00", "00:08:00"]
     assert "start, boost: pages_to_scan 1000," in rows[1]
+
+
+def test_simulate_without_a_saving_says_so(tmp_path):
+    r = cli("simulate", "idle-host", "--duration", "3m")
+    assert r.returncode == 0, r.stderr
+    summary = r.stdout.splitlines()[-1]
+    assert re.fullmatch(r"after 00:03:00: KSM saved nothing \(general_profit 0 B\); \d+\.\d s of wall time",
+                        summary), summary
 
 
 def test_simulate_json_and_errors(tmp_path):
