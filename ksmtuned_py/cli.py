@@ -217,14 +217,10 @@ def ksm_stop(opts: Options) -> None:
 @click.pass_obj
 def metrics(opts: Options, textfile: str) -> None:
     """Write Prometheus metrics of the current state once, atomically."""
-    import time
-
     from ksmtuned_py import metrics as metricsmod
     from ksmtuned_py.status import collect
 
-    started, t0 = time.time(), time.monotonic()
-    snap = collect(opts.load_config(), opts.root)
-    sample = metricsmod.sample_from_status(snap, started, time.monotonic() - t0)
+    sample = metricsmod.sample_from_status(collect(opts.load_config(), opts.root))
     click.echo(f"wrote {metricsmod.write_textfile(textfile, sample)}")
 
 
