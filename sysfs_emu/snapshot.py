@@ -5,10 +5,12 @@ Reads only files, so it works on a served tree and on the real machine (``--root
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from sysfs_emu.errors import SnapshotError
+from sysfs_emu.files import decimal, is_pid_name, read_regular
 from sysfs_emu.kernel import saved_bytes
 from sysfs_emu.runner import holder_pid, read_state
 from sysfs_emu.tree import KSM_DIR
@@ -24,23 +26,15 @@ def take_snapshot(root: str | os.PathLike) -> dict:
     if not ksm_dir.is_dir():
         raise SnapshotError(f"{ksm_dir} does not exist: nothing is served under {root} "
                             "(start one with 'sysfs-emu run --root DIR')")
-    ksm: dict[str, object] = {}
-    for entry in sorted(os.listdir(ksm_dir)):
-        try:
-            text = (ksm_dir / entry).read_text().strip()
-        except OSError:
-            continue
-        ksm[entry] = int(text) if text.lstrip("-").isdigit() else text
+    ksm = _ksm_files(ksm_dir)
     memory: dict[str, int] = {}
-    try:
-        for line in (root / "proc/meminfo").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in MEMINFO_KEYS and rest.split():
-                memory[key + "_kB"] = int(rest.split()[0])
-    except (OSError, ValueError):
-        pass
-    state = read_state(root) if holder_pid(root) is not None else None
-    page_size = int(state.get("page_size", 4096)) if state else os.sysconf("SC_PAGE_SIZE")
+    for line in _text(root / "proc/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        value = decimal(rest.split()[0]) if key in MEMINFO_KEYS and rest.split() else None
+        if value is not None:
+            memory[key + "_kB"] = value
+    state = _served_state(root)
+    page_size = state.get("page_size", 4096) if state else os.sysconf("SC_PAGE_SIZE")
     sharing = ksm.get("pages_sharing")
     snap: dict[str, object] = {
         "root": str(root),
@@ -55,22 +49,63 @@ def take_snapshot(root: str | os.PathLike) -> dict:
     return snap
 
 
+_STATE_TYPES = {"pid": int, "scenario": str, "speed": (int, float), "now": (int, float), "page_size": int}
+
+
+def _served_state(root: Path) -> dict | None:
+    """The serving sysfs-emu's state.json, only the entries of the expected types (it is a file anyone can write)."""
+    state = read_state(root) if holder_pid(root) is not None else None
+    if not state:
+        return None
+    kept = {k: v for k, v in state.items() if k in _STATE_TYPES and isinstance(v, _STATE_TYPES[k])
+            and not isinstance(v, bool) and (not isinstance(v, float) or math.isfinite(v))}
+    if kept.get("page_size", 4096) <= 0:
+        kept.pop("page_size")
+    return kept
+
+
+def _text(path: Path) -> str:
+    """A file's text ('' when it cannot be read or is not a regular file); bytes that are not UTF-8 replaced."""
+    try:
+        return read_regular(path, 1 << 16).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ksm_files(ksm_dir: Path) -> dict[str, object]:
+    """Each KSM file's number, or its text when it is not one (``advisor_mode``)."""
+    ksm: dict[str, object] = {}
+    try:
+        names = sorted(os.listdir(ksm_dir))
+    except OSError as exc:
+        raise SnapshotError(f"cannot list {ksm_dir}: {exc.strerror}") from None
+    for entry in names:
+        try:
+            text = read_regular(ksm_dir / entry, 4096).decode(errors="replace").strip()
+        except OSError:
+            continue
+        number = decimal(text)
+        ksm[entry] = text if number is None else number
+    return ksm
+
+
 def _ksm_processes(root: Path, page_size: int) -> list[dict]:
     """Processes whose ``ksm_merging_pages`` is readable, with name and resident size."""
     found = []
     proc = root / "proc"
     try:
-        names = [n for n in os.listdir(proc) if n.isdigit()]
+        names = [n for n in os.listdir(proc) if is_pid_name(n)]
     except OSError:
         return found
     for name in sorted(names, key=int):
         base = proc / name
-        try:
-            merging = int((base / "ksm_merging_pages").read_text())
-            comm = (base / "comm").read_text().rstrip("\n")
-            rss = int((base / "statm").read_text().split()[1]) * page_size
-        except (OSError, ValueError, IndexError):
+        merging = decimal(_text(base / "ksm_merging_pages"))
+        statm = _text(base / "statm").split()
+        rss = decimal(statm[1]) if len(statm) > 1 else None
+        if merging is None or rss is None:
             continue
+        comm = _text(base / "comm").rstrip("\n")
+        rss *= page_size
         if merging or root != Path("/"):
             found.append({"pid": int(name), "name": comm, "rss_bytes": rss, "ksm_merging_pages": merging})
     return found
@@ -83,8 +118,9 @@ def format_snapshot(snap: dict) -> str:
     lines = []
     sim = snap.get("simulation")
     if sim:
+        speed = f"{sim['speed']:g}x" if "speed" in sim else "unknown"
         lines.append(f"simulation  {sim.get('scenario')} at {format_clock(sim.get('now', 0))} simulated "
-                     f"(speed {sim.get('speed'):g}x, sysfs-emu pid {sim.get('pid')})")
+                     f"(speed {speed}, sysfs-emu pid {sim.get('pid')})")
 
     def get(name):
         return ksm.get(name, "-")
