@@ -21,17 +21,17 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644, tmp: Path | None = 
     tmp = tmp if tmp is not None else path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, _FLAGS, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, mode)
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         os.rename(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # a full file system must not also keep half a file aside
         raise
     return st
 

@@ -359,7 +359,12 @@ class Server:
             "page_size": self.sim.page_size,
         }
         path = _state_dir(self.root) / "state.json"
-        replace_file(path, json.dumps(state).encode(), tmp=path.with_name("state.json.tmp"))
+        try:
+            replace_file(path, json.dumps(state).encode(), tmp=path.with_name("state.json.tmp"))
+        except OSError as exc:  # e.g. a full file system: the tree goes on, said once
+            self._problems.fail("state", f"cannot write {path}: {exc.strerror}")
+        else:
+            self._problems.ok("state", f"{path} is written again")
 
     def _remove_own_files(self) -> None:
         state = _state_dir(self.root)

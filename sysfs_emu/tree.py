@@ -356,9 +356,9 @@ class Tree:
         for pid, proc in live.items():
             if pid not in self._pids:
                 changed |= self._add_pid_dir(proc, self._proc_texts(self._view(proc)))
-        if changed:
+        if changed or self._problems.failing("manifest"):
             self.manifest.pids = sorted(self._pids)
-            self.manifest.save()
+            self._save_manifest()
         key = self._memory_key()
         now = time.monotonic()
         if not force and key == self._proc_key:
@@ -371,6 +371,15 @@ class Tree:
                     self._put(f"proc/{pid}/{fname}", data, 0o444)
         self._proc_key = key
         self._next_proc_refresh = now + 4 * (time.monotonic() - now)
+
+    def _save_manifest(self) -> None:
+        """Save the manifest; on failure (a full file system) say so once and try again next time."""
+        try:
+            self.manifest.save()
+        except OSError as exc:
+            self._problems.fail("manifest", f"cannot write {self.manifest.path}: {exc.strerror}")
+        else:
+            self._problems.ok("manifest", f"{self.manifest.path} is written again")
 
     def _memory_key(self) -> tuple:
         """A value that moves whenever a process's resident or KSM numbers can have changed."""
