@@ -170,6 +170,7 @@ class Server:
         self.tree = Tree(self.sim, self.root)
         self.lock = RootLock(self.root)
         self.events_dir = _state_dir(self.root) / "events"
+        self.tree.scratch_dirs.append(self.events_dir)
         self.achieved_speed: float | None = None
         self._problems = OnceLog(log)
         self._lag_warned = False
@@ -185,8 +186,8 @@ class Server:
             # state.json appears once the tree is ready; an earlier run's must not say so.
             (_state_dir(self.root) / "state.json").unlink(missing_ok=True)
             try:
-                self.tree.create()
                 self.events_dir.mkdir(exist_ok=True)
+                self.tree.create()
             except TreeError as exc:
                 raise ServeError(str(exc)) from None
             except PermissionError as exc:
@@ -269,15 +270,7 @@ class Server:
 
     def _keep_state_dir(self) -> None:
         """``.sysfs-emu`` removed under us: make it again, and its lock, so a second sysfs-emu stays out."""
-        state = _state_dir(self.root)
-        if not state.is_dir():
-            log.warning("%s was removed by another program; recreating it", state)
-            try:
-                for d in (state, self.tree.tmp_dir, self.events_dir):
-                    d.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ServeError(f"{state} was removed by another program and cannot be made again: "
-                                 f"{exc.strerror}") from None
+        self.tree.keep_dirs()
         if not self.lock.verify():
             raise ServeError(f"{self.root} is served by another sysfs-emu (pid {holder_pid(self.root)}) now; "
                              "stopping (its lock file was removed under this one)")
@@ -288,8 +281,7 @@ class Server:
         """Apply queued events; True when there were any."""
         try:
             names = sorted(n for n in os.listdir(self.events_dir) if n.endswith(".yaml"))
-        except FileNotFoundError:
-            self.events_dir.mkdir(parents=True, exist_ok=True)  # ours: removed by someone
+        except FileNotFoundError:  # removed by another program: made again at the next tick
             return False
         applied = False
         for name in names:
@@ -362,7 +354,8 @@ class Server:
         try:
             replace_file(path, json.dumps(state).encode(), tmp=path.with_name("state.json.tmp"))
         except OSError as exc:  # e.g. a full file system: the tree goes on, said once
-            self._problems.fail("state", f"cannot write {path}: {exc.strerror}")
+            if path.parent.is_dir():  # else: removed, said and made again at the next tick
+                self._problems.fail("state", f"cannot write {path}: {exc.strerror}")
         else:
             self._problems.ok("state", f"{path} is written again")
 

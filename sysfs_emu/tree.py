@@ -127,6 +127,13 @@ class Manifest:
         replace_file(self.path, data, tmp=self.path.with_name(self.path.name + ".tmp"))
 
 
+def removed_top(root: Path, path: Path) -> Path:
+    """The outermost missing directory on the way from ``root`` to the missing ``path``: what was removed."""
+    while path.parent != root and not os.path.lexists(path.parent):
+        path = path.parent
+    return path
+
+
 class Tree:
     """The files of one simulated host under ``root``."""
 
@@ -135,6 +142,7 @@ class Tree:
         self.root = Path(root)
         self.state_dir = self.root / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
+        self.scratch_dirs = [self.tmp_dir]  # made again when removed, as the tree's own (a server adds its queue)
         self.owner = owner or procfs.Owner.current()
         self.cpus = sim.cpus
         self._problems = OnceLog(log)
@@ -146,6 +154,7 @@ class Tree:
         self._proc_key: tuple | None = None
         self._next_proc_refresh = 0.0
         self.manifest = Manifest(self.state_dir / "manifest.json")
+        self._manifest_unsaved = False  # a save failed: try again every tick
 
     # --- creation and removal -------------------------------------------------------
 
@@ -225,7 +234,7 @@ class Tree:
         """Find files under ``sys/kernel/mm/ksm`` written by others and apply them; return their names."""
         changed = []
         kernel = self.sim.kernel
-        self._keep_dirs()
+        self.keep_dirs()
         for name in KSM_ATTRS:
             rel = f"{KSM_DIR}/{name}"
             mine = self._written.get(rel)
@@ -287,7 +296,9 @@ class Tree:
                 self._problems.ok(rel, f"{path} can be read again")
                 return found
         except FileNotFoundError:
-            if not self._problems.failing(("put", rel)):  # else: the end of a damage already reported
+            # Not said when a directory around it went (said once, at the next tick's start), nor
+            # at the end of a damage already reported.
+            if not self._dir_gone(path) and not self._problems.failing(("put", rel)):
                 log.warning("%s was removed by another program; recreating it", path)
             self._written.pop(rel)
             return None
@@ -298,18 +309,21 @@ class Tree:
             return None
         if stat.S_ISDIR(st.st_mode):
             self._problems.fail(("put", rel), self._damage(path, None))  # as _put words it: one line
-        else:
-            log.warning("%s was replaced by %s by another program; restoring the file", path, kind_of(st.st_mode))
+        else:  # said once, like a directory: the restore may have to wait (a removed scratch directory)
+            self._problems.fail(("put", rel), f"{path} was replaced by {kind_of(st.st_mode)} by another program; "
+                                "restoring the file")
             self._written.pop(rel)
         return None
 
-    def _keep_dirs(self) -> None:
+    def keep_dirs(self) -> None:
         """Make again the directories of ours that another program removed (the tree's, and its scratch space)."""
-        for rel in (*BASE_DIRS, f"{STATE_DIR}/tmp"):
+        wanted = [*BASE_DIRS, *(str(d.relative_to(self.root)) for d in self.scratch_dirs)]
+        missing = [rel for rel in wanted if not os.path.lexists(self.root / rel)]
+        # the directory that was removed, once, not each one that went with it
+        for gone in dict.fromkeys(removed_top(self.root, self.root / rel) for rel in missing):
+            log.warning("%s was removed by another program; recreating it", gone)
+        for rel in missing:
             path = self.root / rel
-            if path.is_dir() or os.path.lexists(path):
-                continue
-            log.warning("%s was removed by another program; recreating it", path)
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -356,7 +370,7 @@ class Tree:
         for pid, proc in live.items():
             if pid not in self._pids:
                 changed |= self._add_pid_dir(proc, self._proc_texts(self._view(proc)))
-        if changed or self._problems.failing("manifest"):
+        if changed or self._manifest_unsaved:
             self.manifest.pids = sorted(self._pids)
             self._save_manifest()
         key = self._memory_key()
@@ -377,9 +391,12 @@ class Tree:
         try:
             self.manifest.save()
         except OSError as exc:
-            self._problems.fail("manifest", f"cannot write {self.manifest.path}: {exc.strerror}")
-        else:
-            self._problems.ok("manifest", f"{self.manifest.path} is written again")
+            self._manifest_unsaved = True
+            if os.path.lexists(self.state_dir):  # else: said and made again at the next tick
+                self._problems.fail("manifest", f"cannot write {self.manifest.path}: {exc.strerror}")
+            return
+        self._manifest_unsaved = False
+        self._problems.ok("manifest", f"{self.manifest.path} is written again")
 
     def _memory_key(self) -> tuple:
         """A value that moves whenever a process's resident or KSM numbers can have changed."""
@@ -421,8 +438,9 @@ class Tree:
             os.rename(build, target)
         except OSError as exc:
             shutil.rmtree(build, ignore_errors=True)
-            self._problems.fail(("pid", proc.pid, proc.start_time), f"cannot make {target}: {exc.strerror}; "
-                                f"process {proc.name} (pid {proc.pid}) is not shown")
+            if not self._dir_gone(target):
+                self._problems.fail(("pid", proc.pid, proc.start_time), f"cannot make {target}: {exc.strerror}; "
+                                    f"process {proc.name} (pid {proc.pid}) is not shown")
             return False
         self._problems.ok(("pid", proc.pid, proc.start_time), f"{target} is free again; process {proc.name} (pid {proc.pid}) is shown")
         for fname, data in texts.items():
@@ -467,10 +485,15 @@ class Tree:
         try:
             st = replace_file(path, data, mode, tmp=self.tmp_dir / f"f{self._next_seq()}")
         except OSError as exc:
-            self._problems.fail(("put", rel), self._damage(path, exc))
+            if not self._dir_gone(path):  # a removed directory of ours is said and made again next tick
+                self._problems.fail(("put", rel), self._damage(path, exc))
             return
         self._problems.ok(("put", rel), f"{path} is kept up to date again")
         self._written[rel] = _Written(data, mode, st.st_ino, st.st_mtime_ns)
+
+    def _dir_gone(self, path: Path) -> bool:
+        """Whether the directory holding ``path``, or the scratch directory, was removed (nothing else in its place)."""
+        return not (os.path.lexists(path.parent) and os.path.lexists(self.tmp_dir))
 
     def _damage(self, path: Path, exc: OSError | None) -> str:
         """What another program did to ``path`` that keeps this tree from writing it, in words."""
