@@ -109,6 +109,14 @@ def decimal(text: str | bytes | None) -> int | None:
     return int(raw) if _DECIMAL.fullmatch(raw) else None
 
 
+def natural(text: str | bytes | None) -> int | None:
+    """:func:`decimal` without a sign: what /proc prints for a size, a time or a count."""
+    if text is None:
+        return None
+    raw = (text.encode("ascii", errors="replace") if isinstance(text, str) else text).strip(b" \t\n")
+    return int(raw) if raw.isdigit() else None  # bytes.isdigit(): ASCII digits only
+
+
 def is_pid_name(name: str) -> bool:
     """A /proc entry that names a process: ASCII digits only (``²`` and ``١`` are not pids)."""
     return name.isascii() and name.isdigit()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ksmtuned_py.errors import UserError
-from ksmtuned_py.fileio import decimal, is_pid_name, read_regular
+from ksmtuned_py.fileio import decimal, is_pid_name, natural, read_regular
 from ksmtuned_py.knobs import KsmState, ksm_dir, read_ksm_state
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ def _parse_stat(text: str) -> tuple[str, int, int, int]:
 
 
 def _field(text: str | bytes) -> int:
-    """A number of a /proc file, ASCII decimal only; ValueError otherwise."""
-    value = decimal(text)
+    """A number of a /proc file (a size, a time, flags), unsigned ASCII decimal only; ValueError otherwise."""
+    value = natural(text)
     if value is None:
         raise ValueError(f"not a decimal number: {text!r}")
     return value
