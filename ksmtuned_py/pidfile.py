@@ -130,7 +130,11 @@ class Pidfile:
             return self._warn(f"cannot check the pidfile {self.path}: {e.strerror}")
         if _same_file(st, os.fstat(self._fd)):
             if _read_pid(self._fd) != os.getpid():
-                _write_pid(self._fd)
+                try:
+                    _write_pid(self._fd)
+                except OSError as e:
+                    return self._warn(f"the pidfile {self.path} was overwritten and cannot be written again: "
+                                      f"{e.strerror}")
                 log.warning("the pidfile %s was overwritten; wrote pid %d into it again", self.path, os.getpid())
             self._problem = None
             return None
