@@ -36,6 +36,7 @@ def numbers(memory, pid: int, page_size: int = 4096) -> Numbers | None:
         regions = [memory.regions[rid] for rid in proc.regions]
         pages = memory.pages
         mapcount = memory.nodes.mapcount
+        alive = memory.nodes.alive
     except (AttributeError, ImportError, KeyError, IndexError):
         return None
     rss = rmap = zero = merging = plain = merged = shared = 0
@@ -49,7 +50,8 @@ def numbers(memory, pid: int, page_size: int = 4096) -> Numbers | None:
         rss += int(resident.sum())
         rmap += int(((flags & RMAP) != 0).sum())
         zero += int(((flags & ZERO) != 0).sum())
-        merging += int((pages.rnode[region.start:region.stop] >= 0).sum())
+        rnode = pages.rnode[region.start:region.stop]
+        merging += int(alive[rnode[rnode >= 0]].sum())  # an item of a vanished KSM page no longer counts
         n_merged = int(is_merged.sum())
         merged += n_merged
         plain += int(resident.sum()) - n_merged
