@@ -38,7 +38,6 @@ Exit status 1 when an invariant fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil

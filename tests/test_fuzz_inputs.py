@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ksmtuned_py.config import KEYS, load
 from ksmtuned_py.config_syntax import ConfigError, parse_text
 from ksmtuned_py.readings import GuestScanner, ReadingError, read_meminfo
 from sysfs_emu import Simulation
-from sysfs_emu.errors import EmuError, ScenarioError
+from sysfs_emu.errors import ScenarioError
 from sysfs_emu.kernel import Kernel
 from sysfs_emu.runner import Server
 from sysfs_emu.scenario import load_scenario, parse_yaml
