@@ -283,15 +283,11 @@ def ksm_stop(opts: Options) -> None:
 @click.pass_obj
 def metrics(opts: Options, textfile: str) -> None:
     """Write Prometheus metrics of the current state once, atomically (e.g. from cron, without
-    the daemon): what a cycle run now would decide, nothing written to KSM."""
-    import time
-
+    the daemon): what is true now, and the running daemon's last decision when one runs."""
     from ksmtuned_py import metrics as metricsmod
     from ksmtuned_py.status import collect
 
-    started, t0 = time.time(), time.monotonic()
-    snap = collect(opts.load_config(), opts.root)
-    sample = metricsmod.sample_from_status(snap, started, time.monotonic() - t0)
+    sample = metricsmod.sample_from_status(collect(opts.load_config(), opts.root))
     click.echo(f"wrote {metricsmod.write_textfile(textfile, sample)}")
 
 

@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 
 from ksmtuned_py import compat as compatmod
 from ksmtuned_py.config_syntax import Assignment, ConfigError, parse_text
+from ksmtuned_py.fileio import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def resolve(
         except ValueError as e:
             where = (path, origin.line) if origin.kind == "file" else (None, None)
             prefix = "" if origin.kind == "file" else f"{origin.kind}: "
-            raise ConfigError(f"{prefix}{name}: invalid value {text!r}; {e}", *where) from None
+            raise ConfigError(f"{prefix}{name}: invalid value {shown(text)}; {e}", *where) from None
         if name == "PIDFILE" and not text:
             where = (path, origin.line) if origin.kind == "file" else (None, None)
             prefix = "" if origin.kind == "file" else f"{origin.kind}: "
@@ -255,18 +256,37 @@ def resolve(
     return settings, warnings
 
 
+MAX_CONFIG_BYTES = 1 << 20  # far above any real ksmtuned.conf; /dev/zero as a config ends here
+
+
 def read_text(path: str) -> str | None:
-    """The file's text, or None when it does not exist (the reference then uses defaults)."""
+    """The file's text, or None when it does not exist (the reference then uses defaults).
+
+    A symbolic link is followed (configuration management links /etc files); a
+    FIFO, socket or directory is refused instead of read (a FIFO would block),
+    and /dev/null reads as an empty file.  Bytes that are not UTF-8 are kept as
+    they are (surrogate escapes), so a path in a value reaches the file system intact.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, MAX_CONFIG_BYTES + 1, follow=True, devices=True)
     except FileNotFoundError:
         return None
     except IsADirectoryError:
         raise ConfigError(f"cannot read {path}: is a directory") from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"cannot read {path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a ksmtuned.conf")
     return data.decode("utf-8", errors="surrogateescape")
+
+
+def shown(text: str) -> str:
+    """A value for a message: its repr, with bytes that are not UTF-8 as ``\\xff`` (not ``\\udcff``)."""
+    return _SURROGATE.sub(r"\1\\x\2", repr(text))
+
+
+# in a repr: an escaped lone surrogate (surrogateescape's U+DC80..U+DCFF, one per byte), not an escaped backslash
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 
 def load(

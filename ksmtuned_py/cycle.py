@@ -110,7 +110,7 @@ class KnobWriter:
     """Writes decisions to a host's knobs, remembering failures so a repeat is logged once."""
 
     def __init__(self) -> None:
-        self._failures: dict[str, tuple[str, str]] = {}
+        self._failures: dict[str, str] = {}  # knob -> how its last write failed
         self._advisor: bool | None = None
 
     def apply(self, host: Host, decision: Decision, ksm: KsmState) -> Writes:
@@ -132,15 +132,17 @@ class KnobWriter:
         return Writes(tuple(f"{n}={v}" for n, v in values), all(ok), advisor)
 
     def _write(self, host: Host, name: str, value: str) -> bool:
-        """Write one knob; log a failure once per change of value or error."""
+        """Write one knob; log a failure once per kind of failure (not once per value written)."""
         where = f"{host.ksm_dir}/{name}"
         try:
             host.write_ksm(name, value)
         except OSError as e:
             problem = describe_error(e)
-            if self._failures.get(name) != (value, problem):
+            if self._failures.get(name) != problem:
                 log.error("cannot write %s to %s: %s", value, where, problem)
-                self._failures[name] = (value, problem)
+                self._failures[name] = problem
+            else:
+                log.debug("cannot write %s to %s: %s (again)", value, where, problem)
             return False
         if name in self._failures:
             log.info("writing %s works again (%s)", where, value)

@@ -31,6 +31,10 @@ class _Main(click.Group):
         except EmuError as exc:
             click.echo(f"sysfs-emu: error: {one_line(exc)}", err=True)
             ctx.exit(1)
+        except MemoryError:  # past the up-front estimate (sysfs_emu/capacity.py): still one line
+            click.echo("sysfs-emu: error: out of memory: the simulation needs more memory than this machine "
+                       "gives it; simulate a smaller host", err=True)
+            ctx.exit(1)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -212,9 +216,16 @@ def event(event, root, timeout):
 
     if event.startswith("@"):
         try:
-            event = Path(event[1:]).read_text()
+            data = Path(event[1:]).read_bytes()  # the user's own file: /dev/stdin is fine
         except OSError as exc:
             raise CliError(f"cannot read {event[1:]}: {exc.strerror}") from None
+        where = event[1:]
+    else:
+        data, where = os.fsencode(event), "the event"  # argv's bytes, as the shell passed them
+    try:
+        event = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{where} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
     try:
         parsed = parse_yaml(event)
     except EmuError as exc:

@@ -24,6 +24,7 @@ import os
 import time
 from dataclasses import replace
 
+from sysfs_emu import capacity
 from sysfs_emu.errors import SimulationError, errno_text
 from sysfs_emu.host import MemorySnapshot, meminfo_text
 from sysfs_emu.kernel import Kernel, saved_bytes
@@ -70,6 +71,9 @@ class Simulation:
             scenario = load_scenario(scenario, source)
         self.scenario: Scenario = scenario
         host = scenario.host
+        problem = capacity.shortfall(capacity.peak_pages(scenario))
+        if problem:  # before numpy allocates: one line, not a MemoryError half-way
+            raise SimulationError(f"{scenario.source}: {problem}")
         # Room for the guests running at time 0 up front: growing page arrays one region at a time is slow.
         self.memory = Memory(capacity=sum(p.pages for p in scenario.processes if p.start == 0))
         self.kernel = Kernel()
@@ -260,8 +264,11 @@ class Simulation:
     def _start(self, spec: ProcessSpec, ev: Event) -> None:
         pid = self.scenario.host.pid_base + spec.id
         need = self.memory.physical_pages() + spec.resident_pages_at_start
+        prefix = f"{self.scenario.source}: " if ev.where else "event: "
+        problem = None if ev.where else capacity.shortfall(self.memory.pages.size + spec.pages)
+        if problem:  # a start given to apply(): the scenario's own starts were checked at construction
+            raise SimulationError(f"{prefix}{spec.where or 'start'}: {problem}")
         if need > guest_budget_pages(self.scenario.host):
-            prefix = f"{self.scenario.source}: " if ev.where else "event: "
             raise SimulationError(
                 f"{prefix}{spec.where or 'start'}: starting process {spec.id} at {format_duration(self.now)} brings the "
                 f"guests' resident memory to {describe_size(need * PAGE_SIZE)}, more than the host has for them "

@@ -64,6 +64,7 @@ def test_global_options_after_the_command(host, tmp_path):
     other.write_text("KSM_NPAGES_MAX=777\n")
     r = cli(host, "check-config", "--config", str(other))
     assert f"KSM_NPAGES_MAX=777                       # {other}:1" in r.stdout.splitlines()
+    (host.base / "empty").mkdir()
     r = cli(host, "status", "--root", str(host.base / "empty"))
     assert (r.returncode, r.stderr) == (69, (
         f"ksmtuned-py: the kernel has no KSM (CONFIG_KSM): {host.base}/empty/sys/kernel/mm/ksm does not exist\n"))
@@ -282,6 +283,7 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
 
 
 def test_status_without_ksm(host):
+    (host.base / "empty").mkdir()
     r = cli(host, "--root", str(host.base / "empty"), "status", root=False)
     assert r.returncode == 69
     assert r.stderr == (
@@ -372,6 +374,7 @@ def test_ksm_start_sets_max_kernel_pages_on_old_kernels(host, tmp_path):
 
 
 def test_ksm_without_ksm_or_with_a_failing_write(host):
+    (host.base / "nothing").mkdir()
     r = cli(host, "--root", str(host.base / "nothing"), "ksm", "stop", root=False)
     assert r.returncode == 69 and "Traceback" not in r.stderr
     (host.ksm / "run").unlink()

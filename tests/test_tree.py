@@ -609,6 +609,30 @@ def test_fast_process_numbers_equal_the_simulations(use_zero_pages):
     assert any(p.ksm_merging_pages for p in sim.processes)
 
 
+def test_fast_process_numbers_leave_out_rmap_items_of_vanished_ksm_pages():
+    """Found by bench/bench_soak.py: the tree's ksm_merging_pages counted items of KSM pages ksmd had removed.
+
+    Both guests overwrite the pages they shared: the KSM pages are mapped by nobody, and
+    the first rmap item ksmd meets removes its page from the stable tree (as the kernel's
+    remove_node_from_stable_tree does, for every mm at once) while the other guest's item
+    still points at it until ksmd reaches that guest.
+    """
+    from sysfs_emu import procstats
+
+    sim = Simulation(small_scenario())
+    sim.advance(8.0)
+    assert [p.ksm_merging_pages for p in sim.processes][:2] == [3000, 3500]
+    sim.apply({"sysfs": {"pages_to_scan": 10}})
+    for pid_id in (0, 1):
+        sim.apply({"rewrite": {"process": pid_id, "region": 0, "first": 0, "pages": 3000, "fill": "unique"}})
+    sim.advance(0.02)
+    for p in sim.processes:
+        fast = procstats.numbers(sim.memory, p.pid)
+        assert (fast.ksm_merging_pages, fast.ksm_stat_text) == (p.ksm_merging_pages, p.ksm_stat_text())
+    counters = sim.kernel.counters()
+    assert sum(p.ksm_merging_pages for p in sim.processes) == counters["pages_shared"] + counters["pages_sharing"]
+
+
 def test_event_from_a_file_and_bad_event_text(tmp_path):
     root = tmp_path / "host"
     event = tmp_path / "guest.yaml"
