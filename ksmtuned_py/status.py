@@ -18,6 +18,7 @@ from ksmtuned_py.cycle import Cycle, Policy
 from ksmtuned_py.errors import UserError
 from ksmtuned_py.filehost import FileHost
 from ksmtuned_py.knobs import COUNTERS, KNOBS, require_ksm
+from ksmtuned_py.ksmlock import KsmBusy, KsmLock
 from ksmtuned_py.pidfile import NOT_RUNNING, read_state, running_pid, state_path
 from ksmtuned_py.report import human_bytes
 
@@ -208,7 +209,16 @@ def adjust_once(cfg: configmod.Config, root: str = "/", apply: bool = False) -> 
         return lines, True
     cycle_lines: list[str] = []
     cycle.debug = lambda *new: cycle_lines.extend(new)
-    report = cycle.run()
+    lock = KsmLock(require_ksm(root))
+    try:
+        lock.acquire()  # one tuner at a time: not beside a running daemon
+    except KsmBusy:
+        raise UserError(f"a ksmtuned-py daemon tunes {lock.directory} and would undo this at its next "
+                        "cycle; `ksmtuned-py retune` makes it decide now (or stop it first)") from None
+    try:
+        report = cycle.run()
+    finally:
+        lock.release()
     lines = [*basis.policy.start_lines(), *cycle_lines]
     lines.append(("wrote " if report.writes_ok else "tried to write ") + ", ".join(report.writes))
     return lines, report.writes_ok

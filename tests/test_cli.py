@@ -282,6 +282,21 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
     assert "taken from a fresh start (no daemon running)" in cli(host, "adjust").stdout
 
 
+def test_adjust_apply_refuses_beside_a_running_daemon(host, daemons):
+    """Two tuners never at once: --apply would be undone at the daemon's next cycle."""
+    d = daemons(host).wait_ready()
+    (host.ksm / "pages_to_scan").write_text("5\n")
+    r = cli(host, "adjust", "--apply")
+    assert r.returncode == 1
+    assert r.stderr == (f"ksmtuned-py: a ksmtuned-py daemon tunes {host.ksm} and would undo this at its next "
+                        "cycle; `ksmtuned-py retune` makes it decide now (or stop it first)\n")
+    assert host.knob("pages_to_scan") == "5\n"  # nothing written
+    assert cli(host, "adjust", "--dry-run").returncode == 0  # a prediction is fine
+    assert d.finish() == 0
+    assert cli(host, "adjust", "--apply").returncode == 0
+    assert host.knob("pages_to_scan") == "300\n"
+
+
 def test_status_without_ksm(host):
     (host.base / "empty").mkdir()
     r = cli(host, "--root", str(host.base / "empty"), "status", root=False)
