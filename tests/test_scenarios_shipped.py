@@ -80,11 +80,11 @@ def test_idle_and_volatile_scenarios_load():
 
 
 def _rows(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if line[:2].isdigit()]
+    return [line.strip() for line in stdout.splitlines() if line.strip()[:2].isdigit() and ":" in line[:12]]
 
 
 def test_simulate_prints_each_decision_and_the_saving(tmp_path):
-    r = cli("simulate", "demo", "--duration", "8m")
+    r = cli("simulate", "demo", "--duration", "8m", "--every", "1m")
     assert r.returncode == 0, r.stderr
     rows = _rows(r.stdout)
     assert [row.split()[0] for row in rows] == [f"00:0{m}:00" for m in range(1, 9)]
@@ -93,22 +93,28 @@ def test_simulate_prints_each_decision_and_the_saving(tmp_path):
     assert "start, boost: pages_to_scan 300, sleep 53 ms" in rows[2]
     assert "start, boost: pages_to_scan 600, sleep 53 ms" in rows[3]
     assert rows[-1].split()[-2:] == ["1014.4", "MiB"]  # the four OS images and empty pages merged
-    summary = r.stdout.splitlines()[-1]
-    assert summary.startswith("after 00:08:00: KSM saves 1014.4 MiB")
+    assert "saved at the end            1014.4 MiB" in r.stdout
+    # By default a row per change of decision: the second minute's stop is the first's again.
+    r = cli("simulate", "demo", "--duration", "8m")
+    assert [row.split()[0] for row in _rows(r.stdout)] == [f"00:0{m}:00" for m in (1, 3, 4, 5, 6, 7, 8)]
     # Other settings, other decisions: a bigger boost.
     conf = tmp_path / "ksmtuned.conf"
     conf.write_text("KSM_NPAGES_BOOST=1000\nKSM_MONITOR_INTERVAL=120\n")
-    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf))
+    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf), "--every", "1m")
     rows = _rows(r.stdout)
-    assert [row.split()[0] for row in rows] == ["00:02:00", "00:04:00", "00:06:00", "00:08:00"]
-    assert "start, boost: pages_to_scan 1000," in rows[1]
+    # A cycle every 2 minutes, and at once when a guest starts (the libvirt hook's retune): the
+    # guests start at 1, 2 and 3 minutes, and the interval starts again after each retune.
+    assert [row.split()[0] for row in rows] == ["00:01:00", "00:02:00", "00:03:00", "00:05:00", "00:07:00"]
+    assert [row.endswith("(guest started)") for row in rows] == [True, True, True, False, False]
+    assert "start, boost: pages_to_scan 1000," in rows[2]
+    assert f"ksmtuned: ksmtuned's rule, with the settings of {conf}" in r.stdout
 
 
 def test_simulate_json_and_errors(tmp_path):
     r = cli("simulate", "demo", "--duration", "3m", "--json")
     import json
 
-    cycles = [json.loads(line) for line in r.stdout.splitlines()]
+    cycles = json.loads(r.stdout)["timeline"]
     assert [c["action"] for c in cycles] == ["stop", "stop", "start"]
     assert cycles[2]["pages_to_scan"] == 300 and cycles[2]["run"] == 1
     bad = tmp_path / "bad.conf"
@@ -123,7 +129,7 @@ def test_simulate_json_and_errors(tmp_path):
 def test_simulate_with_pss_stops_ksm_once_merging_relieves_the_pressure(tmp_path):
     conf = tmp_path / "ksmtuned.conf"
     conf.write_text("KSM_MEMORY_METRIC=pss\n")
-    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf))
+    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf), "--every", "1m")
     assert r.returncode == 0, r.stderr
     rows = _rows(r.stdout)
     assert "start, boost: pages_to_scan 300" in rows[2]
