@@ -258,6 +258,35 @@ def simulate(scenario, policy_specs, config_paths, duration, every, out, as_json
         raise CliError("interrupted") from None
 
 
+@main.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="The scenario to write (YAML); the content ids go beside it in FILE's name + .ids.npy.")
+@click.option("--sample", default=1, show_default=True, type=int, metavar="N",
+              help="Read one page in N and infer the others (for big hosts).")
+@click.option("--guests-only", is_flag=True, help="Only the guests the tuner counts, no other mergeable process.")
+@click.option("--config", "config_path", default=None, metavar="FILE",
+              help="The ksmtuned.conf whose KSM_PROCESS_REGEX says which processes are guests "
+                   "(default: /etc/ksmtuned.conf).")
+def capture(out, sample, guests_only, config_path):
+    """Write a scenario of this host as it is now: its memory, KSM settings, and every process ksmd would scan
+    with the contents of its mergeable memory as content ids (root; it only reads)."""
+    from sysfs_emu.capture import capture as capture_host
+    from sysfs_emu.capture.scenario import counted
+    from sysfs_emu.units import format_bytes
+    from sysfs_emu.whatif import load_config
+
+    config, _ = load_config(config_path)
+    report = capture_host(out, sample=sample, guests_only=guests_only, guest_regex=config.process_regex)
+    sampled = "" if sample == 1 else f", {report.read_pages:,} of them read (1 in {sample})"
+    click.echo(f"captured {counted(report.processes, 'process')} ({counted(report.guests, 'guest')}): "
+               f"{format_bytes(report.pages * 4096)} of mergeable memory in {report.pages:,} pages{sampled}; "
+               f"{report.empty_pages:,} empty, {report.thp_pages:,} in transparent huge pages")
+    click.echo(f"skipped {report.skipped_pages:,} pages that changed or vanished while read"
+               + (f"; {counted(report.exited, 'process')} exited while read" if report.exited else ""))
+    click.echo(f"{report.seconds:.1f} s ({format_bytes(report.bytes_per_second)}/s); "
+               f"wrote {report.yaml_path} and {report.ids_path}")
+
+
 def _every(value: str | None) -> float | None:
     from sysfs_emu.units import UnitError, parse_duration
 
