@@ -3,8 +3,8 @@
 Everything is opened read-only and the process is never stopped: a read of
 /proc/PID/mem needs ptrace-read permission only. A page is read when pagemap shows it
 present, anonymous (not file-backed, not shared) and not the shared zero page; its
-content becomes a keyed hash (BLAKE2b with a random key held in memory only, so no
-file tells what memory holds) or "empty" for an all-zero page. A page that pagemap
+content becomes a keyed hash (:class:`Hasher`: SHA-256 after a random key held in
+memory only, so no file tells what memory holds) or "empty" for an all-zero page. A page that pagemap
 no longer shows at the same frame after the read, or whose bytes differ between two
 reads, changed or vanished while read: it is skipped and counted.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ PFN_MASK = np.uint64((1 << 55) - 1)
 KPF_THP = 1 << 22
 CHUNK = 16384  # pages of address space handled at once (64 MiB)
 RUN = 256  # pages per read of /proc/PID/mem (1 MiB)
+BATCH = 1024  # pages hashed at once (4 MiB)
 EMPTY = np.uint64(0)  # the hash value that stands for an all-zero page
 
 
@@ -41,6 +43,7 @@ class MappingPages:
 
     thp: list[np.ndarray] = field(default_factory=list)  # bool per page: in a transparent huge page
     sample_hash: list[np.ndarray] = field(default_factory=list)  # uint64 per sample (EMPTY: an empty page)
+    # with sampling only (without, each page is its own sample):
     sample_block: list[np.ndarray] = field(default_factory=list)  # int64: which run of N pages it samples
     page_sample: list[np.ndarray] = field(default_factory=list)  # int64 per page: its sample (this mapping's count)
     page_offset: list[np.ndarray] = field(default_factory=list)  # uint16 per page: pages after its sample
@@ -60,8 +63,8 @@ class MappingPages:
 class PageReader:
     """One process's pagemap and memory (and the machine's kpageflags), open for reading."""
 
-    def __init__(self, pid: int, key: bytes, zero_pfns: np.ndarray, proc: str = "/proc") -> None:
-        self.key = key
+    def __init__(self, pid: int, hasher: "Hasher", zero_pfns: np.ndarray, proc: str = "/proc") -> None:
+        self.hasher = hasher
         self.zero_pfns = zero_pfns
         self._fds: list[int] = []
         try:
@@ -93,24 +96,59 @@ class PageReader:
         data = os.pread(self.kpageflags, 8, pfn * 8)
         return int.from_bytes(data, "little") if len(data) == 8 else 0
 
-    def read(self, first_page: int, count: int) -> np.ndarray | None:
-        """``count`` pages from ``first_page`` as rows of 512 words, or None when they cannot be read."""
+    def read_into(self, rows: np.ndarray, first_page: int) -> bool:
+        """Read ``len(rows)`` pages from ``first_page`` into ``rows``; False when they cannot be read."""
         try:
-            data = os.pread(self.mem, count * PAGE, first_page * PAGE)
+            got = os.preadv(self.mem, [memoryview(rows).cast("B")], first_page * PAGE)
         except OSError:
-            return None  # unmapped meanwhile (EIO), or the process is gone
-        if len(data) < count * PAGE:
-            return None
-        return np.frombuffer(data, dtype=np.uint64).reshape(count, PAGE // 8)
+            return False  # unmapped meanwhile (EIO), or the process is gone
+        return got == rows.nbytes
 
     def hashes(self, rows: np.ndarray) -> np.ndarray:
-        """A keyed 64-bit hash of each page (EMPTY for an all-zero page, never for another)."""
+        return self.hasher.hashes(rows)
+
+
+class Hasher:
+    """A keyed 64-bit hash of pages: SHA-256 of a random key (held here only) followed by the page.
+
+    EMPTY stands for an all-zero page and never for another. Pages are hashed on every
+    CPU this process may use (hashlib lets go of the interpreter while it hashes).
+    """
+
+    def __init__(self, key: bytes, workers: int | None = None) -> None:
+        self._keyed = hashlib.sha256(key)
+        self.workers = workers or len(os.sched_getaffinity(0))
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._keyed = None
+
+    def _digests(self, data: memoryview, pages: np.ndarray, out: np.ndarray) -> None:
+        keyed = self._keyed
+        for slot, i in enumerate(pages.tolist()):
+            h = keyed.copy()
+            h.update(data[i * PAGE:(i + 1) * PAGE])
+            out[slot] = int.from_bytes(h.digest()[:8], "little") or 1
+
+    def hashes(self, rows: np.ndarray) -> np.ndarray:
+        """The hash of each page of ``rows`` (pages as rows of 512 words)."""
         out = np.zeros(len(rows), dtype=np.uint64)
         nonzero = np.flatnonzero(rows.any(axis=1))
-        key = self.key
-        for i in nonzero:
-            h = int.from_bytes(hashlib.blake2b(rows[i].tobytes(), digest_size=8, key=key).digest(), "little")
-            out[i] = h or 1
+        if not nonzero.size:
+            return out
+        data = memoryview(np.ascontiguousarray(rows)).cast("B")
+        found = np.zeros(nonzero.size, dtype=np.uint64)
+        parts = np.array_split(np.arange(nonzero.size), self.workers if self._pool else 1)
+        if self._pool is None or nonzero.size < 64:
+            self._digests(data, nonzero, found)
+        else:
+            jobs = [self._pool.submit(self._digests, data, nonzero[part], found[part[0]:part[-1] + 1])
+                    for part in parts if part.size]
+            for job in jobs:
+                job.result()
+        out[nonzero] = found
         return out
 
 
@@ -119,23 +157,49 @@ def runs(pages: np.ndarray, limit: int = RUN):
     if pages.size == 0:
         return
     breaks = np.flatnonzero(np.diff(pages) != 1) + 1
-    for part in np.split(pages, breaks):
-        for i in range(0, part.size, limit):
-            yield int(part[i]), min(limit, part.size - i)
+    starts = np.r_[0, breaks].tolist()
+    ends = np.r_[breaks, pages.size].tolist()
+    firsts = pages[starts].tolist()
+    for first, a, b in zip(firsts, starts, ends):
+        for i in range(0, b - a, limit):
+            yield first + i, min(limit, b - a - i)
 
 
 def read_hashes(reader: PageReader, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(hash, ok) for each of ``pages`` (sorted virtual page numbers): read twice, equal both times."""
+    """(hash, ok) for each of ``pages`` (sorted virtual page numbers): read twice, equal both times.
+
+    Reads go a run of consecutive pages at a time straight into a batch of BATCH pages
+    (4 MiB, hashed when full), the second read into a scratch run beside it.
+    """
     hashes = np.zeros(pages.size, dtype=np.uint64)
     ok = np.zeros(pages.size, dtype=bool)
+    batch = np.empty((BATCH, PAGE // 8), dtype=np.uint64)
+    scratch = np.empty((RUN, PAGE // 8), dtype=np.uint64)
+    where = np.empty(BATCH, dtype=np.int64)  # the index in ``pages`` of each page of the batch
+    filled = 0
     at = 0
     for first, count in runs(pages):
-        rows = reader.read(first, count)
-        again = reader.read(first, count) if rows is not None else None
-        if again is not None:
-            hashes[at:at + count] = reader.hashes(rows)
-            ok[at:at + count] = (rows == again).all(axis=1)
+        if filled + count > BATCH:
+            hashes[where[:filled]] = reader.hashes(batch[:filled])
+            filled = 0
+        rows = batch[filled:filled + count]
+        if reader.read_into(rows, first) and reader.read_into(scratch[:count], first):
+            if count == 1:  # sampling reads pages one by one: no array work for them
+                if rows.tobytes() == scratch[:1].tobytes():
+                    ok[at] = True
+                    where[filled] = at
+                    filled += 1
+            else:
+                same = (rows == scratch[:count]).all(axis=1)
+                ok[at:at + count] = same
+                kept = int(same.sum())
+                if kept < count:
+                    rows[:kept] = rows[same]
+                where[filled:filled + kept] = np.flatnonzero(same) + at
+                filled += kept
         at += count
+    if filled:
+        hashes[where[:filled]] = reader.hashes(batch[:filled])
     return hashes, ok
 
 
@@ -208,9 +272,10 @@ def _read_chunk(reader: PageReader, first: int, at: int, n: int, sample: int, ze
     renumber = np.full(heads.size, -1, dtype=np.int64)
     renumber[kept_heads] = np.arange(kept_heads.size) + out.samples
     out.sample_hash.append(hashes[kept_heads])
-    out.sample_block.append(block[heads[kept_heads]])
-    out.page_sample.append(renumber[head_of[keep]])
-    out.page_offset.append((offset - offset[heads][head_of])[keep].astype(np.uint16))
+    if sample > 1:  # without sampling every page is its own sample: nothing more to keep
+        out.sample_block.append(block[heads[kept_heads]])
+        out.page_sample.append(renumber[head_of[keep]])
+        out.page_offset.append((offset - offset[heads][head_of])[keep].astype(np.uint16))
     out.samples += kept_heads.size
     thp = _thp_pages(reader, first + offset, pfn[idx]) if has_thp else np.zeros(idx.size, dtype=bool)
     out.thp.append(thp[keep])

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from sysfs_emu.capture import procs
 from sysfs_emu.capture.ids import assign_ids
-from sysfs_emu.capture.pages import PAGE, MappingPages, PageReader, ZeroBudget, read_mapping, zero_page_frames
+from sysfs_emu.capture.pages import (
+    PAGE, Hasher, MappingPages, PageReader, ZeroBudget, read_mapping, zero_page_frames,
+)
 from sysfs_emu.capture.procs import CaptureError, Gone, ProcessInfo
 from sysfs_emu.capture.scenario import ProcessCapture, write_capture
 from sysfs_emu.progress import Progress
@@ -51,9 +53,9 @@ def _chosen(infos: list[ProcessInfo], guest: re.Pattern, guests_only: bool) -> l
     return chosen
 
 
-def _read_process(info: ProcessInfo, key: bytes, zero_pfns, sample: int, progress) -> list[MappingPages]:
+def _read_process(info: ProcessInfo, hasher: Hasher, zero_pfns, sample: int, progress) -> list[MappingPages]:
     """The captured pages of each mergeable mapping of a process (Gone when it exited meanwhile)."""
-    reader = PageReader(info.pid, key, zero_pfns)
+    reader = PageReader(info.pid, hasher, zero_pfns)
     try:
         budget = ZeroBudget(info.ksm_zero_pages)
         return [read_mapping(reader, m, sample, budget, progress) for m in info.mappings if m.mergeable]
@@ -87,20 +89,20 @@ def capture(out: Path, sample: int = 1, guests_only: bool = False, guest_regex: 
         if bar is not None:
             bar.update(done[0], f"{done[0] * PAGE >> 30} of {total * PAGE >> 30} GiB of address space")
 
-    key, zero_pfns = os.urandom(32), zero_page_frames()
+    hasher, zero_pfns = Hasher(os.urandom(32)), zero_page_frames()
     captured = []
     try:
         for info, is_guest in chosen:
             try:
-                parts = _read_process(info, key, zero_pfns, sample, advanced)
+                parts = _read_process(info, hasher, zero_pfns, sample, advanced)
             except Gone:
                 report.exited += 1
                 continue
             captured.append(ProcessCapture(info, is_guest, parts))
     finally:
+        hasher.close()  # the key goes with it
         if bar is not None:
             bar.close()
-    del key
     ids = assign_ids([p for c in captured for p in c.parts], sample)
     _count(report, captured, ids)
     write_capture(out, ids_path, captured, ids, sample, report)
