@@ -260,7 +260,7 @@ def simulate(scenario, policy_specs, config_paths, duration, every, out, as_json
 
 @main.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE",
-              help="The scenario to write (YAML); the content ids go beside it in FILE's name + .ids.npy.")
+              help="The scenario to write (YAML); its content ids go beside it (host.yaml: host.ids.npy).")
 @click.option("--sample", default=1, show_default=True, type=int, metavar="N",
               help="Read one page in N and infer the others (for big hosts).")
 @click.option("--guests-only", is_flag=True, help="Only the guests the tuner counts, no other mergeable process.")
