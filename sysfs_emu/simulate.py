@@ -8,7 +8,7 @@ would: every ``KSM_MONITOR_INTERVAL`` seconds, and at once when a guest starts o
 stops (the libvirt hook's retune), after which the interval starts again.  So a run
 writes exactly what the daemon would write on the same host, and answers "what would
 this policy save on my host, how soon, and at what ksmd CPU cost" in seconds of wall
-time.  This command is the only part of sysfs_emu that imports ksmtuned_py.
+time.  Of sysfs_emu only this command and capture (for the guest rule) import ksmtuned_py.
 """
 
 from __future__ import annotations
