@@ -23,9 +23,11 @@ MARK = "ksmtuned-py-capture-workload"  # in every workload's command line, to fi
 
 _BODY = r"""
 import ctypes, json, mmap, struct, sys
-name, spec = json.loads(sys.stdin.readline())
+name, merge_any, spec = json.loads(sys.stdin.readline())
 if name:
     ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: the comm
+if merge_any:
+    ctypes.CDLL(None).prctl(67, 1, 0, 0, 0)  # PR_SET_MEMORY_MERGE: every anonymous mapping is mergeable
 PAGE, HUGE = mmap.PAGESIZE, 512
 starts, at = [], 0
 for r in spec:
@@ -54,12 +56,12 @@ sys.stdin.read()
 """
 
 
-def start(regions: list[dict], name: str = "") -> subprocess.Popen:
+def start(regions: list[dict], name: str = "", merge_any: bool = False) -> subprocess.Popen:
     """A workload process with ``regions`` = [{"contents": [ids], "thp": bool, "mergeable": bool}];
-    ``name`` is its comm (default: python's)."""
+    ``name`` is its comm (default: python's); ``merge_any``: prctl(PR_SET_MEMORY_MERGE) first."""
     proc = subprocess.Popen([sys.executable, "-c", _BODY, MARK], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
-    proc.stdin.write(json.dumps([name, regions]) + "\n")
+    proc.stdin.write(json.dumps([name, merge_any, regions]) + "\n")
     proc.stdin.flush()
     if proc.stdout.readline() != "ready\n":
         proc.kill()

@@ -15,7 +15,7 @@ from sysfs_emu.capture.ids import assign_ids
 from sysfs_emu.capture.pages import EMPTY, MappingPages, read_hashes
 from sysfs_emu.errors import ScenarioError
 from sysfs_emu.scenario import load_yaml
-from tests import capture_workload
+from tests import capture_workload, realksm
 from tests.emutree import SYSFS_EMU
 from tests.proctools import wait_for
 
@@ -182,7 +182,7 @@ def captured(tmp_path_factory):
     regions_a = [{"contents": POOL}, {"contents": [0] * 512}, {"contents": [7] * 300},
                  {"contents": THP_POOL, "thp": True}, {"contents": list(range(50_000, 50_200)), "mergeable": False}]
     regions_b = [{"contents": POOL}, {"contents": THP_POOL, "thp": True}]
-    with capture_workload.workloads() as procs:
+    with realksm.locked(), capture_workload.workloads() as procs:  # no test changes KSM meanwhile
         procs.append(capture_workload.start(regions_a))
         procs.append(capture_workload.start(regions_b, name="qemu-system-x86"))
         for p in procs:  # asleep in its read of standard input
@@ -315,6 +315,25 @@ def test_capture_without_root_is_one_line(tmp_path):
     assert r.stderr == ("sysfs-emu: error: capture needs root: it reads other processes' memory through "
                         "/proc/PID/pagemap and /proc/PID/mem\n")
     assert not (tmp_path / "h.yaml").exists()
+
+
+def test_a_merge_any_process_is_captured_by_its_mappings(tmp_path):
+    """prctl(PR_SET_MEMORY_MERGE): the kernel marks every anonymous mapping mg; the capture reads them all
+    and keeps the rest of the RSS out of ksmd's reach (no mergeable_all)."""
+    needs_root()
+    with capture_workload.workloads() as procs:
+        procs.append(capture_workload.start([{"contents": [5] * 100, "mergeable": False}], name="merge-any-test",
+                                            merge_any=True))
+        _capture(tmp_path / "h.yaml")
+    scenario = yaml.safe_load((tmp_path / "h.yaml").read_text())
+    (ours,) = [p for p in scenario["processes"] if p["name"] == "merge-any-test"]
+    assert "mergeable_all" not in ours
+    captured = [r for r in ours["regions"] if r["fill"] == "captured"]
+    assert len(captured) > 1 and sum(r["pages"] for r in captured) > 100  # the heap and stack too
+    assert [r for r in ours["regions"] if r["fill"] != "captured"] == [
+        {"pages": ours["regions"][-1]["pages"], "fill": "zero", "mergeable": False}]
+    spec = load_yaml(tmp_path / "h.yaml")
+    assert not spec.processes[scenario["processes"].index(ours)].mergeable_all
 
 
 @pytest.mark.parametrize("args, message", [

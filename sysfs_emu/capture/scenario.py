@@ -108,10 +108,9 @@ def build(captured: list[ProcessCapture], ids_name: str, report) -> dict:
     processes, index = [], 0
     for i, c in enumerate(captured):
         regions, index = _regions(c, ids_name, index)
-        entry = {"name": _name(c.info.comm), "id": i, "cmdline": c.info.cmdline}
-        if c.info.merge_any:
-            entry["mergeable_all"] = True
-        entry["regions"] = regions
+        # no mergeable_all for prctl's merge-any: the kernel marked its mappings mg already, and the
+        # region that stands for the rest of the RSS must stay out of ksmd's reach
+        entry = {"name": _name(c.info.comm), "id": i, "cmdline": c.info.cmdline, "regions": regions}
         processes.append(entry)
     resident = sum(r["pages"] for p in processes for r in p["regions"])
     sampled = "" if report.sample == 1 else f", 1 page in {report.sample} read"
