@@ -10,7 +10,9 @@ so it can be checked against ``timeline.csv``:
   ``time_to_90pct_s`` the first that saw 90 % of the end's saving (None when it is 0);
 - ``pages_scanned``, ``full_scans`` and ``ksmd_cpu_seconds`` at the last cycle (all
   start at 0 with the scenario); the CPU time is the simulated ksmd's own work at its
-  cost model's per-page costs, whose origin the summary names.
+  cost model's per-page costs, whose origin the summary names (``cost_origin``), and
+  ``ksmd_cpu_percent`` that time as a share of one CPU over the run;
+- ``decisions``: how many times the policy's decision changed, plus one.
 """
 
 from __future__ import annotations
