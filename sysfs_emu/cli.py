@@ -81,12 +81,12 @@ def idle_scenario() -> dict:
     }
 
 
-def load_simulation(scenario: str | None):
-    """(Simulation, name) for a scenario file, a shipped scenario's name, or the idle host."""
-    from sysfs_emu import Simulation
+def load_scenario_arg(scenario: str | None):
+    """(Scenario, name) for a scenario file, a shipped scenario's name, or the idle host."""
+    from sysfs_emu.scenario import load_scenario, load_yaml
 
     if scenario is None:
-        return Simulation(idle_scenario()), "idle host (this machine's size)"
+        return load_scenario(idle_scenario()), "idle host (this machine's size)"
     path = Path(scenario)
     if not path.exists():
         shipped = shipped_scenarios()
@@ -96,7 +96,15 @@ def load_simulation(scenario: str | None):
         path = shipped[scenario]
     if path.is_dir():
         raise CliError(f"{scenario} is a directory, not a scenario file")
-    return Simulation.from_yaml(path), path.stem
+    return load_yaml(path), path.stem
+
+
+def load_simulation(scenario: str | None):
+    """(Simulation, name) for a scenario file, a shipped scenario's name, or the idle host."""
+    from sysfs_emu import Simulation
+
+    spec, name = load_scenario_arg(scenario)
+    return Simulation(spec), name
 
 
 def format_speed(ratio: float) -> str:
@@ -243,69 +251,78 @@ def event(event, root, timeout):
 
 @main.command(short_help="Run ksmtuned-py's cycle on a scenario, fast.")
 @click.argument("scenario")
-@click.option("--config", "config_path", default=None, metavar="FILE",
-              help="A ksmtuned.conf to take the settings from (default: ksmtuned's defaults).")
+@click.option("--policy", "policy_specs", multiple=True, metavar="NAME",
+              help="A policy to run: ksmtuned (the default), always, off, advisor, or one with settings such as "
+                   "always:pages_to_scan=1000,sleep_millisecs=20. Give several to compare them.")
+@click.option("--config", "config_paths", multiple=True, metavar="FILE",
+              help="A ksmtuned.conf for ksmtuned's rule (default: /etc/ksmtuned.conf, as every ksmtuned-py "
+                   "command reads it). Give several to compare them.")
 @click.option("--duration", default="1h", show_default=True, metavar="T",
               help="Simulated time to run (seconds, or 30s, 5m, 2h, 1d).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per cycle (see the README).")
-def simulate(scenario, config_path, duration, as_json):
-    """Drive ksmtuned-py's tuning cycle over SCENARIO in simulated time, without files or a daemon;
-    print each decision and the memory saved."""
-    from ksmtuned_py import config as configmod
-    from ksmtuned_py.errors import UserError
-    from sysfs_emu.simulate import Simulate, json_row
-    from sysfs_emu.units import format_bytes, format_clock
+@click.option("--every", default=None, metavar="T",
+              help="Show a row of each run's table every T of simulated time (default: a row per change of decision).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Write summary.json, timeline.csv and timeline.png into DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document: the summary and the timeline.")
+def simulate(scenario, policy_specs, config_paths, duration, every, out, as_json):
+    """Run SCENARIO under ksmtuned-py's policies in simulated time: their decisions, what KSM saves, how soon,
+    and ksmd's CPU time; several runs side by side."""
+    from sysfs_emu.simcommand import Request
+    from sysfs_emu.simcommand import simulate as run_simulate
 
     seconds = _duration(duration)
+    if not seconds > 0:
+        raise CliError(f"--duration must be more than 0, got {duration}")
+    period = _every(every)
+    spec, name = load_scenario_arg(scenario)
+    request = Request(name, seconds, tuple(policy_specs), tuple(config_paths), period, out, as_json)
     try:
-        config = configmod.load(config_path or os.devnull)
-    except UserError as exc:
-        raise CliError(one_line(exc)) from None
-    if config_path and not config.file_found:
-        raise CliError(f"no config file {config_path}")
-    sim, name = load_simulation(scenario)
-    run = Simulate(sim, config)
-    where = config_path or "ksmtuned's defaults"
-    if not as_json:
-        click.echo(f"simulating {name} for {format_clock(seconds)} with the settings of {where} "
-                   f"(a decision every {run.interval:g} s)")
-        click.echo(f"{'time':>8}  {'guests':>6}  {'committed':>10}  {'free':>10}  {'decision':<46} {'saved':>10}")
-    started = time.monotonic()
-    first_saving = None
-    peak = (0, 0.0)
-    last = None
-    try:
-        while sim.now + run.interval <= seconds + 1e-9:
-            c = run.cycle()
-            last = c
-            if c.saved_bytes and first_saving is None:
-                first_saving = c.time
-            if c.saved_bytes > peak[0]:
-                peak = (c.saved_bytes, c.time)
-            if as_json:
-                click.echo(json.dumps(json_row(c)))
-                continue
-            what = (f"start, {c.level}: pages_to_scan {c.pages_to_scan}, sleep {c.sleep_millisecs} ms"
-                    if c.action == "start" else "stop")
-            click.echo(f"{format_clock(c.time):>8}  {c.guests:>6}  {format_bytes(c.committed_kb * 1024):>10}  "
-                       f"{format_bytes(c.free_kb * 1024):>10}  {what:<46} {format_bytes(c.saved_bytes):>10}")
+        run_simulate(request, spec)
     except KeyboardInterrupt:
         raise CliError("interrupted") from None
-    wall = time.monotonic() - started
-    if as_json:
-        return
-    if last is None:
-        click.echo(f"no decision: --duration {duration} is shorter than the interval ({run.interval:g} s)")
-        return
-    if first_saving is None:
-        saving = f"KSM saved nothing (general_profit {format_bytes(last.general_profit)})"
-    else:
-        saving = (f"KSM saves {format_bytes(last.saved_bytes)} (general_profit {format_bytes(last.general_profit)}); "
-                  f"first saving at {format_clock(first_saving)}; peak {format_bytes(peak[0])} at "
-                  f"{format_clock(peak[1])}")
-    click.echo(f"after {format_clock(last.time)}: {saving}; {wall:.1f} s of wall time")
-    if run.advisor_noted:
-        click.echo("note: advisor_mode is scan-time, so the kernel's advisor set pages_to_scan")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="The scenario to write (YAML); its content ids go beside it (host.yaml: host.ids.npy).")
+@click.option("--sample", default=1, show_default=True, type=int, metavar="N",
+              help="Read one page in N and infer the others (for big hosts).")
+@click.option("--guests-only", is_flag=True, help="Only the guests the tuner counts, no other mergeable process.")
+@click.option("--config", "config_path", default=None, metavar="FILE",
+              help="The ksmtuned.conf whose KSM_PROCESS_REGEX says which processes are guests "
+                   "(default: /etc/ksmtuned.conf).")
+def capture(out, sample, guests_only, config_path):
+    """Write a scenario of this host as it is now: its memory, KSM settings, and every process ksmd would scan
+    with the contents of its mergeable memory as content ids (root; it only reads)."""
+    from sysfs_emu.capture import capture as capture_host
+    from sysfs_emu.capture.scenario import counted
+    from sysfs_emu.units import format_bytes
+    from sysfs_emu.whatif import load_config
+
+    config, _ = load_config(config_path)
+    report = capture_host(out, sample=sample, guests_only=guests_only, guest_regex=config.process_regex)
+    sampled = "" if sample == 1 else f", {report.read_pages:,} of them read (1 in {sample})"
+    click.echo(f"captured {counted(report.processes, 'process')} ({counted(report.guests, 'guest')}): "
+               f"{format_bytes(report.pages * 4096)} of mergeable memory in {report.pages:,} pages{sampled}; "
+               f"{report.empty_pages:,} empty, {report.thp_pages:,} in transparent huge pages")
+    click.echo(f"skipped {report.skipped_pages:,} pages that changed or vanished while read"
+               + (f"; {counted(report.exited, 'process')} exited while read" if report.exited else ""))
+    click.echo(f"{report.seconds:.1f} s ({format_bytes(report.bytes_per_second)}/s); "
+               f"wrote {report.yaml_path} and {report.ids_path}")
+
+
+def _every(value: str | None) -> float | None:
+    from sysfs_emu.units import UnitError, parse_duration
+
+    if value is None:
+        return None
+    try:
+        period = parse_duration(value)
+    except UnitError as exc:
+        raise CliError(f"--every: {exc}") from None
+    if not period > 0:
+        raise CliError(f"--every must be more than 0, got {value}")
+    return period
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -108,6 +108,9 @@ class Memory:
         self.ksm_mapped = 0  # entries mapping a KSM page
         self.ksm_pages = 0  # KSM pages in memory (mapcount > 0)
         self.rmap_items = 0
+        # Bumped whenever a page starts or stops counting in some process's RSS (mapped, not the
+        # zero page), so readers of every process's RSS can keep them until it moves.
+        self.residency = 0
         self.listeners: list = []  # called with (event, pid) on process changes
 
     def trim(self) -> None:
@@ -209,6 +212,7 @@ class Memory:
         p.skips[sl] = 0
         if mapped:
             self.mapped_pages += arr.size
+            self.residency += 1
         region = Region(len(self.regions), pid, start, arr.size, bool(mergeable or proc.merge_any))
         self.regions.append(region)
         proc.regions.append(region.id)
@@ -258,6 +262,7 @@ class Memory:
         if nz:
             p.flags[idx[zero]] &= ~ZERO
             self.zero_pages -= nz
+            self.residency += 1
         kp = p.kpage[idx]
         ksm = kp >= 0
         if ksm.any():
@@ -282,6 +287,7 @@ class Memory:
         p = self.pages
         newly = int(((p.flags[sl] & MAPPED) == 0).sum())
         self.mapped_pages += newly
+        self.residency += 1
         p.flags[sl] |= MAPPED
         p.content[sl] = arr
 
@@ -294,6 +300,7 @@ class Memory:
         p = self.pages
         newly = int(((p.flags[sl] & MAPPED) == 0).sum())
         self.mapped_pages += newly
+        self.residency += 1
         p.flags[sl] |= MAPPED
 
     def remove_process(self, pid: int) -> None:
@@ -305,6 +312,7 @@ class Memory:
             idx = np.arange(region.start, region.stop)
             self.break_ksm(idx)
             self.mapped_pages -= int(((p.flags[idx] & MAPPED) != 0).sum())
+            self.residency += 1
             p.flags[idx] &= ~MAPPED
             region.alive = False
         proc.alive = False
@@ -378,6 +386,7 @@ class Memory:
         """The entries of ``slots`` (an array or one slot) now map the shared zero page: their own pages are freed."""
         self.pages.flags[slots] |= ZERO
         self.zero_pages += int(np.size(slots))
+        self.residency += 1
 
     def new_rmap_items(self, window: slice, mask: np.ndarray) -> int:
         """ksmd's first visit of the pages ``mask`` selects in ``window``: an rmap item each, no checksum yet."""

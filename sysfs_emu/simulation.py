@@ -18,6 +18,7 @@ read; keep it stable.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -109,6 +110,10 @@ class Simulation:
     def next_event_time(self) -> float | None:
         """Scenario time of the next pending timeline entry, or None."""
         return self._timeline[self._next].at if self._next < len(self._timeline) else None
+
+    def pending_events(self):
+        """The timeline entries not applied yet, in the order they will apply (starts and exits included)."""
+        return itertools.islice(self._timeline, self._next, None)
 
     def advance(self, seconds: float) -> None:
         """Run ``seconds`` of simulated time: ksmd works, and due events apply at their times, in order."""

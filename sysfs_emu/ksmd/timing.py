@@ -36,9 +36,16 @@ def msecs_to_jiffies(ms: int) -> int:
     return -(-int(ms) * HZ // 1000)
 
 
+REFERENCE_COSTS = "reference profile (Linux 6.18, the development machine)"
+"""Where the default per-page costs come from, as outputs name it."""
+
+
 @dataclass
 class CostModel:
-    """CPU time ksmd spends, in seconds, measured on Linux 6.18 (see tests/test_fidelity.py)."""
+    """CPU time ksmd spends, in seconds, measured on Linux 6.18 (see tests/test_fidelity.py).
+
+    ``origin`` says where the figures come from, in the words reports print after "costs: ".
+    """
 
     ksm_page: float = 0.37e-6  # visit of a page already merged
     skipped: float = 0.30e-6  # page passed over by smart scan
@@ -47,6 +54,7 @@ class CostModel:
     tree_per_level: float = 0.75e-6  # each doubling of the unstable tree
     merge: float = 1.5e-6  # each page merged into a KSM page (write-protect, replace the mapping)
     batch: float = 2e-6  # per wake-up
+    origin: str = REFERENCE_COSTS
 
     def tree(self, unshared: int) -> float:
         """One tree search and insert with ``unshared`` pages in the unstable tree."""

@@ -19,6 +19,7 @@ class RegionSpec:
     fill: Fill
     mergeable: bool = True
     lazy: bool = False
+    thp: bool = False  # backed by transparent huge pages (noted; the simulator maps 4 KiB pages)
 
 
 @dataclass(frozen=True)

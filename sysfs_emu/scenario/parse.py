@@ -32,7 +32,7 @@ from sysfs_emu.units import describe_size, format_duration
 TOP_KEYS = ("description", "host", "ksm", "processes", "events")
 HOST_KEYS = ("memory", "buffers", "cached", "used", "swap", "uptime", "boot_time", "pid_base", "cpus")
 PROCESS_KEYS = ("name", "cmdline", "id", "start", "exit", "mergeable_all", "regions")
-REGION_KEYS = ("pages", "size", "mergeable", "lazy", "fill") + FILL_KEYS
+REGION_KEYS = ("pages", "size", "mergeable", "lazy", "thp", "fill") + FILL_KEYS
 TOUCH_KEYS = ("process", "region", "first", "pages")
 REWRITE_KEYS = TOUCH_KEYS + ("fill",) + FILL_KEYS
 EVENT_KINDS = ("sysfs", "start", "exit", "rewrite", "touch")
@@ -116,7 +116,8 @@ def parse_region(c: Checker, raw: Any, where: str) -> RegionSpec:
         raise c.fail(join(where, problem[0]), problem[1])
     mergeable = c.boolean(raw.get("mergeable", True), join(where, "mergeable"))
     lazy = c.boolean(raw.get("lazy", False), join(where, "lazy"))
-    return RegionSpec(pages=pages, fill=fill, mergeable=mergeable, lazy=lazy)
+    thp = c.boolean(raw.get("thp", False), join(where, "thp"))
+    return RegionSpec(pages=pages, fill=fill, mergeable=mergeable, lazy=lazy, thp=thp)
 
 
 def _parse_cmdline(c: Checker, raw: Any, where: str, name: str) -> tuple[str, ...]:
