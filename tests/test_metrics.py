@@ -201,7 +201,8 @@ def test_one_shot_command_reports_the_running_daemons_last_decision(tmp_path: Pa
     prom = textdir / metrics.DEFAULT_NAME
     with RunningDaemon(host) as daemon:
         daemon.proc.send_signal(signal.SIGUSR1)
-        wait_for(lambda: daemon.cycles() == 1, what="the first cycle")
+        # the cycle's closing line, written after its knobs ("committed" comes before them)
+        wait_for(lambda: "KSMCTL start" in host.logfile.read_text(), what="the first cycle's writes")
         (host.ksm / "run").write_text("0\n")  # stopped by hand since: the file says so
         got = subprocess.run([*host.cli(), "metrics", "--textfile", str(textdir)],
                              capture_output=True, text=True, timeout=60)
