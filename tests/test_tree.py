@@ -582,7 +582,9 @@ def test_speed_paces_simulated_time_against_the_wall_clock(tmp_path):
 
     served_for = float(re.search(r"stopped at simulated time 30\.0s after (\d+\.\d)s, (\d+(\.\d+)?)x on average",
                                  r.stderr).group(1))
-    assert 1.4 <= served_for < 4  # 1.5 s, to a tick, on a machine that keeps up
+    # 1.5 s, to a tick, never less; the upper bound only catches pacing far too slow
+    # (a loaded machine may lag, which the server then reports)
+    assert 1.4 <= served_for < 15
     assert wall >= 1.5
 
 
