@@ -249,7 +249,7 @@ def event(event, root, timeout):
     click.echo("ok")
 
 
-@main.command(short_help="Run ksmtuned-py's cycle on a scenario, fast.")
+@main.command(short_help="Run tuning policies on a scenario in simulated time.")
 @click.argument("scenario")
 @click.option("--policy", "policy_specs", multiple=True, metavar="NAME",
               help="A policy to run: ksmtuned (the default), always, off, advisor, or one with settings such as "
@@ -282,7 +282,7 @@ def simulate(scenario, policy_specs, config_paths, duration, every, out, as_json
         raise CliError("interrupted") from None
 
 
-@main.command()
+@main.command(short_help="Capture this host as a scenario (read-only).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE",
               help="The scenario to write (YAML); its content ids go beside it (host.yaml: host.ids.npy).")
 @click.option("--sample", default=1, show_default=True, type=int, metavar="N",

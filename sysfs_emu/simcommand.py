@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from ksmtuned_py import policies
 from sysfs_emu.progress import Progress
 from sysfs_emu.simfiles import summary_document, timeline_document, write_all
 from sysfs_emu.simtable import comparison_table, decision_table
-from sysfs_emu.units import format_clock
+from sysfs_emu.units import format_bytes, format_clock
 from sysfs_emu.whatif import RunPlan, plan_runs, run_one
 
 
@@ -68,13 +69,15 @@ def simulate(req: Request, scenario) -> None:
     if not req.as_json:
         for line in header(req, plans):
             click.echo(line)
+    started = time.monotonic()
     results = run_all(scenario, plans, req.duration)
+    wall = time.monotonic() - started
     summary = summary_document(results, req.scenario_name, req.duration)
     timeline = timeline_document(results)
     if req.as_json:
         click.echo(json.dumps({"summary": summary, "timeline": timeline}, indent=2))
     else:
-        show(req, results, summary)
+        show(req, results, summary, wall)
     if req.out is not None:
         written, note = write_all(req.out, summary, timeline)
         if not req.as_json:
@@ -83,7 +86,7 @@ def simulate(req: Request, scenario) -> None:
             click.echo(f"note: {note}", err=True)
 
 
-def show(req: Request, results: list, summary: list[dict]) -> None:
+def show(req: Request, results: list, summary: list[dict], wall: float) -> None:
     """Each run's short table of decisions, then the runs side by side."""
     for r in results:
         click.echo("")
@@ -102,3 +105,15 @@ def show(req: Request, results: list, summary: list[dict]) -> None:
             click.echo(line)
         origins = ", ".join(dict.fromkeys(s["cost_origin"] for s in summary))
         click.echo(f"ksmd CPU time is the simulated ksmd's own work at its per-page costs; costs: {origins}")
+        for r in results:
+            if r.rows and not any(row.saved_bytes for row in r.rows):
+                click.echo(nothing_saved(r.rows))
+    click.echo(f"simulated in {wall:.1f} s of wall time")
+
+
+def nothing_saved(rows: list) -> str:
+    """Say plainly that a run saved nothing, and the policy's last reason (why ksmd did not merge)."""
+    last = rows[-1]
+    return (f"{last.run_name}: KSM saved nothing in {format_clock(last.time_s)} "
+            f"(general_profit {format_bytes(last.report.general_profit or 0)}); last decision: "
+            f"{last.report.action}: {last.report.reason}")

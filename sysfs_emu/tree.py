@@ -155,6 +155,7 @@ class Tree:
         self._next_proc_refresh = 0.0
         self.manifest = Manifest(self.state_dir / "manifest.json")
         self._manifest_unsaved = False  # a save failed: try again every tick
+        self._failed_puts: set[str] = set()  # files a write failed for: written again at the next put
 
     # --- creation and removal -------------------------------------------------------
 
@@ -479,7 +480,7 @@ class Tree:
         tree goes on: the file is written again once the path is free.
         """
         mine = self._written.get(rel)
-        if mine is not None and mine.data == data and mine.mode == mode:
+        if mine is not None and mine.data == data and mine.mode == mode and rel not in self._failed_puts:
             return
         path = self.root / rel
         try:
@@ -487,7 +488,11 @@ class Tree:
         except OSError as exc:
             if not self._dir_gone(path):  # a removed directory of ours is said and made again next tick
                 self._problems.fail(("put", rel), self._damage(path, exc))
+            # Tried again even if the data goes back to what the file holds, so that the
+            # problem, once said, is also said to be over.
+            self._failed_puts.add(rel)
             return
+        self._failed_puts.discard(rel)
         self._problems.ok(("put", rel), f"{path} is kept up to date again")
         self._written[rel] = _Written(data, mode, st.st_ino, st.st_mtime_ns)
 

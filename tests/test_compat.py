@@ -229,10 +229,10 @@ def test_simulate_in_proxmox_mode_counts_the_kvm_processes_by_pss(tmp_path):
     assert proxmox_run.tuning_cycle.policy.start_lines()[0] == "using pss metric"
     page_kb = proxmox_run.sim.page_size // 1024
     first, second = proxmox_run.cycle(), proxmox_run.cycle()
-    assert (first.guests, upstream_run.cycle().guests) == (2, 1)
+    assert (first.report.guests, upstream_run.cycle().report.guests) == (2, 1)
     # after a minute of merging the shared image counts once between the two kvm guests
-    assert second.committed_kb < (3000 + 500 + 3000) * page_kb
-    assert upstream_run.cycle().committed_kb == 700 * page_kb
+    assert second.report.committed_kb < (3000 + 500 + 3000) * page_kb
+    assert upstream_run.cycle().report.committed_kb == 700 * page_kb
 
 
 def test_guests_debians_script_misses_are_counted(tmp_path):

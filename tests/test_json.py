@@ -47,9 +47,9 @@ def test_status_snapshot_and_simulate_speak_alike(tmp_path):
                                             "status", "--json"], capture_output=True, text=True,
                                            check=True).stdout)
         snapshot = json.loads(cli("snapshot", "--root", str(root), "--json").stdout)
-    rows = [json.loads(line) for line in subprocess.run(
+    rows = json.loads(subprocess.run(
         [SYSFS_EMU, "simulate", str(scenario), "--duration", "2m", "--json"], capture_output=True, text=True,
-        check=True).stdout.splitlines()]
+        check=True).stdout)["timeline"]
     for document in (status, snapshot, *rows):
         check_vocabulary(document)
     # the same KSM file, the same name and value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -247,10 +248,12 @@ def test_the_terminal_shows_each_runs_decisions_and_the_runs_side_by_side(demo_r
     assert comparison[0].split() == ["ksmtuned", "always", "always:pages_to_scan=2000,sleep_millisecs=10", "off"]
     assert comparison[1].split() == ["saved", "at", "the", "end"] + ["1014.4", "MiB"] * 3 + ["0", "B"]
     assert comparison[5].split() == ["first", "100", "MiB", "at", "00:05:00", "00:04:00", "00:02:00", "never"]
-    assert comparison[-2:] == [
+    assert comparison[-4:-2] == [
         "ksmd CPU time is the simulated ksmd's own work at its per-page costs; "
         "costs: reference profile (Linux 6.18, the development machine)",
-        f"written: {out}/summary.json, {out}/timeline.csv, {out}/timeline.png"]
+        "off: KSM saved nothing in 00:10:00 (general_profit 0 B); last decision: stop: KSM always off"]
+    assert re.fullmatch(r"simulated in \d+\.\d s of wall time", comparison[-2]), comparison[-2]
+    assert comparison[-1] == f"written: {out}/summary.json, {out}/timeline.csv, {out}/timeline.png"
 
 
 def test_every_shows_a_row_per_period():
