@@ -101,7 +101,7 @@ def from_data(data, source: str) -> CostModel:
                                    f"got {value!r}")
         values[name] = value * 1e-6
     origin = data.get("origin")
-    described = f"the calibrated profile {source}" + (f" ({origin})" if isinstance(origin, str) and origin else "")
+    described = f"calibrated profile {source}" + (f" ({origin})" if isinstance(origin, str) and origin else "")
     return replace(CostModel(), **values, origin=described)
 
 

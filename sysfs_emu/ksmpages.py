@@ -21,6 +21,7 @@ class KsmPages:
     zero_pages: int
     rmap_items: int
     huge_pages: int
+    residency: int  # bumped whenever a page starts or stops counting in a process's RSS
 
     def new_ksm_pages(self, contents: np.ndarray) -> np.ndarray:
         """Stable nodes for new KSM pages of ``contents`` (no rmap item, no mapping yet); returns their ids."""
@@ -76,6 +77,7 @@ class KsmPages:
         """The entries of ``slots`` (an array or one slot) now map the shared zero page: their own pages are freed."""
         self.pages.flags[slots] |= ZERO
         self.zero_pages += int(np.size(slots))
+        self.residency += 1
 
     def new_rmap_items(self, window: slice, mask: np.ndarray) -> int:
         """ksmd's first visit of the pages ``mask`` selects in ``window``: an rmap item each, no checksum yet."""

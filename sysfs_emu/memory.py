@@ -114,6 +114,9 @@ class Memory(HugePages, KsmPages, NodePlacement):
         self.numa_nodes = 1  # the host's NUMA nodes
         self.split_nodes = False  # merge_across_nodes 0 on several nodes: pages off node 0 have ids of their own
         self.node_contents = NodeContents()
+        # Bumped whenever a page starts or stops counting in some process's RSS (mapped, not the
+        # zero page), so readers of every process's RSS can keep them until it moves.
+        self.residency = 0
         self.listeners: list = []  # called with (event, pid) on process changes
 
     def trim(self) -> None:
@@ -285,6 +288,7 @@ class Memory(HugePages, KsmPages, NodePlacement):
         if nz:
             p.flags[idx[zero]] &= ~ZERO
             self.zero_pages -= nz
+            self.residency += 1
         kp = p.kpage[idx]
         ksm = kp >= 0
         if ksm.any():
@@ -325,6 +329,7 @@ class Memory(HugePages, KsmPages, NodePlacement):
         p = self.pages
         newly = int(((p.flags[sl] & MAPPED) == 0).sum())
         self.mapped_pages += newly
+        self.residency += 1
         p.flags[sl] |= MAPPED
 
     def remove_process(self, pid: int) -> None:
@@ -337,6 +342,7 @@ class Memory(HugePages, KsmPages, NodePlacement):
             self.break_ksm(idx)
             self._unmap_huge(idx)
             self.mapped_pages -= int(((p.flags[idx] & MAPPED) != 0).sum())
+            self.residency += 1
             p.flags[idx] &= ~MAPPED
             region.alive = False
         proc.alive = False

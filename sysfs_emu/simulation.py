@@ -18,12 +18,14 @@ read; keep it stable.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import time
 from dataclasses import replace
 
+from sysfs_emu import capacity
 from sysfs_emu.costs import resolve as resolve_costs
 from sysfs_emu.errors import SimulationError, errno_text
 from sysfs_emu.host import MemorySnapshot, meminfo_text
@@ -82,6 +84,9 @@ class Simulation:
             scenario = load_scenario(scenario, source)
         self.scenario: Scenario = scenario
         host = scenario.host
+        problem = capacity.shortfall(capacity.peak_pages(scenario))
+        if problem:  # before numpy allocates: one line, not a MemoryError half-way
+            raise SimulationError(f"{scenario.source}: {problem}")
         # Room for the guests running at time 0 up front: growing page arrays one region at a time is slow.
         self.memory = Memory(capacity=sum(p.pages for p in scenario.processes if p.start == 0))
         self.memory.numa_nodes = host.nodes
@@ -123,6 +128,10 @@ class Simulation:
     def next_event_time(self) -> float | None:
         """Scenario time of the next pending timeline entry, or None."""
         return self._timeline[self._next].at if self._next < len(self._timeline) else None
+
+    def pending_events(self):
+        """The timeline entries not applied yet, in the order they will apply (starts and exits included)."""
+        return itertools.islice(self._timeline, self._next, None)
 
     def advance(self, seconds: float) -> None:
         """Run ``seconds`` of simulated time: ksmd works, and due events apply at their times, in order."""
@@ -288,8 +297,11 @@ class Simulation:
     def _start(self, spec: ProcessSpec, ev: Event) -> None:
         pid = self.scenario.host.pid_base + spec.id
         need = self.memory.physical_pages() + spec.resident_pages_at_start
+        prefix = f"{self.scenario.source}: " if ev.where else "event: "
+        problem = None if ev.where else capacity.shortfall(self.memory.pages.size + spec.pages)
+        if problem:  # a start given to apply(): the scenario's own starts were checked at construction
+            raise SimulationError(f"{prefix}{spec.where or 'start'}: {problem}")
         if need > guest_budget_pages(self.scenario.host):
-            prefix = f"{self.scenario.source}: " if ev.where else "event: "
             raise SimulationError(
                 f"{prefix}{spec.where or 'start'}: starting process {spec.id} at {format_duration(self.now)} brings the "
                 f"guests' resident memory to {describe_size(need * PAGE_SIZE)}, more than the host has for them "
@@ -368,7 +380,7 @@ class Simulation:
         pages) compare it to skip the work when nothing moved.
         """
         mem = self.memory
-        return (mem.mapped_pages, mem.zero_pages, mem.ksm_mapped, mem.ksm_pages, mem.rmap_items,
+        return (mem.mapped_pages, mem.zero_pages, mem.ksm_mapped, mem.ksm_pages, mem.rmap_items, mem.huge_pages,
                 self.events_applied)
 
     def memory_snapshot(self) -> MemorySnapshot:

@@ -49,6 +49,7 @@ class HugePages:
     huge_pages: int  # slots in huge pages
     thp_splits: int  # huge pages split so far
     mapped_pages: int
+    residency: int  # bumped whenever a page starts or stops counting in a process's RSS
 
     def _map_huge(self, region, first: int, stop: int) -> np.ndarray:
         """Fault in the whole blocks of ``region`` that pages [first, stop) touch and that were never
@@ -85,6 +86,7 @@ class HugePages:
         if empty.size:
             p.flags[empty] &= ~MAPPED
             self.mapped_pages -= empty.size
+            self.residency += 1
         self.huge_pages -= idx.size
         self.thp_splits += blocks.size
         return int(blocks.size)

@@ -11,6 +11,7 @@ from sysfs_emu.realksm.guard import (  # noqa: F401  (the names the tests use)
     LOCK_PATH,
     RESTORE_ORDER,
     RealKsmError,
+    locked,
     read,
     real_ksm,
     restore,

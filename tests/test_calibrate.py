@@ -39,15 +39,15 @@ def test_calibrate_writes_a_profile_that_simulate_takes(tmp_path):
     assert lines[-1] == f"wrote {out}; use it with --costs {out}"
     assert [line.split()[0] for line in lines[1:-1]] == list(costs.COSTS)
     model = costs.load(out)
-    assert model.origin.startswith(f"the calibrated profile {out} (calibrated on ")
+    assert model.origin.startswith(f"calibrated profile {out} (calibrated on ")
     assert all(0 < getattr(model, name) < 1e-3 for name in costs.COSTS), model
     data = json.loads(out.read_text())
     assert set(data["measured"]["cpu_seconds_per_scan"]) >= {"4000 unique pages", "2 x 4096 shared pages"}
     with realksm.real_ksm():  # once the lock is free again, KSM is stopped
         assert realksm.read("run") == "0\n"
-    sim = cli("simulate", "demo", "--duration", "2m", "--costs", str(out))
+    sim = cli("simulate", "demo", "--duration", "2m", "--config", "/dev/null", "--costs", str(out), "--json")
     assert sim.returncode == 0, sim.stderr
-    assert sim.stdout.splitlines()[1] == f"ksmd's CPU costs: {model.origin}"
+    assert json.loads(sim.stdout)["summary"][0]["cost_origin"] == model.origin
 
 
 def test_calibrate_needs_root():

@@ -32,7 +32,7 @@ def test_a_profile_round_trips_and_names_its_file(tmp_path):
     model = costs.load(path)
     want = replace(CostModel(), tree_base=9.5e-6, split=123e-6)
     assert {n: getattr(model, n) for n in costs.COSTS} == pytest.approx({n: getattr(want, n) for n in costs.COSTS})
-    assert model.origin == f"the calibrated profile {path} (calibrated on testhost)"
+    assert model.origin == f"calibrated profile {path} (calibrated on testhost)"
     data = json.loads(open(path).read())
     assert data["format"] == "sysfs-emu cost profile" and data["version"] == 1
     assert set(data["costs_us"]) == set(costs.COSTS) and data["measured"] == {"note": "test"}
@@ -80,13 +80,26 @@ def sysfs_emu(*args) -> subprocess.CompletedProcess:
 
 
 def test_simulate_says_which_profile(tmp_path):
-    r = sysfs_emu("simulate", "demo", "--duration", "2m")
+    r = sysfs_emu("simulate", "demo", "--duration", "2m", "--config", "/dev/null")
     assert r.returncode == 0, r.stderr
-    assert "ksmd's CPU costs: the reference profile" in r.stdout.splitlines()[1]
+    assert ("ksmd CPU time is the simulated ksmd's own work at its per-page costs; "
+            "costs: reference profile (Linux 6.18, the development machine)") in r.stdout.splitlines()
     path = profile(tmp_path, tree_base=5.0)
-    r = sysfs_emu("simulate", "demo", "--duration", "2m", "--costs", path, "--json")
+    r = sysfs_emu("simulate", "demo", "--duration", "2m", "--config", "/dev/null", "--costs", path, "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[0])["cost_profile"] == f"the calibrated profile {path} (calibrated on testhost)"
+    (summary,) = json.loads(r.stdout)["summary"]
+    assert summary["cost_origin"] == f"calibrated profile {path} (calibrated on testhost)"
+
+
+def test_run_and_snapshot_say_which_profile(tmp_path):
+    """The served tree's state names the profile; snapshot shows it."""
+    path = profile(tmp_path, tree_base=5.0)
+    root = tmp_path / "host"
+    r = sysfs_emu("run", "idle-host", "--root", str(root), "--duration", "1", "--speed", "1000", "--costs", path)
+    assert r.returncode == 0, r.stderr
+    assert f"costs: calibrated profile {path} (calibrated on testhost)" in r.stderr
+    state = json.loads((root / ".sysfs-emu" / "state.json").read_text())
+    assert state["cost_origin"] == f"calibrated profile {path} (calibrated on testhost)"
 
 
 def test_a_bad_costs_option_is_one_line(tmp_path):

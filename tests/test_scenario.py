@@ -51,7 +51,7 @@ def error_of(data, source="scenario.yaml") -> str:
 
 HOST_KEYS = "memory, buffers, cached, used, swap, uptime, boot_time, pid_base, cpus, nodes"
 PROC_KEYS = "name, cmdline, id, start, exit, mergeable_all, regions"
-REGION_KEYS = "pages, size, mergeable, lazy, thp, node, fill, tag, pool, offset"
+REGION_KEYS = "pages, size, mergeable, lazy, thp, node, fill, tag, pool, offset, ids, index"
 
 
 @pytest.mark.parametrize(
@@ -125,9 +125,9 @@ REGION_KEYS = "pages, size, mergeable, lazy, thp, node, fill, tag, pool, offset"
          "scenario.yaml: processes[0].regions[0].size: unknown size unit 'parsec' in '1 parsec' "
          "(use B, KiB, MiB, GiB, TiB, K, M, G, T, or kB, MB, GB, TB)"),
         (base(processes=[{"name": "q", "regions": [{"pages": 3}]}]),
-         "scenario.yaml: processes[0].regions[0].fill: missing (one of: same, pool, unique, zero)"),
+         "scenario.yaml: processes[0].regions[0].fill: missing (one of: same, pool, unique, zero, captured)"),
         (base(processes=[guest(fill="random")]),
-         "scenario.yaml: processes[0].regions[0].fill: must be one of same, pool, unique, zero, got 'random'"),
+         "scenario.yaml: processes[0].regions[0].fill: must be one of same, pool, unique, zero, captured, got 'random'"),
         (base(processes=[{"name": "q", "regions": [{"pages": 3, "fill": "same"}]}]),
          "scenario.yaml: processes[0].regions[0].tag: missing (fill: same needs the content's tag)"),
         (base(processes=[{"name": "q", "regions": [{"pages": 3, "fill": "pool"}]}]),
@@ -191,7 +191,7 @@ REGION_KEYS = "pages, size, mergeable, lazy, thp, node, fill, tag, pool, offset"
          "scenario.yaml: events[0].rewrite.process: missing (the id of the process that writes)"),
         (base(processes=[guest(pages=3, fill="zero")],
               events=[{"at": "1m", "rewrite": {"process": 0, "fill": "garbage"}}]),
-         "scenario.yaml: events[0].rewrite.fill: must be one of same, pool, unique, zero, got 'garbage'"),
+         "scenario.yaml: events[0].rewrite.fill: must be one of same, pool, unique, zero, captured, got 'garbage'"),
         (base(processes=[guest(pages=3, fill="zero")],
               events=[{"at": "1m", "rewrite": {"process": 0, "first": -1, "fill": "zero"}}]),
          "scenario.yaml: events[0].rewrite.first: must be >= 0, got -1"),

@@ -3,10 +3,18 @@
 The root file system is debootstrapped once into the cache and reused; every
 run boots an overlay of it (so runs never change the cache), with a scratch
 directory of plain files bind-mounted over /sys/kernel/mm/ksm so the host's
-real KSM is never touched.  The project goes in from wheels built on the host
-(same Python 3.11 as bookworm's), installed into a venv with ``ksmtuned-py
-install``; commands run inside with ``nsenter`` into the container's PID 1.
-The container is always powered off at the end, and the overlay unmounted.
+real KSM is never touched.  Commands run inside with ``nsenter`` into the
+container's PID 1.  The container is always powered off at the end, and the
+overlay unmounted.
+
+The project goes in as users install it, both ways, one after the other:
+first the Debian packages scripts/build-packages made from this checkout
+(``apt install ./ksmtuned-py_*.deb`` over Debian's own ksmtuned, whose
+edited /etc/ksmtuned.conf must survive), then, once they are purged, wheels
+built on the host (same Python 3.11 as bookworm's) in a venv with
+``ksmtuned-py install``.  The container has no network: the Debian packages
+the ones built here depend on are fetched on the host into the cache
+(tests/debpkg.py) and handed to apt as files.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import debbuild, debpkg
 from tests.conftest import CACHE_DIR
 
 SUITE = "bookworm"
@@ -38,6 +47,11 @@ INITIAL_KNOBS = {"run": "0", "pages_to_scan": "100", "sleep_millisecs": "20", "p
                  # As on kernels before 2.6.33: the oneshot sets it from /etc/default/ksm.
                  "max_kernel_pages": "0"}
 SCRATCH_IN = "/mnt/ksm"  # where nspawn binds the scratch KSM files inside
+# Debian packages the container lacks: what ours depend on (python3-click needs
+# python3-colorama), and the reference.
+DEPENDENCIES = ("python3-click", "python3-colorama", "python3-systemd")
+REFERENCE = "ksmtuned"
+EDITED_LINE = "KSM_NPAGES_MAX=1000  # the admin's, before ksmtuned-py\n"
 DOMAIN_XML = "<domain type='kvm'><name>guest1</name></domain>\n"
 
 
@@ -123,12 +137,13 @@ def skip_reason() -> str | None:
 class Container:
     """A booted container: ``sh()`` runs a command inside; ``close()`` powers it off."""
 
-    def __init__(self, base: Path, rootfs: Path, wheels: Path):
+    def __init__(self, base: Path, rootfs: Path, wheels: Path, debs: Path):
         self.base = base
         self.lower = rootfs
         self.root = base / "merged"
         self.ksm = base / "ksm"
         self.wheels = wheels
+        self.debs = debs
         self.name = f"ksmtuned-py-test-{os.getpid()}"
         self.nspawn: subprocess.Popen | None = None
         self.pid1: int | None = None
@@ -162,7 +177,8 @@ class Container:
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.root), "-M", self.name, "--register=no",
              "--keep-unit", "--private-network", "-b",
-             f"--bind={self.ksm}:{SCRATCH_IN}", f"--bind-ro={self.wheels}:/mnt/wheels"],
+             f"--bind={self.ksm}:{SCRATCH_IN}", f"--bind-ro={self.wheels}:/mnt/wheels",
+             f"--bind-ro={self.debs}:/mnt/debs"],
             stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -281,6 +297,17 @@ class Container:
         return problems
 
 
+def collect_debs(into: Path) -> None:
+    """Our packages, built from this checkout, and the Debian ones the container needs, in ``into``."""
+    built = debbuild.built()
+    into.mkdir()
+    for package in ("ksmtuned-py", "python3-ksmtuned-py"):
+        shutil.copy2(built.deb(package), into)
+    for package in (*DEPENDENCIES, REFERENCE):
+        debpkg.unpacked(package)  # apt-get download into the cache, once
+        shutil.copy2(sorted((CACHE_DIR / "debs" / package).glob("*.deb"))[-1], into)
+
+
 @pytest.fixture(scope="module")
 def container(tmp_path_factory):
     reason = skip_reason()
@@ -290,19 +317,27 @@ def container(tmp_path_factory):
     try:
         rootfs = cached_rootfs()
         build_wheels(base / "wheels")
-    except Unavailable as err:
+        collect_debs(base / "debs")
+    except (Unavailable, debbuild.Unavailable, debpkg.Unavailable) as err:
         pytest.skip(str(err))
-    c = Container(base, rootfs, base / "wheels")
+    c = Container(base, rootfs, base / "wheels", base / "debs")
     try:
         c.boot()
-        c.sh(f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --no-index "
-             f"--find-links /mnt/wheels ksmtuned-py", timeout=300)
-        c.sh(f"{VENV}/bin/ksmtuned-py install")
-        c.sh("systemctl daemon-reload")
+        # The reference, as a Debian host has it, with a setting of the admin's.
+        c.sh(f"{APT} /mnt/debs/{REFERENCE}_*.deb", timeout=300)
+        with open(c.root / "etc/ksmtuned.conf", "a") as conf:
+            conf.write(EDITED_LINE)
+        c.apt_output = c.sh(f"{APT} /mnt/debs/ksmtuned-py_*.deb /mnt/debs/python3-ksmtuned-py_*.deb "
+                            + " ".join(f"/mnt/debs/{d}_*.deb" for d in DEPENDENCIES), timeout=300).stdout
         yield c
     finally:
         problems = c.close()
         assert not problems, problems
+
+
+# apt as an admin runs it, from files (the container has no network); never a
+# --force-conf option: a conffile prompt would fail on the closed stdin.
+APT = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends"
 
 
 # --- the checks (in order: they share one container) ----------------------------------
@@ -334,17 +369,56 @@ GOOD_CONFIG = ("KSM_MONITOR_INTERVAL=3600\nKSM_THRES_COEF=200\nKSM_SLEEP_MSEC=10
                f"DEBUG=1\nLOGFILE=/var/log/ksmtuned\nKSM_METRICS_TEXTFILE={PROM_DIR}\n")
 
 
+def _invocation(c: Container) -> str:
+    """The journal match for the service's current run."""
+    return "_SYSTEMD_INVOCATION_ID=" + c.show("ksmtuned-py", "InvocationID")["InvocationID"]
+
+
+def test_package_replaced_ksmtuned_and_kept_the_admins_config(container: Container):
+    c = container
+    states = c.sh("dpkg-query -W -f '${db:Status-Abbrev} ${Package}\\n' ksmtuned ksmtuned-py "
+                  "python3-ksmtuned-py").stdout.split("\n")
+    assert [s.split() for s in states if s] == [
+        ["rc", "ksmtuned"], ["ii", "ksmtuned-py"], ["ii", "python3-ksmtuned-py"]]
+    conf = (c.root / "etc/ksmtuned.conf").read_text()
+    assert conf.endswith(EDITED_LINE)  # the admin's file, as it was
+    shipped = (debbuild.REPO / "etc/ksmtuned.conf").read_text()
+    assert (c.root / "etc/ksmtuned.conf.dpkg-dist").read_text() == shipped
+    assert c.sh("dpkg -S /etc/ksmtuned.conf").stdout == "ksmtuned-py: /etc/ksmtuned.conf\n"
+    assert "KSM_NPAGES_MAX=1000" in c.sh("ksmtuned-py check-config").stdout
+    # Purging the replaced package later leaves the file to its new owner.
+    c.sh("dpkg --purge ksmtuned")
+    assert (c.root / "etc/ksmtuned.conf").read_text() == conf
+
+
+def test_package_started_its_service_in_the_sandbox_layout(container: Container):
+    c = container
+    for unit in ("ksmtuned-py", "ksmtuned-py-ksm"):
+        assert c.sh(f"systemctl is-enabled {unit}").stdout.strip() == "enabled"
+    _wait(lambda: c.show("ksmtuned-py", "SubState")["SubState"] == "running", 30, "the service")
+    pid = c.show("ksmtuned-py", "MainPID")["MainPID"]
+    assert c.sh("readlink /run/ksmtune.pid").stdout == "ksmtuned-py/ksmtune.pid\n"
+    assert c.sh("cat /run/ksmtune.pid").stdout == f"{pid}\n"
+    assert c.sh("stat -c '%a %U' /run/ksmtuned-py /var/log/ksmtuned").stdout == "755 root\n640 root\n"
+    assert c.sh("command -v ksmtuned-py").stdout == "/usr/sbin/ksmtuned-py\n"
+    assert c.sh("ksmtuned-py retune").stdout == f"asked ksmtuned-py (pid {pid}) to retune\n"
+
+
 def test_installed_units_verify_clean_inside(container: Container):
     c = container
-    unit = (c.root / "etc/systemd/system/ksmtuned-py.service").read_text()
-    assert f"ExecStart={VENV}/bin/ksmtuned-py run\n" in unit
-    out = c.sh("systemd-analyze verify --man=no /etc/systemd/system/ksmtuned-py.service "
-               "/etc/systemd/system/ksmtuned-py-ksm.service 2>&1")
+    unit = (c.root / "lib/systemd/system/ksmtuned-py.service").read_text()
+    assert unit == (debbuild.REPO / "systemd/ksmtuned-py.service").read_text()
+    assert "ExecStart=/usr/sbin/ksmtuned-py run\n" in unit
+    out = c.sh("systemd-analyze verify --man=no /lib/systemd/system/ksmtuned-py.service "
+               "/lib/systemd/system/ksmtuned-py-ksm.service 2>&1")
     assert out.stdout == ""
 
 
 def test_start_is_active_running_with_ready_status(container: Container):
     c = container
+    # From a stopped service and KSM as the test sets it.
+    c.sh("systemctl stop ksmtuned-py ksmtuned-py-ksm")
+    c.set_knobs(**INITIAL_KNOBS)
     _write_config(c, GOOD_CONFIG)
     (c.root / PROM_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (c.root / "etc/default/ksm").write_text("KSM_MAX_KERNEL_PAGES=12345\n")
@@ -364,9 +438,42 @@ def test_start_is_active_running_with_ready_status(container: Container):
     assert (ksm["ActiveState"], ksm["SubState"]) == ("active", "exited")
     assert c.ksm_knobs()["run"] == "1"
     assert c.sh("cat /run/ksmtune.pid").stdout.strip() == props["MainPID"]
-    assert c.sh("stat -c %a /run/ksmtune.pid").stdout.strip() == "644"  # as the reference's
+    assert c.sh("stat -L -c %a /run/ksmtune.pid").stdout.strip() == "644"  # as the reference's
     # No cycle yet: the knobs the daemon decides are as the test left them.
     assert c.ksm_knobs()["pages_to_scan"] == "100"
+
+
+# Inside the service's mount namespace: the mounts it may write, and tries.  Its
+# private /tmp and /var/tmp are its own, discarded when it stops.
+WRITABLE_MOUNTS = {"/sys/kernel/mm/ksm", "/run/ksmtuned-py", "/var/log/ksmtuned",
+                   "/var/lib/prometheus/node-exporter", "/tmp", "/var/tmp"}
+PSEUDO_FS = ("proc", "mqueue", "devpts", "hugetlbfs")
+PROBES = {"/run/probe": False, "/run/lock/probe": False, "/dev/shm/probe": False,
+          "/run/ksmtuned-py/probe": True, "/var/log/probe": False,
+          "/var/lib/probe": False, "/var/lib/prometheus/probe": False,
+          "/var/lib/prometheus/node-exporter/probe": True, "/etc/probe": False, "/usr/probe": False,
+          "/sys/kernel/mm/ksm/probe": True, "/sys/kernel/probe": False}
+
+
+def test_sandbox_writes_exactly_the_documented_paths(container: Container):
+    c = container
+    pid = c.show("ksmtuned-py", "MainPID")["MainPID"]
+    inside = f"nsenter -t {pid} -m -- "
+    mounts = c.sh(inside + "cat /proc/self/mountinfo").stdout
+    writable = set()
+    for line in mounts.splitlines():
+        fields = line.split()
+        point, options, fstype = fields[4], fields[5].split(","), fields[fields.index("-") + 1]
+        # /run/host is systemd-nspawn's, in containers only.
+        if "rw" in options and fstype not in PSEUDO_FS and not point.startswith("/run/host/"):
+            writable.add(point)
+    assert writable == WRITABLE_MOUNTS, mounts
+    for path, ok in PROBES.items():
+        got = c.sh(inside + f"sh -c 'touch {path} && rm {path}'", check=False)
+        assert (got.returncode == 0) == ok, (path, got.stderr)
+    # The log file can be appended to (but not replaced: /var/log is read-only).
+    assert c.sh(inside + "sh -c ': >> /var/log/ksmtuned'", check=False).returncode == 0
+    assert c.sh(inside + "sh -c 'mv /var/log/ksmtuned /var/log/ksmtuned.1'", check=False).returncode != 0
 
 
 def test_reload_rereads_config_and_retunes(container: Container):
@@ -375,9 +482,10 @@ def test_reload_rereads_config_and_retunes(container: Container):
     pid = c.show("ksmtuned-py", "MainPID")["MainPID"]
     c.sh("systemctl reload ksmtuned-py")
     expected_sleep = str(_sleep_for(c, 200))
-    _wait(lambda: c.ksm_knobs()["sleep_millisecs"] == expected_sleep, 20, "the retune after reload")
-    knobs = c.ksm_knobs()
-    assert (knobs["run"], knobs["pages_to_scan"]) == ("1", "300")
+    # The scratch knobs are plain files, rewritten one after the other: wait for all three
+    # (a read between a file's truncation and its write sees it empty).
+    _wait(lambda: [c.ksm_knobs()[k] for k in ("run", "pages_to_scan", "sleep_millisecs")]
+          == ["1", "300", expected_sleep], 20, "the retune after reload")
     props = c.show("ksmtuned-py", "ActiveState", "SubState", "StatusText", "MainPID")
     assert props["MainPID"] == pid and props["SubState"] == "running"
     _wait(lambda: c.show("ksmtuned-py", "StatusText")["StatusText"].startswith(
@@ -393,7 +501,7 @@ def test_reload_rereads_config_and_retunes(container: Container):
 
 def test_journal_has_structured_decision_fields(container: Container):
     c = container
-    entries = c.journal("ksmtuned-py", "KSM_DECISION=start")
+    entries = c.journal("ksmtuned-py", "KSM_DECISION=start", _invocation(c))
     assert entries, c.sh("journalctl -u ksmtuned-py --no-pager").stdout
     e = entries[-1]
     assert e["KSM_NPAGES"] == "300"
@@ -403,7 +511,7 @@ def test_journal_has_structured_decision_fields(container: Container):
     assert e["SYSLOG_IDENTIFIER"] == "ksmtuned-py"
     assert e["_SYSTEMD_UNIT"] == "ksmtuned-py.service"
     assert e["PRIORITY"] == "6"
-    assert c.journal("ksmtuned-py", "KSM_DECISION=stop") == []
+    assert c.journal("ksmtuned-py", "KSM_DECISION=stop", _invocation(c)) == []
 
 
 def test_libvirt_hook_retunes_the_running_daemon(container: Container):
@@ -468,7 +576,8 @@ def test_stop_exits_cleanly(container: Container):
     props = c.show("ksmtuned-py", "ActiveState", "Result", "ExecMainStatus", "ExecMainCode")
     assert (props["ActiveState"], props["Result"], props["ExecMainStatus"]) == (
         "inactive", "success", "0")
-    assert c.sh("test -e /run/ksmtune.pid", check=False).returncode == 1
+    assert c.sh("test -e /run/ksmtune.pid", check=False).returncode == 1  # a dangling link now
+    assert c.sh("test -e /run/ksmtuned-py", check=False).returncode == 1  # RuntimeDirectory removed
     assert c.ksm_knobs() == knobs  # KSM left as it is
     log = c.sh("journalctl -u ksmtuned-py --no-pager -o cat").stdout
     assert "stopped; KSM left as it is" in log
@@ -479,3 +588,36 @@ def test_stop_exits_cleanly(container: Container):
     # Stopping the oneshot switches KSM off, as ksm.service does.
     c.sh("systemctl stop ksmtuned-py-ksm")
     assert c.ksm_knobs()["run"] == "0"
+
+
+def test_package_purge_removes_the_service(container: Container):
+    c = container
+    c.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ksmtuned-py python3-ksmtuned-py", timeout=300)
+    assert c.show("ksmtuned-py", "LoadState")["LoadState"] == "not-found"
+    for path in ("usr/sbin/ksmtuned-py", "etc/ksmtuned.conf", "etc/ksmtuned.conf.dpkg-dist",
+                 "lib/systemd/system/ksmtuned-py.service", "usr/lib/python3/dist-packages/ksmtuned_py"):
+        assert not (c.root / path).exists(), path
+
+
+def test_venv_install_runs_under_systemd_too(container: Container):
+    """The README's other way: a venv, `ksmtuned-py install`, tmpfiles, the units in /etc."""
+    c = container
+    c.sh(f"python3 -m venv {VENV} && {VENV}/bin/pip install -q --no-index "
+         f"--find-links /mnt/wheels ksmtuned-py", timeout=300)
+    # the container has no libvirt: install would skip the hook, which this test runs
+    out = c.sh(f"{VENV}/bin/ksmtuned-py install --libvirt-hook").stdout
+    assert "systemd-tmpfiles --create /etc/tmpfiles.d/ksmtuned-py.conf" in out
+    c.sh("systemd-tmpfiles --create /etc/tmpfiles.d/ksmtuned-py.conf && systemctl daemon-reload")
+    _write_config(c, GOOD_CONFIG)
+    unit = (c.root / "etc/systemd/system/ksmtuned-py.service").read_text()
+    assert f"ExecStart={VENV}/bin/ksmtuned-py run\n" in unit
+    c.sh("systemctl start ksmtuned-py")
+    props = c.show("ksmtuned-py", "SubState", "MainPID", "StatusText")
+    assert props["SubState"] == "running" and props["StatusText"].startswith("ready: "), props
+    assert c.sh("cat /run/ksmtune.pid").stdout.strip() == props["MainPID"]
+    assert (c.root / "usr/local/share/man/man8/ksmtuned-py.8").is_file()
+    c.set_knobs(pages_to_scan=7)
+    c.sh("/etc/libvirt/hooks/qemu.d/ksmtuned-py guest1 started begin -", input=DOMAIN_XML)
+    _wait(lambda: c.ksm_knobs()["pages_to_scan"] == "300", 20, "the hook's retune")
+    c.sh("systemctl stop ksmtuned-py")
+    assert c.show("ksmtuned-py", "Result")["Result"] == "success"

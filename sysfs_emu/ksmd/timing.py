@@ -40,15 +40,16 @@ def msecs_to_jiffies(ms: int) -> int:
     return -(-int(ms) * HZ // 1000)
 
 
-REFERENCE_ORIGIN = "the reference profile (measured on Linux 6.18 on the development machine)"
+REFERENCE_COSTS = "reference profile (Linux 6.18, the development machine)"
+"""Where the default per-page costs come from, as outputs name it."""
 
 
 @dataclass
 class CostModel:
     """CPU time ksmd spends, in seconds; by default the reference profile, measured on Linux 6.18.
 
-    ``origin`` says where the figures come from, for every output that shows
-    simulated time or ksmd CPU (sysfs_emu.costs loads and writes profiles).
+    ``origin`` says where the figures come from, in the words every output that shows
+    simulated time or ksmd CPU prints after "costs: " (sysfs_emu.costs loads and writes profiles).
     """
 
     ksm_page: float = 0.37e-6  # visit of a page already merged
@@ -61,7 +62,7 @@ class CostModel:
     # empty pages, whose 512 parts also go to the zero page (0.69-1.0 ms on the development machine)
     split: float = 700e-6
     batch: float = 2e-6  # per wake-up
-    origin: str = field(default=REFERENCE_ORIGIN, compare=False)
+    origin: str = field(default=REFERENCE_COSTS, compare=False)
 
     def tree(self, unshared: int) -> float:
         """One tree search and insert with ``unshared`` pages in the unstable tree."""

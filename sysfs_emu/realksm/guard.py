@@ -108,6 +108,15 @@ def restore(values: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
+def locked():
+    """The real KSM's lock, without changing anything: for tests that must see KSM left alone by others."""
+    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_PATH, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield KSM_DIR
+
+
+@contextlib.contextmanager
 def real_ksm():
     """Exclusive use of the real KSM; every value is put back afterwards (RealKsmError if it cannot be used)."""
     reason = skip_reason()
