@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace
 
 from sysfs_emu import capacity
 from sysfs_emu.costs import resolve as resolve_costs
@@ -48,15 +47,7 @@ from sysfs_emu.scenario import (
     load_yaml,
     parse_event,
 )
-from sysfs_emu.scenario.timeline import (
-    ProcessIds,
-    guest_budget_pages,
-    node_error,
-    not_running,
-    pid_error,
-    region_error,
-    resolve_page_range,
-)
+from sysfs_emu.scenario.timeline import ProcessIds, guest_budget_pages, resolve_live_event
 from sysfs_emu.units import describe_size, format_duration
 
 __all__ = ["Simulation", "SimProcess", "SimulationError"]
@@ -216,39 +207,9 @@ class Simulation:
         self._timeline.insert(i, ev)
 
     def _resolve(self, ev: Event) -> Event:
-        """The checks load_scenario does on the timeline, against the live table.
-
-        Returns the event with defaults filled in (a new process's id, a rewrite's page count).
-        """
-        action = ev.action
-        if isinstance(action, StartProcess):
-            p = action.process
-            if p.id < 0:
-                action = StartProcess(replace(p, id=self._ids.lowest_free(), where="start"))
-            elif p.id in self._ids:
-                raise SimulationError(
-                    f"event: start.id: id {p.id} is already used by another process of this simulation"
-                )
-            problem = pid_error(self.scenario.host, action.process.id)
-            if problem:
-                raise SimulationError(f"event: start.id: {problem}")
-            problem = node_error(self.scenario.host, action.process)
-            if problem:
-                raise SimulationError(f"event: {problem[0]}: {problem[1]}")
-        elif isinstance(action, ExitProcess):
-            if action.id not in self._live:
-                raise SimulationError(f"event: exit: {not_running(action.id)}")
-        elif isinstance(action, (Rewrite, Touch)):
-            live = {i: lv.spec for i, lv in self._live.items()}
-            resolved, place, message = resolve_page_range(Event(ev.at, action, ""), live, "")
-            if resolved is None:
-                raise SimulationError(f"event: {place}: {message}")
-            return resolved
-        elif isinstance(action, Madvise):
-            problem = region_error(Event(ev.at, action, ""), {i: lv.spec for i, lv in self._live.items()}, "")
-            if problem:
-                raise SimulationError(f"event: {problem[0]}: {problem[1]}")
-        return Event(ev.at, action, ev.where)
+        """The checks load_scenario does on the timeline, against the live table (SimulationError if one fails)."""
+        live = {i: lv.spec for i, lv in self._live.items()}
+        return resolve_live_event(ev, self.scenario.host, self._ids, live)
 
     def _apply_due(self, now: float) -> None:
         while self._next < len(self._timeline) and self._timeline[self._next].at <= now:

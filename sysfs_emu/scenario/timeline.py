@@ -12,6 +12,9 @@ time order) and again while a :class:`~sysfs_emu.simulation.Simulation` runs
 - a rewrite or touch names a running process, one of its regions and pages
   inside it (:func:`resolve_page_range`); a madvise, a running process and one
   of its regions (:func:`region_error`).
+
+A running simulation checks an event against its live process table with
+:func:`resolve_live_event`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from sysfs_emu.errors import errno_text
+from sysfs_emu.errors import SimulationError, errno_text
 from sysfs_emu.host import PID_MAX
 from sysfs_emu.kernel import Kernel
 from sysfs_emu.memory import PAGE_SIZE
@@ -169,6 +172,37 @@ def region_error(ev: Event, live: dict[int, ProcessSpec], when: str) -> tuple[st
     if action.region >= len(proc.regions):
         return join(place, "region"), f"process {action.process} has {len(proc.regions)} region(s), no region {action.region}"
     return None
+
+
+def resolve_live_event(ev: Event, host: HostSpec, ids: ProcessIds, live: dict[int, ProcessSpec]) -> Event:
+    """An event given to a running simulation, checked against its ``live`` processes (by id) and
+    ``ids`` in use, with defaults filled in (a new process's id, a rewrite's page count)."""
+    action = ev.action
+    if isinstance(action, StartProcess):
+        p = action.process
+        if p.id < 0:
+            action = StartProcess(replace(p, id=ids.lowest_free(), where="start"))
+        elif p.id in ids:
+            raise SimulationError(f"event: start.id: id {p.id} is already used by another process of this simulation")
+        problem = pid_error(host, action.process.id)
+        if problem:
+            raise SimulationError(f"event: start.id: {problem}")
+        located = node_error(host, action.process)
+        if located:
+            raise SimulationError(f"event: {located[0]}: {located[1]}")
+    elif isinstance(action, ExitProcess):
+        if action.id not in live:
+            raise SimulationError(f"event: exit: {not_running(action.id)}")
+    elif isinstance(action, (Rewrite, Touch)):
+        resolved, place, message = resolve_page_range(Event(ev.at, action, ""), live, "")
+        if resolved is None:
+            raise SimulationError(f"event: {place}: {message}")
+        return resolved
+    elif isinstance(action, Madvise):
+        located = region_error(Event(ev.at, action, ""), live, "")
+        if located:
+            raise SimulationError(f"event: {located[0]}: {located[1]}")
+    return Event(ev.at, action, ev.where)
 
 
 def _entries(processes: list[ProcessSpec], events: list[Event]) -> list[Event]:
