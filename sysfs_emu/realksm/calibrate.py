@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import platform
+import statistics
 import time
 from dataclasses import dataclass, replace
 from datetime import date
@@ -125,6 +126,35 @@ def _tree_costs(small: float, large: float) -> tuple[float, float]:
     return base, per_level
 
 
+def steady_search_cost(model: CostModel, steady_scan: float, pages: int) -> float:
+    """One unstable-tree search and insert, from a steady full scan of ``pages`` unique pages (one
+    batch, and the batch that finds the end of the list) that took ``steady_scan`` seconds."""
+    return (steady_scan - 2 * model.batch) / pages
+
+
+def refit_tree(model: CostModel, steady_scan: float, pages: int) -> CostModel:
+    """``model`` with ``tree_base`` such that a search at ``pages`` costs what a steady full scan of
+    ``pages`` unique pages that took ``steady_scan`` seconds shows (``tree_per_level`` kept).
+
+    On a shared machine ksmd's speed drifts by tens of per cent over minutes; the timing test
+    measures the costs that dominate its CPU-bound configurations again right beside them."""
+    search = steady_search_cost(model, steady_scan, pages)
+    base = search - model.tree_per_level * (math.log2(pages) - REFERENCE_TREE_LOG2)
+    return replace(model, tree_base=base) if base > 0 else model
+
+
+def steady_scan_work(sleep_ms: int, scans: int = 6) -> float:
+    """ksmd's work in one full scan of the pages it has now, each scan one batch, ``sleep_ms``
+    between them (median seconds): its CPU time per scan after a sleep, or with no sleep its
+    full-scan time less its waits for a CPU. After a sleep ksmd works slower than back to back
+    (other work has been through the caches meanwhile), so each is measured as it is used."""
+    if sleep_ms == 0:
+        return ksmd_clock.real_scan_time(1_000_000, 0, scans=scans)
+    guard.write("pages_to_scan", 1_000_000)
+    guard.write("sleep_millisecs", sleep_ms)
+    return statistics.median(s.cpu for s in _scans(scans + 1)[1:])
+
+
 def measure(reference: CostModel | None = None) -> tuple[CostModel, dict]:
     """Measure this machine's costs; the caller holds the real KSM (guard.real_ksm()).
 
@@ -164,8 +194,8 @@ def _derive(ref: CostModel, small, large, shared, smart, split_scans) -> tuple[C
     found: dict[str, float] = {}
     found["checksum"] = small[0][0].cpu / SMALL_TREE
     # a steady full scan: one batch's work, the batch that finds the end of the list, two wake-ups
-    tree_small = (small[1] - 2 * ref.batch) / SMALL_TREE
-    tree_large = (large[1] - 2 * ref.batch) / LARGE_TREE
+    tree_small = steady_search_cost(ref, small[1], SMALL_TREE)
+    tree_large = steady_search_cost(ref, large[1], LARGE_TREE)
     found["tree_base"], found["tree_per_level"] = _tree_costs(tree_small, tree_large)
     model = replace(ref, **{k: v for k, v in found.items() if v > 0})
     found["ksm_page"] = (shared[1] - 2 * ref.batch) / (2 * POOL)
