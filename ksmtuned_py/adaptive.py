@@ -160,12 +160,15 @@ class AdaptivePolicy:
     """ksmtuned's gate; a scan rate from ksmd's measured cost and gain (see the module's text)."""
 
     name = "adaptive"
+    params: tuple[str, ...] = ("max_cpu",)  # what a spec may give (adaptive:max_cpu=5); the instance's are ksmtuned's
+    uses_config = True  # ksmtuned's KSM_* values are its gate, KSM_MAX_CPU its budget
 
     def __init__(self, params: Params, max_cpu: int = 20, tuning: Tuning | None = None,
                  memo: Memo | None = None, npages: int | None = None, sleep_ms: int | None = None,
-                 interval_s: float = 60.0):
+                 interval_s: float = 60.0, spec_max_cpu: bool = False):
         self.params = params
         self.max_cpu = max_cpu  # percent of one CPU
+        self._spec_max_cpu = spec_max_cpu  # max_cpu came from a spec, not KSM_MAX_CPU
         self.interval_s = interval_s  # KSM_MONITOR_INTERVAL: a burst's full scan ends just before a decision
         self.tuner: Tuner | None = None if tuning is None else Tuner(params, tuning.total, 0, tuning)
         self.memo = memo or Memo()
@@ -173,10 +176,19 @@ class AdaptivePolicy:
         self._sleep_ms = sleep_ms
 
     @classmethod
-    def from_config(cls, config: configmod.Config) -> "AdaptivePolicy":
-        from ksmtuned_py.policies import ksmtuned_params
+    def from_config(cls, config: configmod.Config, max_cpu: int | None = None) -> "AdaptivePolicy":
+        """From the configuration; ``max_cpu`` (a spec's) instead of KSM_MAX_CPU when given (1 to 100)."""
+        from ksmtuned_py.policies import PolicySpecError, ksmtuned_params
 
-        return cls(ksmtuned_params(config), int(config["KSM_MAX_CPU"]), interval_s=float(config.monitor_interval))
+        if max_cpu is not None and not 1 <= max_cpu <= 100:
+            raise PolicySpecError(f"policy adaptive: max_cpu is a percentage of one CPU, 1 to 100, not {max_cpu}")
+        budget = int(config["KSM_MAX_CPU"]) if max_cpu is None else max_cpu
+        return cls(ksmtuned_params(config), budget, interval_s=float(config.monitor_interval),
+                   spec_max_cpu=max_cpu is not None)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:max_cpu={self.max_cpu}" if self._spec_max_cpu else self.name
 
     @classmethod
     def from_state(cls, state: dict) -> "AdaptivePolicy":
@@ -196,6 +208,10 @@ class AdaptivePolicy:
 
     def start_lines(self) -> list[str]:
         return self.tuner.tuning.debug_lines() if self.tuner is not None else []
+
+    def describe(self) -> str:
+        """What the policy does, in words (simulate's plan)."""
+        return f"the adaptive policy (ksmtuned's start and stop; ksmd within {self.max_cpu}% of a CPU)"
 
     def summary(self) -> str:
         t = self.tuner.tuning

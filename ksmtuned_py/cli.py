@@ -17,7 +17,7 @@ import click
 
 from ksmtuned_py import __version__
 from ksmtuned_py import config as configmod
-from ksmtuned_py.errors import UserError
+from ksmtuned_py.errors import EX_NOINPUT, UserError
 from ksmtuned_py.service import configure_logging
 
 
@@ -27,7 +27,7 @@ class Options:
     config_path: str
 
     def load_config(self) -> configmod.Config:
-        return configmod.load(self.config_path)
+        return configmod.load(self.config_path, root=self.root)
 
 
 # The global options, defined once: the group takes them with their defaults, and
@@ -37,6 +37,7 @@ _GLOBAL_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--root", "root", dict(
         default="/",
         type=click.Path(file_okay=False),
+        metavar="DIR",
         help="Read /proc and /sys below this directory (e.g. a simulated host).",
     )),
     ("--config", "config_path", dict(
@@ -101,49 +102,106 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
-@click.group(cls=_Group, invoke_without_command=True)
+# Metavars: DIR for a directory, FILE for a file, PATH for either; -h is --help, as in sysfs-emu.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=_Group, invoke_without_command=True, context_settings=CONTEXT)
 @global_options
 @click.version_option(__version__, prog_name="ksmtuned-py")
 @click.pass_context
 def main(ctx: click.Context, root: str, config_path: str) -> None:
-    """Tune the kernel's KSM as ksmtuned does. Without a command: run the daemon."""
+    """Tune the kernel's KSM as ksmtuned does. Without a command: run the daemon.
+
+    Every command accepts --root and --config after its name too.
+    """
     ctx.obj = Options(root=root, config_path=config_path)
     if ctx.invoked_subcommand is None:
         ctx.invoke(run)
 
 
-@main.command()
+RUN_HELP = """Run the daemon in the foreground (what ksmtuned-py does without a command).
+
+Every KSM_MONITOR_INTERVAL seconds it reads the host, decides as ksmtuned does and writes
+/sys/kernel/mm/ksm; with DEBUG set it logs the reference's lines. Operational messages go
+to the journal under systemd, else to standard error.
+
+\b
+Signals:
+  SIGUSR1          retune now (`ksmtuned-py retune` sends it)
+  SIGHUP           re-read the configuration (a broken one is refused,
+                   the old one kept), reopen LOGFILE, retune
+                   (`ksmtuned-py reload`, `systemctl reload`)
+  SIGTERM, SIGINT  stop: exit status 0, KSM left as it is
+
+\b
+Files:
+  PIDFILE          written and locked while it runs (a second daemon is
+                   refused), removed at exit (default /var/run/ksmtune.pid)
+  ksmtune.state    next to PIDFILE (.pid becomes .state): the daemon's state,
+                   which status and adjust read; removed at exit
+  LOGFILE          the debug log, when DEBUG is set
+  KSM_METRICS_TEXTFILE  Prometheus metrics after every cycle, removed at exit
+
+\b
+Exit status:
+  0   stopped by SIGTERM or SIGINT
+  1   another daemon holds PIDFILE, PIDFILE cannot be written, or
+      /proc/meminfo cannot be read
+  69  no KSM in this kernel (/sys/kernel/mm/ksm missing: CONFIG_KSM)
+  78  the configuration is invalid (the file and line are named)
+"""
+
+
+@main.command(help=RUN_HELP, short_help="Run the daemon in the foreground (the default).")
 @click.pass_obj
 def run(opts: Options) -> None:
-    """Run the daemon in the foreground."""
     from ksmtuned_py.daemon import Daemon
 
     configure_logging()
     raise SystemExit(Daemon(opts.config_path, opts.root).run())
 
 
-@main.command()
-@click.pass_obj
-def retune(opts: Options) -> None:
-    """Ask the running daemon to retune now (SIGUSR1)."""
+def _signal_daemon(opts: Options, sig: signal.Signals) -> int:
+    """Send ``sig`` to the daemon holding the configured PIDFILE; its pid.  UserError when none runs."""
     from ksmtuned_py.pidfile import running_pid
 
     cfg = opts.load_config()
     pid = running_pid(cfg.pidfile)
     try:
-        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, sig)
     except ProcessLookupError:
         raise UserError(f"no ksmtuned-py daemon is running: pid {pid} from {cfg.pidfile} is gone") from None
     except PermissionError:
         raise UserError(f"not allowed to signal the daemon (pid {pid}); run as root") from None
+    return pid
+
+
+@main.command(short_help="Ask the running daemon to retune now.")
+@click.pass_obj
+def retune(opts: Options) -> None:
+    """Ask the running daemon to retune now (SIGUSR1): what the libvirt hook does when a guest
+    starts or stops.  The daemon is found through PIDFILE; exit status 1 when none runs."""
+    pid = _signal_daemon(opts, signal.SIGUSR1)
     click.echo(f"asked ksmtuned-py (pid {pid}) to retune")
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@main.command(short_help="Ask the running daemon to reload its config.")
+@click.pass_obj
+def reload(opts: Options) -> None:
+    """Ask the running daemon to re-read its configuration, reopen LOGFILE and retune (SIGHUP),
+    as `systemctl reload` and the logrotate file do.  The daemon is found through PIDFILE (the
+    reference ksmtuned, which SIGHUP would kill, is refused); exit status 1 when none runs."""
+    pid = _signal_daemon(opts, signal.SIGHUP)
+    click.echo(f"asked ksmtuned-py (pid {pid}) to reload")
+
+
+@main.command(short_help="Show KSM now and the next cycle's decision.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (see the README).")
 @click.pass_obj
 def status(opts: Options, as_json: bool) -> None:
-    """Show what KSM is doing now and what the next cycle would decide."""
+    """Show what KSM is doing now, the memory it saves, the guests counted, and what the next
+    cycle would decide and why (from the running daemon's state, or as a daemon starting now)."""
     import json
 
     from ksmtuned_py.status import collect, render_text
@@ -155,7 +213,7 @@ def status(opts: Options, as_json: bool) -> None:
         click.echo(render_text(snap), nl=False)
 
 
-@main.command()
+@main.command(short_help="Say why KSM is not saving (more) here, and what to do.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of findings.")
 @click.pass_obj
 def doctor(opts: Options, as_json: bool) -> None:
@@ -171,11 +229,12 @@ def doctor(opts: Options, as_json: bool) -> None:
         click.echo(doctormod.render_text(findings), nl=False)
 
 
-@main.command()
+@main.command(short_help="Decide once now; --apply also writes it.")
 @click.option("--dry-run/--apply", "dry_run", default=True, help="Only print (default), or write the knobs.")
 @click.pass_obj
 def adjust(opts: Options, dry_run: bool) -> None:
-    """Make one decision now and print it (written only with --apply)."""
+    """Make one decision now and print the reference's debug lines for it; the knobs are
+    written only with --apply."""
     from ksmtuned_py.status import adjust_once
 
     configure_logging()
@@ -186,27 +245,34 @@ def adjust(opts: Options, dry_run: bool) -> None:
         raise UserError("some KSM knobs could not be written (see above)")
 
 
-@main.command("check-config")
+@main.command("check-config", short_help="Check the config; print every value in effect.")
 @click.pass_obj
 def check_config(opts: Options) -> None:
-    """Validate the configuration and show every effective value and its origin."""
+    """Validate the configuration and print every value in effect with where it came from
+    (the output is itself a configuration file).  Exit status 0 when the file is valid,
+    78 when it is not, 66 when it does not exist (the defaults are printed)."""
     import shlex
 
     cfg = opts.load_config()
     for w in cfg.warnings:
         click.echo(f"warning: {w}", err=True)
-    if not cfg.file_found:
-        click.echo(f"{cfg.path} does not exist; using the environment and defaults", err=True)
+    if cfg.file_found:
+        click.echo(f"# the settings in effect with {cfg.path}")
+    else:
+        click.echo(f"# {cfg.path} does not exist: the settings in effect without it")
+    click.echo(f"# compatibility: {cfg.compat.mode} ({cfg.compat.why})")
     for key, s in cfg.settings.items():
         click.echo(f"{key + '=' + shlex.quote(s.text):<40} # {s.origin}")
+    if not cfg.file_found:
+        raise SystemExit(EX_NOINPUT)
 
 
-@main.group()
+@main.group(short_help="Start or stop KSM itself (ksm.service).")
 def ksm() -> None:
     """Start or stop KSM itself (the ksm.service helper)."""
 
 
-@ksm.command("start")
+@ksm.command("start", short_help="Write 1 to run (and max_kernel_pages).")
 @click.pass_obj
 def ksm_start(opts: Options) -> None:
     """Write 1 to run (and max_kernel_pages on kernels that have it)."""
@@ -217,7 +283,7 @@ def ksm_start(opts: Options) -> None:
         click.echo(line)
 
 
-@ksm.command("stop")
+@ksm.command("stop", short_help="Write 0 to run.")
 @click.pass_obj
 def ksm_stop(opts: Options) -> None:
     """Write 0 to run."""
@@ -227,37 +293,38 @@ def ksm_stop(opts: Options) -> None:
         click.echo(line)
 
 
-@main.command()
-@click.option("--textfile", "textfile", required=True, type=click.Path(),
-              help="node_exporter's textfile directory (or a .prom file) to write.")
+@main.command(short_help="Write the Prometheus metrics file once.")
+@click.option("--textfile", "textfile", required=True, type=click.Path(), metavar="PATH",
+              help="node_exporter's textfile directory, or a .prom file, to write.")
 @click.pass_obj
 def metrics(opts: Options, textfile: str) -> None:
-    """Write Prometheus metrics of the current state once, atomically."""
-    import time
-
+    """Write Prometheus metrics of the current state once, atomically (e.g. from cron, without
+    the daemon): what is true now, and the running daemon's last decision when one runs."""
     from ksmtuned_py import metrics as metricsmod
     from ksmtuned_py.status import collect
 
-    started, t0 = time.time(), time.monotonic()
-    snap = collect(opts.load_config(), opts.root)
-    sample = metricsmod.sample_from_status(snap, started, time.monotonic() - t0)
+    sample = metricsmod.sample_from_status(collect(opts.load_config(), opts.root))
     click.echo(f"wrote {metricsmod.write_textfile(textfile, sample)}")
 
 
-@main.command()
+@main.command(short_help="Install the units, config, logrotate file and hook.")
 @no_global_options
-@click.option("--destdir", default="/", show_default=True, type=click.Path(file_okay=False),
+@click.option("--destdir", default="/", show_default=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Install below this directory (packaging).")
-@click.option("--unitdir", default="/etc/systemd/system", show_default=True,
+@click.option("--unitdir", default="/etc/systemd/system", show_default=True, metavar="DIR",
               help="Where the systemd units go (packages: /usr/lib/systemd/system).")
-@click.option("--exec", "exec_path", default=None,
-              help="The ksmtuned-py path the units and hook run [default: this ksmtuned-py].")
-def install(destdir: str, unitdir: str, exec_path: str | None) -> None:
-    """Install the systemd units, default config, logrotate file and libvirt hook."""
+@click.option("--exec", "exec_path", default=None, metavar="FILE",
+              help="The ksmtuned-py program the units and hook run [default: this ksmtuned-py].")
+@click.option("--libvirt-hook/--no-libvirt-hook", "libvirt_hook", default=None,
+              help="Install the libvirt hook or not [default: on this system only when /etc/libvirt "
+                   "exists; always below another --destdir].")
+def install(destdir: str, unitdir: str, exec_path: str | None, libvirt_hook: bool | None) -> None:
+    """Install the systemd units, the default config (never over an existing one), the logrotate
+    file and the libvirt hook; print what was done with each."""
     from ksmtuned_py import install as installmod
 
     exec_path = exec_path or installmod.default_exec()
-    for action in installmod.install(destdir, unitdir, exec_path):
+    for action in installmod.install(destdir, unitdir, exec_path, libvirt_hook=libvirt_hook):
         click.echo(str(action))
     for path in installmod.hidden_by_sandbox(exec_path):
         click.echo(f"warning: the service cannot run {path}: its sandbox (ProtectHome=yes) hides "
@@ -270,14 +337,17 @@ def install(destdir: str, unitdir: str, exec_path: str | None) -> None:
 SIM_EXTRA_HINT = "pip install 'ksmtuned-py[sim]'"
 
 
-@main.command()
+@main.command(short_help="Watch the daemon tune a simulated host.")
 @no_global_options
 @click.option("--speed", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Simulated seconds per second.")
-@click.option("--cycles", type=click.IntRange(min=1), default=None, help="Stop after this many decisions.")
+              metavar="X", help="Simulated seconds per second.")
+@click.option("--cycles", type=click.IntRange(min=0), default=8, show_default=True, metavar="N",
+              help="Stop after N decisions (one per second); 0: until Ctrl-C.")
 @click.pass_context
-def demo(ctx: click.Context, speed: float, cycles: int | None) -> None:
-    """Show the daemon at work on a simulated host (no root, no KSM needed)."""
+def demo(ctx: click.Context, speed: float, cycles: int) -> None:
+    """Show the daemon at work on a simulated host (no root, no KSM needed): four guests start on
+    a 3 GiB host, the daemon starts KSM, KSM merges their OS images.  It ends after --cycles
+    decisions (about 8 s by default) and says how to do the same by hand."""
     for name, flag in (("root", "--root"), ("config_path", "--config")):
         if ctx.parent.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError(f"demo makes its own simulated host and configuration; it takes no {flag}")
@@ -287,7 +357,7 @@ def demo(ctx: click.Context, speed: float, cycles: int | None) -> None:
     except ImportError as e:
         raise UserError(f"the demo needs the simulator, which is not installed ({e.name or e}): "
                         f"{SIM_EXTRA_HINT}") from None
-    raise SystemExit(run_demo(speed=speed, cycles=cycles))
+    raise SystemExit(run_demo(speed=speed, cycles=cycles or None))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from ksmtuned_py import compat as compatmod
 from ksmtuned_py.config_syntax import Assignment, ConfigError, parse_text
+from ksmtuned_py.fileio import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,11 @@ class Origin:
     kind: str  # "file", "environment" or "default"
     path: str | None = None
     line: int | None = None
+    note: str | None = None  # whose default, or which key it follows (the compatibility mode's)
 
     def __str__(self) -> str:
-        if self.kind == "file":
-            return f"{self.path}:{self.line}"
-        return self.kind
+        where = f"{self.path}:{self.line}" if self.kind == "file" else self.kind
+        return f"{where} ({self.note})" if self.note else where
 
 
 # --- values ------------------------------------------------------------------------
@@ -109,11 +111,11 @@ def _optional_int(text: str) -> int | None:
 
 
 def _policy(text: str) -> str:
-    from ksmtuned_py.policies import POLICIES  # policies import this module
+    from ksmtuned_py.policies import CONFIGURABLE  # policies import this module
 
     t = text.strip()
-    if t not in POLICIES:
-        raise ValueError("expected " + " or ".join(POLICIES))
+    if t not in CONFIGURABLE:
+        raise ValueError("expected " + " or ".join(CONFIGURABLE))
     return t
 
 
@@ -153,6 +155,9 @@ KEYS: dict[str, KeySpec] = {
         KeySpec("KSM_METRICS_TEXTFILE", "", _text),
         KeySpec("KSM_POLICY", "ksmtuned", _policy),
         KeySpec("KSM_MAX_CPU", "20", _percent),
+        KeySpec("KSM_COMPAT", compatmod.AUTO, _choice(compatmod.AUTO, compatmod.UPSTREAM, compatmod.PROXMOX)),
+        # Proxmox VE's ksmtuned's own key, checked by apply_compat (it means nothing upstream).
+        KeySpec("KSM_PS_METRIC", "", _text),
     )
 }
 
@@ -175,6 +180,7 @@ class Config:
     settings: dict[str, Setting]
     file_found: bool = True
     warnings: list[str] = field(default_factory=list)
+    compat: compatmod.Compat = compatmod.Compat(compatmod.UPSTREAM, "the default")
 
     def __getitem__(self, key: str):
         return self.settings[key].value
@@ -256,7 +262,7 @@ def resolve(
         except ValueError as e:
             where = (path, origin.line) if origin.kind == "file" else (None, None)
             prefix = "" if origin.kind == "file" else f"{origin.kind}: "
-            raise ConfigError(f"{prefix}{name}: invalid value {text!r}; {e}", *where) from None
+            raise ConfigError(f"{prefix}{name}: invalid value {shown(text)}; {e}", *where) from None
         if name == "PIDFILE" and not text:
             where = (path, origin.line) if origin.kind == "file" else (None, None)
             prefix = "" if origin.kind == "file" else f"{origin.kind}: "
@@ -268,32 +274,118 @@ def resolve(
     return settings, warnings
 
 
+MAX_CONFIG_BYTES = 1 << 20  # far above any real ksmtuned.conf; /dev/zero as a config ends here
+
+
 def read_text(path: str) -> str | None:
-    """The file's text, or None when it does not exist (the reference then uses defaults)."""
+    """The file's text, or None when it does not exist (the reference then uses defaults).
+
+    A symbolic link is followed (configuration management links /etc files); a
+    FIFO, socket or directory is refused instead of read (a FIFO would block),
+    and /dev/null reads as an empty file.  Bytes that are not UTF-8 are kept as
+    they are (surrogate escapes), so a path in a value reaches the file system intact.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, MAX_CONFIG_BYTES + 1, follow=True, devices=True)
     except FileNotFoundError:
         return None
     except IsADirectoryError:
         raise ConfigError(f"cannot read {path}: is a directory") from None
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"cannot read {path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a ksmtuned.conf")
     return data.decode("utf-8", errors="surrogateescape")
+
+
+def shown(text: str) -> str:
+    """A value for a message: its repr, with bytes that are not UTF-8 as ``\\xff`` (not ``\\udcff``)."""
+    return _SURROGATE.sub(r"\1\\x\2", repr(text))
+
+
+# in a repr: an escaped lone surrogate (surrogateescape's U+DC80..U+DCFF, one per byte), not an escaped backslash
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 
 def load(
     path: str = DEFAULT_PATH,
     environ: Mapping[str, str] | None = None,
     keys: Mapping[str, KeySpec] = KEYS,
+    root: str | os.PathLike | None = None,
 ) -> Config:
-    """Read, parse and validate a configuration file (a missing file means defaults)."""
+    """Read, parse and validate a configuration file (a missing file means defaults).
+
+    ``root`` is the host KSM_COMPAT=auto looks at (None: no host, e.g. a simulation: upstream).
+    """
     if environ is None:
         environ = os.environ
     text = read_text(path)
     assignments = parse_text(text, path) if text is not None else []
     settings, warnings = resolve(assignments, path, environ, keys)
-    return Config(path=path, settings=settings, file_found=text is not None, warnings=warnings)
+    if text is None:
+        warnings.insert(0, f"{path} does not exist; using the environment and the defaults "
+                           "(as ksmtuned does)")
+    cfg = Config(path=path, settings=settings, file_found=text is not None, warnings=warnings)
+    if "KSM_COMPAT" in settings:
+        mode = settings["KSM_COMPAT"]
+        cfg.compat = compatmod.resolve(mode.value, str(mode.origin), root)
+        warnings += apply_compat(settings, cfg.compat)
+    warnings += npages_warnings(settings)
+    return cfg
+
+
+def _where(origin: Origin) -> tuple[str, str | None, int | None]:
+    """(message prefix, path, line) for a problem with a value from ``origin``."""
+    if origin.kind == "file":
+        return f"{origin.path}:{origin.line}: ", origin.path, origin.line
+    return ("" if origin.kind == "default" else f"{origin.kind}: "), None, None
+
+
+def _compat_default(key: str, text: str, note: str) -> Setting:
+    return Setting(key, KEYS[key].parse(text), text, Origin("default", note=note))
+
+
+def apply_compat(settings: dict[str, Setting], compat: compatmod.Compat) -> list[str]:
+    """Settings as the mode reads them (Proxmox VE's defaults, KSM_PS_METRIC); the warnings."""
+    ps = settings["KSM_PS_METRIC"]
+    if not compat.proxmox:
+        if ps.origin.kind == "default":
+            return []
+        return [f"{_where(ps.origin)[0]}KSM_PS_METRIC is Proxmox VE's setting and has no effect in "
+                f"upstream mode ({compat.why}); count guests by PSS with KSM_MEMORY_METRIC=pss, "
+                "or set KSM_COMPAT=proxmox"]
+    for key, text in (("KSM_SLEEP_MSEC", compatmod.PROXMOX_SLEEP_MSEC),
+                      ("KSM_PROCESS_REGEX", compatmod.PROXMOX_PROCESS_REGEX),
+                      ("KSM_PS_METRIC", compatmod.PROXMOX_PS_METRIC)):
+        if settings[key].origin.kind == "default":
+            settings[key] = _compat_default(key, text, compatmod.PROXMOX_NOTE)
+    ps = settings["KSM_PS_METRIC"]
+    metric = compatmod.PS_METRICS.get(ps.text.strip())
+    if metric is None:
+        prefix, path, line = _where(ps.origin)
+        raise ConfigError(f"{'' if path else prefix}KSM_PS_METRIC: invalid value {ps.text!r}; "
+                          "expected pss, rsz or rss (the ps column Proxmox VE's ksmtuned sums)", path, line)
+    settings["KSM_PS_METRIC"] = Setting(ps.key, ps.text.strip(), ps.text.strip(), ps.origin)
+    mem = settings["KSM_MEMORY_METRIC"]
+    if mem.origin.kind != "default" and mem.value == metric:
+        return []
+    settings["KSM_MEMORY_METRIC"] = _compat_default("KSM_MEMORY_METRIC", metric,
+                                                    f"KSM_PS_METRIC={ps.text.strip()}, {compatmod.PROXMOX_NOTE}")
+    if mem.origin.kind == "default":
+        return []
+    return [f"{_where(mem.origin)[0]}KSM_MEMORY_METRIC={mem.text} has no effect in proxmox mode: "
+            f"KSM_PS_METRIC={ps.text.strip()} decides how guests are counted"]
+
+
+def npages_warnings(settings: dict[str, Setting]) -> list[str]:
+    """KSM_NPAGES_MIN above KSM_NPAGES_MAX: legal, and what the reference then does."""
+    low, high = settings.get("KSM_NPAGES_MIN"), settings.get("KSM_NPAGES_MAX")
+    if low is None or high is None or low.value <= high.value:
+        return []
+    return [f"{_where(low.origin)[0]}KSM_NPAGES_MIN={low.value} is above KSM_NPAGES_MAX={high.value}, "
+            f"so pages_to_scan is never between them: as ksmtuned does, a cycle that starts KSM writes "
+            f"{low.value} when npages plus the step (KSM_NPAGES_BOOST or KSM_NPAGES_DECAY) is below "
+            f"{low.value}, else {high.value}"]
 
 
 def log_warnings(config: Config) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 from ksmtuned_py.decision import START
@@ -49,6 +49,7 @@ class Decision:
     level: str | None = None  # how it starts, in the policy's words (ksmtuned: boost or decay)
     npages_text: str = ""  # the exact text written to pages_to_scan when not str(npages) ("+64")
     thres_kb: int | None = None  # the free-memory threshold, for a policy that has one
+    advisor_mode: str | None = None  # advisor_mode written first on START when it differs (None: left as it is)
     debug_before: tuple[str, ...] = ()  # the reference's DEBUG lines before the writes
     debug_after: tuple[str, ...] = ()  # and after them
 
@@ -110,15 +111,19 @@ class KnobWriter:
     """Writes decisions to a host's knobs, remembering failures so a repeat is logged once."""
 
     def __init__(self) -> None:
-        self._failures: dict[str, tuple[str, str]] = {}
+        self._failures: dict[str, str] = {}  # knob -> how its last write failed
         self._advisor: bool | None = None
 
     def apply(self, host: Host, decision: Decision, ksm: KsmState) -> Writes:
         """The reference's order: pages_to_scan, sleep_millisecs, run=1; or run=0."""
         if decision.action != START:
             return self._writes(host, [("run", "0")], advisor=False)
-        advisor = self._advisor_active(ksm)
         values = []
+        if decision.advisor_mode is not None and decision.advisor_mode != ksm.advisor_mode:
+            # Written first: switching the advisor resets pages_to_scan (mm/ksm.c's advisor_mode_store).
+            values.append(("advisor_mode", decision.advisor_mode))
+            ksm = replace(ksm, advisor_mode=decision.advisor_mode)
+        advisor = self._advisor_active(ksm)
         if decision.npages is not None and not advisor:
             # the text, as the reference echoes it (e.g. "+64" when clamped to KSM_NPAGES_MIN=+64)
             values.append(("pages_to_scan", decision.npages_text or str(decision.npages)))
@@ -132,15 +137,17 @@ class KnobWriter:
         return Writes(tuple(f"{n}={v}" for n, v in values), all(ok), advisor)
 
     def _write(self, host: Host, name: str, value: str) -> bool:
-        """Write one knob; log a failure once per change of value or error."""
+        """Write one knob; log a failure once per kind of failure (not once per value written)."""
         where = f"{host.ksm_dir}/{name}"
         try:
             host.write_ksm(name, value)
         except OSError as e:
             problem = describe_error(e)
-            if self._failures.get(name) != (value, problem):
+            if self._failures.get(name) != problem:
                 log.error("cannot write %s to %s: %s", value, where, problem)
-                self._failures[name] = (value, problem)
+                self._failures[name] = problem
+            else:
+                log.debug("cannot write %s to %s: %s (again)", value, where, problem)
             return False
         if name in self._failures:
             log.info("writing %s works again (%s)", where, value)

@@ -20,6 +20,7 @@ from ksmtuned_py.cycle import Cycle, Policy
 from ksmtuned_py.debuglog import DebugLog
 from ksmtuned_py.filehost import FileHost
 from ksmtuned_py.knobs import require_ksm
+from ksmtuned_py.ksmlock import KsmLock
 from ksmtuned_py.notices import Notices
 from ksmtuned_py.pidfile import Pidfile, StateFile, state_path
 from ksmtuned_py.readings import GuestScanner, ReadingError
@@ -68,6 +69,23 @@ def config_listeners(config: configmod.Config) -> list[CycleListener]:
     return listeners
 
 
+def close_listeners(listeners: list[CycleListener], keep: list[CycleListener] = ()) -> None:
+    """Let listeners with a ``close`` (the metrics textfile) clean up, but those ``keep`` continues.
+
+    A listener continues when a kept one has the same ``path()``: a reload that keeps
+    KSM_METRICS_TEXTFILE keeps the file (no gap a scrape could fall into).
+    """
+    kept = {listener.path() for listener in keep if hasattr(listener, "path")}
+    for listener in listeners:
+        close = getattr(listener, "close", None)
+        if close is None or (hasattr(listener, "path") and listener.path() in kept):
+            continue
+        try:
+            close()
+        except Exception:  # cleaning up must never stop the daemon from stopping
+            log.exception("closing cycle listener %r failed", listener)
+
+
 class Daemon:
     """One ksmtuned-py daemon; ``run()`` returns the exit status."""
 
@@ -91,6 +109,7 @@ class Daemon:
         self.host: FileHost | None = None
         self.tuning_cycle: Cycle | None = None  # the one cycle, over self.host and the policy
         self.pidfile: Pidfile | None = None
+        self.ksm_path = None  # the KSM directory, found by load_config
         self.state: StateFile | None = None  # published next to the pidfile while running
         self._state_failed: str | None = None
         self._reading_failed: str | None = None  # the last ReadingError logged
@@ -115,9 +134,11 @@ class Daemon:
 
     def load_config(self) -> None:
         """Read and check the configuration and that the kernel has KSM."""
-        cfg = configmod.load(self.config_path, self._env())
+        cfg = configmod.load(self.config_path, self._env(), root=self.root)
         configmod.log_warnings(cfg)
-        require_ksm(self.root)
+        self.ksm_path = require_ksm(self.root)
+        if not cfg.file_found:
+            log.warning("%s does not exist; using the environment and defaults", self.config_path)
         self.config = cfg
         self._apply_config(cfg)
 
@@ -142,10 +163,11 @@ class Daemon:
             self.scanner = GuestScanner(self.root, cfg.process_regex, cfg.memory_metric)
             if old is not None:
                 old.close()
-        self.host = FileHost(self.root, self.scanner, cfg.free_metric)
+        self.host = FileHost(self.root, self.scanner, cfg.free_metric, awk_sum=cfg.compat.proxmox)
         if self.tuning_cycle is not None:
             self.tuning_cycle.host = self.host
-        self._config_listeners = config_listeners(cfg)
+        old, self._config_listeners = self._config_listeners, config_listeners(cfg)
+        close_listeners(old, keep=self._config_listeners)
 
     def _started_policy(self) -> Policy:
         """The configured policy, started on MemTotal now (ksmtuned's: tuning computed, npages 0)."""
@@ -248,7 +270,7 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading %s", self.config_path)
         try:
-            new = configmod.load(self.config_path, self._env())
+            new = self._reloaded_config()
         except configmod.ConfigError as e:
             log.error("%s; keeping the previous configuration", e)
         else:
@@ -264,6 +286,14 @@ class Daemon:
             log.error("%s; keeping the previous tuning", e)
         self._publish()
         self.notifier.ready(self._ready_status())
+
+    def _reloaded_config(self) -> configmod.Config:
+        """The configuration on disk now; ConfigError for one that is broken, or gone since it was read."""
+        new = configmod.load(self.config_path, self._env(), root=self.root)
+        if self.config.file_found and not new.file_found:
+            # Not the defaults in silence: a file that vanished is a mistake, like a broken one.
+            raise configmod.ConfigError(f"{self.config_path} no longer exists")
+        return new
 
     # --- the loop ------------------------------------------------------------------
 
@@ -308,26 +338,39 @@ class Daemon:
             # The lock before any debug line: a refused second instance writes nothing.
             self.pidfile = Pidfile(self.config.pidfile)
             self.pidfile.acquire()
+            ksm_lock = KsmLock(self.ksm_path)
             try:
+                ksm_lock.acquire()  # one tuner per KSM, whatever its pidfile
                 self.start_tuning()
                 self.state = StateFile(state_path(self.config.pidfile))
                 self._publish()
-                log.info("started: interval %gs, %s", self.config.monitor_interval, self.policy.summary())
+                log.info("started: interval %gs, %s; %s mode (%s)", self.config.monitor_interval,
+                         self.policy.summary(), self.config.compat.mode, self.config.compat.why)
                 self.notifier.ready(self._ready_status())
-                self._loop()
+                status = self._loop()
             finally:
                 self.notifier.stopping()
+                close_listeners([*self.cycle_listeners, *self._config_listeners])
                 if self.state is not None:
                     self.state.remove()
                 self.pidfile.release()
+                ksm_lock.release()
                 if self.debug:
                     self.debug.close()
         finally:
             self._restore_signals(old)
         log.info("stopped; KSM left as it is")
-        return 0
+        return status
 
-    def _loop(self) -> None:
+    def _may_tune(self) -> bool:
+        """Before a cycle: the pidfile is still ours (written again if it was removed); False: stop."""
+        problem = self.pidfile.verify()
+        if problem:
+            log.error("%s; stopping, so that only one daemon tunes KSM", problem)
+        return problem is None
+
+    def _loop(self) -> int:
+        """Cycles and signals until SIGTERM/SIGINT (exit status 0) or until another daemon took over (1)."""
         watchdog = self.notifier.watchdog_interval()
         next_cycle = time.monotonic() + self.config.monitor_interval
         next_ping = time.monotonic()
@@ -342,7 +385,7 @@ class Daemon:
             for sig in signals:
                 if sig in (signal.SIGTERM, signal.SIGINT):
                     log.info("received %s, stopping", signal.Signals(sig).name)
-                    return
+                    return 0
             for sig in signals:
                 if sig == signal.SIGHUP:
                     self.reload()
@@ -350,6 +393,8 @@ class Daemon:
                 elif sig == signal.SIGUSR1:
                     cycle_now = True
             if cycle_now or time.monotonic() >= next_cycle:
+                if not self._may_tune():
+                    return 1
                 try:
                     self.cycle()
                 except Exception:  # keep running; the next cycle may succeed

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 import time
 from typing import Callable, TextIO
+
+from ksmtuned_py.fileio import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,35 @@ def date_text(t: float | None = None) -> str:
 
 
 def open_logfile(path: str) -> int:
-    """Open for appending, never following a symlink, created mode 0640."""
-    return os.open(
-        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
-    )
+    """Open for appending, never following a symlink, created mode 0640.
+
+    A regular file or a character device (``/dev/null``); a FIFO, socket or
+    directory is refused at once, never waited on.
+    """
+    return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640, devices=True)
+
+
+class ShortWrite(OSError):
+    """Only part of a line fitted (a full file system); the part was taken back."""
+
+
+def append_line(fd: int, data: bytes) -> None:
+    """Append one whole line, or nothing: a short write is undone, so the log never holds half a line.
+
+    With O_APPEND every write lands at the end; on a full file system the kernel
+    writes what fits and returns the count, which must not be left there (the
+    next line would be glued to it).  The size before the write tells where to
+    cut it back.
+    """
+    before = os.fstat(fd).st_size
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    try:
+        os.ftruncate(fd, before)
+    except OSError:
+        pass  # a device, or a file that cannot be cut: nothing more to do
+    raise ShortWrite(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class DebugLog:
@@ -50,11 +78,9 @@ class DebugLog:
             self._open()
 
     def _open(self) -> None:
+        """Open LOGFILE; a failure is reported once per change (recovery is reported by a line written)."""
         try:
             self._fd = open_logfile(self.logfile)
-            if self._failed:
-                log.info("writing the debug log %s works again", self.logfile)
-            self._failed = None
         except OSError as e:
             self._fd = None
             self._report(e)
@@ -68,6 +94,12 @@ class DebugLog:
                 text,
             )
             self._failed = text
+
+    def _works_again(self) -> None:
+        """A line reached LOGFILE: if it failed before, say once that it works again."""
+        if self._failed:
+            log.info("writing the debug log %s works again", self.logfile)
+            self._failed = None
 
     def reconfigure(self, enabled: bool, logfile: str) -> None:
         """Apply new settings and reopen the log file (after logrotate or a reload)."""
@@ -95,11 +127,13 @@ class DebugLog:
                     self._open()
                 if self._fd is not None:
                     try:
-                        os.write(self._fd, line.encode())
-                        continue
+                        append_line(self._fd, line.encode("utf-8", errors="surrogateescape"))
                     except OSError as e:
                         self._report(e)
                         self.close()
+                    else:
+                        self._works_again()
+                        continue
             # Like the reference's `echo >> LOGFILE || echo`: fall back to stdout.
             try:
                 self.stream.write(line)

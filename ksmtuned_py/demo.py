@@ -7,8 +7,10 @@ process, at ``speed`` simulated seconds per wall second.  The real daemon,
 child process with ``KSM_MONITOR_INTERVAL=1`` and ``DEBUG=1``; the end of each cycle is
 seen in its debug lines, and the row shown is that cycle's report, as the daemon
 publishes it in its state file (what it read, decided and saved).
-Ctrl-C (or the end of ``cycles``/``duration``) stops the daemon, the simulation and
-removes the temporary directory.
+It ends by itself after ``cycles`` decisions (default 8: the guests start, KSM starts
+and merges their OS images, the saving levels off; about 8 s at the default speed), or
+at Ctrl-C, stopping the daemon and the simulation and removing the temporary directory;
+then it says how to do the same by hand.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sysfs_emu.units import format_clock
 
 DEFAULT_SPEED = 60.0
 DEFAULT_INTERVAL = 1.0
+DEFAULT_CYCLES = 8  # by then the saving has levelled off (the demo scenario's story)
 _DEBUG_LINE = re.compile(r"^.*?\d{4}: (.*)$")
 
 
@@ -94,7 +97,8 @@ class _Demo:
         self.server.ready_event.wait(30)
         if self.error is not None:
             raise self.error
-        self.say(f"ksmtuned-py demo: {sim.scenario.description or 'a simulated host'}")
+        story = sim.scenario.description or "A simulated host."
+        self.say(f"ksmtuned-py demo: {story[:1].lower()}{story[1:]}")
         self.say(f"Simulated /sys and /proc in {self.root}; {self.speed:g} simulated seconds per second.")
 
     # --- the daemon -------------------------------------------------------------------
@@ -113,8 +117,11 @@ class _Demo:
         env["PYTHONUNBUFFERED"] = "1"
         self.daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                        env=env, start_new_session=True)
-        self.say(f"Daemon: {' '.join(cmd[2:])} (interval {self.interval:g} s = "
-                 f"{self.interval * self.speed:g} simulated seconds). Ctrl-C to stop.")
+        length = (f"{self.cycles} decisions, about {self.cycles * self.interval:.0f} s"
+                  if self.cycles else "until Ctrl-C")
+        self.say(f"The daemon (ksmtuned-py run) decides every {self.interval:g} s = "
+                 f"{self.interval * self.speed:g} simulated seconds: {length}"
+                 f"{' (Ctrl-C ends it sooner)' if self.cycles else ''}.")
         self.say()
         self.say(f"{'sim time':>8}  {'guests':>6}  {'committed':>10}  {'free':>10}  "
                  f"{'decision':<40} {'saved by KSM':>12}")
@@ -191,8 +198,27 @@ class _Demo:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def program(name: str) -> str:
+    """How to run ``name`` from a shell: its name when PATH finds this installation's, else its path."""
+    beside = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and (not beside.exists() or Path(found).resolve() == beside.resolve()):
+        return name
+    return str(beside) if beside.exists() else name
+
+
+def by_hand(scenario: str, speed: float) -> str:
+    """The commands that do what the demo did, in two terminals (runnable as printed)."""
+    tree = "/dev/shm/ksm-demo" if _memory_backed_dir() else "/tmp/ksm-demo"
+    emu, tuner = program("sysfs-emu"), program("ksmtuned-py")
+    return (f"By hand, in two terminals (the README's 'Two terminals'):\n"
+            f"  {emu} run {scenario} --root {tree} --speed {speed:g} --clean\n"
+            f"  printf 'KSM_MONITOR_INTERVAL=1\\nDEBUG=1\\nPIDFILE={tree}.pid\\n' > {tree}.conf\n"
+            f"  {tuner} --root {tree} --config {tree}.conf run")
+
+
 def run_demo(*, scenario: str = "demo", speed: float = DEFAULT_SPEED,
-             interval: float = DEFAULT_INTERVAL, cycles: int | None = None,
+             interval: float = DEFAULT_INTERVAL, cycles: int | None = DEFAULT_CYCLES,
              duration: float | None = None, out: TextIO | None = None) -> int:
     """Run the demo; returns the exit status (0 when stopped by Ctrl-C or the limits)."""
     demo = _Demo(scenario, speed, interval, cycles, duration, out or sys.stdout)
@@ -229,6 +255,7 @@ def run_demo(*, scenario: str = "demo", speed: float = DEFAULT_SPEED,
     demo.say()
     shown = f"{demo.decisions} decisions shown" if demo.decisions else "no decision shown"
     demo.say(f"Demo ended ({shown}); the temporary host was removed.")
+    demo.say(by_hand(scenario, speed))
     if status not in (0, -signal.SIGTERM):
         return status
     return 0

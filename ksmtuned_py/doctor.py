@@ -158,7 +158,7 @@ def guests_not_mergeable(host: Host) -> list[Finding]:
         argv = by_pid[g["pid"]].argv if g["pid"] in by_pid else []
         why, action = _why_not_mergeable(host, g["pid"], argv, maps)
         out.append(Finding("guest-not-mergeable", WARNING,
-                           f"Guest {g['name']} (pid {g['pid']}, {_mib(g['kb'])} resident) has no mergeable memory: "
+                           f"Guest {g['name']} (pid {g['pid']}, {_mib(g['committed_kb'])} resident) has no mergeable memory: "
                            f"{why}.", action, g["name"]))
     return out
 
@@ -245,7 +245,7 @@ _OTHER_WRITER_ACTION = ("Let one program tune KSM: stop the other (systemctl dis
 
 
 def negative_profit(host: Host) -> list[Finding]:
-    profit = host.status["counters"].get("general_profit")
+    profit = host.status["ksm"].get("general_profit")
     if profit is None or profit >= 0:
         return []
     worst = sorted((g for g in host.guests() if (g["ksm_process_profit"] or 0) < 0),
@@ -253,7 +253,7 @@ def negative_profit(host: Host) -> list[Finding]:
     who = "; worst: " + ", ".join(f"{g['name']} {human_bytes(g['ksm_process_profit'])}" for g in worst) if worst else ""
     return [Finding("negative-profit", WARNING,
                     f"general_profit is {human_bytes(profit)}: KSM's metadata (an rmap item per scanned page) costs "
-                    f"more than the {host.status['counters'].get('pages_sharing', 0)} merged pages save{who}.",
+                    f"more than the {host.status['ksm'].get('pages_sharing', 0)} merged pages save{who}.",
                     "Mark less memory mergeable, or stop KSM on this host: its guests share too little.")]
 
 
@@ -265,7 +265,7 @@ def huge_pages_split(host: Host) -> list[Finding]:
         huge = _anon_huge_kb(host.proc, g["pid"])
         if huge:
             out.append(Finding("huge-pages-split", INFO,
-                               f"Guest {g['name']} (pid {g['pid']}) has {_mib(huge)} of its {_mib(g['kb'])} in "
+                               f"Guest {g['name']} (pid {g['pid']}) has {_mib(huge)} of its {_mib(g['committed_kb'])} in "
                                "transparent huge pages (AnonHugePages), which KSM splits into 4 KiB pages to merge "
                                "them, undoing the huge pages' speed-up where it merges.",
                                "Choose per guest: KSM's saving (leave it) or huge pages (mem-merge=off for that "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+EX_NOINPUT = 66  # check-config: the configuration file does not exist
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 

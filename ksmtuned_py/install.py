@@ -8,7 +8,9 @@ Installed (paths under ``--destdir``, default ``/``):
 - ``/etc/ksmtuned.conf``, only when there is none (an existing one, e.g. the
   reference ksmtuned's, is compatible and is never overwritten)
 - ``/etc/logrotate.d/ksmtuned-py``
-- ``/etc/libvirt/hooks/qemu.d/ksmtuned-py`` (executable)
+- ``/etc/libvirt/hooks/qemu.d/ksmtuned-py`` (executable), when libvirt is there: by default
+  on the live system (``--destdir /``) only when ``/etc/libvirt`` exists, always below
+  another ``--destdir`` (a package ships it whatever the build machine has)
 - ``/etc/tmpfiles.d/ksmtuned-py.conf`` (the reference's pidfile path as a
   link to the service's, and the debug log the sandbox may write)
 - the man pages and the bash, zsh and fish completions under /usr/local/share
@@ -55,6 +57,7 @@ class Item:
     mode: int
     names_exec: bool = False
     keep_existing: bool = False
+    libvirt: bool = False  # the libvirt hook: skipped where there is no libvirt
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,12 @@ class Action:
     """What install did with one file."""
 
     path: Path
-    verb: str  # "installed" | "kept"
+    verb: str  # "installed" | "kept" | "skipped"
+    note: str = ""  # why, for a skipped file
 
     def __str__(self) -> str:
-        return f"{self.verb} {self.path}" + (" (exists, not overwritten)" if self.verb == "kept" else "")
+        why = {"kept": " (exists, not overwritten)", "skipped": f" ({self.note})"}.get(self.verb, "")
+        return f"{self.verb} {self.path}{why}"
 
 
 def items(unitdir: str = DEFAULT_UNITDIR) -> list[Item]:
@@ -76,7 +81,7 @@ def items(unitdir: str = DEFAULT_UNITDIR) -> list[Item]:
         Item("etc/ksmtuned.conf", "/etc/ksmtuned.conf", 0o644, keep_existing=True),
         Item("etc/logrotate.d/ksmtuned-py", "/etc/logrotate.d/ksmtuned-py", 0o644),
         Item("etc/libvirt/hooks/qemu.d/ksmtuned-py", "/etc/libvirt/hooks/qemu.d/ksmtuned-py", 0o755,
-             names_exec=True),
+             names_exec=True, libvirt=True),
         Item("etc/tmpfiles.d/ksmtuned-py.conf", "/etc/tmpfiles.d/ksmtuned-py.conf", 0o644),
         *(Item(f"man/{page}", f"{LOCAL_SHARE}/man/man{page.rsplit('.', 1)[1]}/{page}", 0o644)
           for page in MAN_PAGES),
@@ -142,9 +147,26 @@ def _write_atomic(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
             os.unlink(tmp)
 
 
+def libvirt_hook_skipped(destdir: str | os.PathLike, wanted: bool | None,
+                         libvirt_dir: str = "/etc/libvirt") -> str | None:
+    """Why the libvirt hook is not installed, or None when it is (``wanted`` None: decide)."""
+    if wanted is not None:
+        return None if wanted else "--no-libvirt-hook"
+    if Path(destdir).resolve() != Path("/"):
+        return None  # packaging or a chroot: ship it whatever this machine has
+    if Path(libvirt_dir).is_dir():
+        return None
+    return f"no {libvirt_dir}: libvirt is not installed; --libvirt-hook installs the hook anyway"
+
+
 def install(destdir: str | os.PathLike = "/", unitdir: str = DEFAULT_UNITDIR,
-            exec_path: str | None = None, source: Path | None = None) -> list[Action]:
-    """Install every shipped file under ``destdir``; returns what was done."""
+            exec_path: str | None = None, source: Path | None = None,
+            libvirt_hook: bool | None = None) -> list[Action]:
+    """Install every shipped file under ``destdir``; returns what was done.
+
+    ``libvirt_hook``: True or False installs the hook or not; None installs it below a
+    destdir other than ``/``, and on the live system only when /etc/libvirt exists.
+    """
     if not Path(unitdir).is_absolute():
         raise UserError(f"--unitdir {unitdir}: must be an absolute path")
     exec_path = exec_path or default_exec()
@@ -153,7 +175,11 @@ def install(destdir: str | os.PathLike = "/", unitdir: str = DEFAULT_UNITDIR,
     source = source or data_dir()
     root = Path(destdir)
     actions: list[Action] = []
+    skip_hook = libvirt_hook_skipped(destdir, libvirt_hook)
     for item in items(unitdir):
+        if item.libvirt and skip_hook:
+            actions.append(Action(root / item.target.lstrip("/"), "skipped", skip_hook))
+            continue
         data = (source / item.source).read_bytes()
         if item.names_exec and exec_path != SHIPPED_EXEC:
             data = data.replace(SHIPPED_EXEC.encode(), exec_path.encode())

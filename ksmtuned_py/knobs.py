@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ksmtuned_py.errors import EX_UNAVAILABLE, UserError
+from ksmtuned_py.errors import EX_NOINPUT, EX_UNAVAILABLE, UserError
+from ksmtuned_py.fileio import NotRegularFile, decimal, open_regular, read_regular
 
 KSM_DIR = "sys/kernel/mm/ksm"
 
@@ -65,10 +66,7 @@ class KsmState:
 
 
 def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
+    return decimal(text)
 
 
 def chosen_mode(text: str | None) -> str | None:
@@ -87,26 +85,28 @@ def ksm_dir(root: str | os.PathLike = "/") -> Path:
 
 
 def require_ksm(root: str | os.PathLike = "/") -> Path:
-    """The KSM directory, or NoKsmError when the kernel has none."""
+    """The KSM directory, or NoKsmError when the kernel has none (UserError when the root itself is missing)."""
+    check_root(root)
     path = ksm_dir(root)
     if not path.is_dir():
         raise NoKsmError(f"the kernel has no KSM (CONFIG_KSM): {path} does not exist")
     return path
 
 
+def check_root(root: str | os.PathLike) -> None:
+    """UserError when ``--root`` names nothing to read: not "no KSM" but a wrong path."""
+    if os.path.isdir(root):
+        return
+    what = "is not a directory" if os.path.lexists(root) else "does not exist"
+    raise UserError(f"the root directory {root} {what} (--root)", EX_NOINPUT)
+
+
 def read_knob(directory: Path | str, name: str) -> str | None:
-    """A KSM file's text without the newline, or None when it cannot be read."""
-    # os-level calls on a string path: a cycle reads every KSM file twice, so each costs.
+    """A KSM file's text without the newline, or None when it cannot be read (or is not a regular file)."""
     try:
-        fd = os.open(f"{directory}/{name}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return read_regular(os.path.join(directory, name), 4096).decode("ascii", errors="replace").strip()
     except OSError:
         return None
-    try:
-        return os.read(fd, 4096).decode("ascii", errors="replace").strip()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def read_ksm_state(directory: Path) -> KsmState:
@@ -115,8 +115,12 @@ def read_ksm_state(directory: Path) -> KsmState:
 
 
 def write_knob(directory: Path, name: str, value: int | str) -> None:
-    """Write ``value`` followed by a newline, as ``echo VALUE > FILE`` does; OSError on failure."""
-    fd = os.open(directory / name, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+    """Write ``value`` followed by a newline, as ``echo VALUE > FILE`` does; OSError on failure.
+
+    Never blocks (a FIFO in place of a knob is refused, not waited on): O_TRUNC
+    only acts on the regular file the type check then requires.
+    """
+    fd = open_regular(directory / name, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, f"{value}\n".encode())
     finally:
@@ -124,5 +128,7 @@ def write_knob(directory: Path, name: str, value: int | str) -> None:
 
 
 def describe_error(e: OSError) -> str:
+    if isinstance(e, NotRegularFile):
+        return e.strerror
     name = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "error"
     return f"{name} ({e.strerror or e})"

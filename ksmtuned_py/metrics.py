@@ -44,6 +44,7 @@ class Sample:
     general_profit: int | None = None
     ksm_zero_pages: int | None = None
     pages_scanned: int | None = None
+    running: bool | None = None  # run reads 1 (after the daemon's last cycle; now, in the one-shot file)
     # The daemon's last cycle, in the cycle's names (see ksmtuned_py/cycle.py).
     decision: str | None = None  # "stop", "boost" or "decay"
     npages: int | None = None
@@ -101,9 +102,8 @@ def _families(s: Sample) -> list[tuple[_Family, list[tuple[dict[str, str], float
         out.append((_Family("ksmtuned_decision", "gauge",
                             "The last cycle's decision: 1 for the one taken, 0 for the others."),
                     [({"decision": d}, 1 if d == s.decision else 0) for d in states]))
-        add("ksmtuned_ksm_running", "gauge",
-            "1 when the last cycle left ksmd running, 0 when it stopped it.",
-            0 if s.decision == "stop" else 1)
+    if s.running is not None:
+        add("ksmtuned_ksm_running", "gauge", "1 when ksmd runs (run is 1), else 0.", int(s.running))
     add("ksmtuned_pages_to_scan", "gauge",
         "Pages per ksmd wake-up the daemon decided (npages).", s.npages)
     add("ksmtuned_sleep_seconds", "gauge",
@@ -265,10 +265,12 @@ def sample_from_report(report: "CycleReport") -> Sample:
     """The metrics of one daemon cycle (the kernel counters as read right after its writes)."""
     from ksmtuned_py import __version__
 
+    running = report.action != "stop" if report.run is None else report.run == 1
     return Sample(
         general_profit=report.general_profit,
         ksm_zero_pages=report.ksm_zero_pages,
         pages_scanned=report.pages_scanned,
+        running=running,
         decision=_decision(report.action, report.level),
         npages=report.npages,
         sleep_ms=report.sleep_ms,
@@ -290,29 +292,27 @@ def sample_from_report(report: "CycleReport") -> Sample:
     )
 
 
-def sample_from_status(snap: dict, timestamp: float, duration: float) -> Sample:
-    """The metrics of a one-shot evaluation (``status.collect``): a cycle that writes nothing.
+def sample_from_status(snap: dict) -> Sample:
+    """The metrics of a one-shot evaluation (``status.collect``), which writes nothing to KSM.
 
-    The decision, npages and sleep are what a cycle run now would decide; the
-    timestamp and duration are those of this evaluation.
+    What is true now: the kernel's counters and ``run``, memory, the guests.  A
+    decision only when one was made: the running daemon's last cycle, from the
+    state it publishes (with its time, duration and cycle count); without a
+    daemon there is none, and no decision metric is written.
     """
     from ksmtuned_py import __version__
 
-    counters, mem, nxt = snap["counters"], snap["memory"], snap["next"]
-    return Sample(
+    counters, mem = snap["ksm"], snap["memory"]
+    run = counters.get("run")
+    sample = Sample(
         general_profit=counters.get("general_profit"),
         ksm_zero_pages=counters.get("ksm_zero_pages"),
         pages_scanned=counters.get("pages_scanned"),
-        decision=_decision(nxt["action"], nxt["level"]),
-        npages=nxt["npages"],
-        sleep_ms=nxt["sleep_ms"],
-        thres_kb=mem["thres_kb"],
+        running=None if run is None else run == 1,
         total_kb=mem["total_kb"],
         committed_kb=mem["committed_kb"],
         free_kb=mem["free_kb"],
         guests=len(snap["guests"]),
-        time=timestamp,
-        duration=duration,
         info={"version": __version__},
         policy=nxt.get("policy"),
         ksmd_cpu_seconds=snap["ksmd"]["cpu_seconds"],
@@ -323,13 +323,20 @@ def sample_from_status(snap: dict, timestamp: float, duration: float) -> Sample:
         unmerge_room_bytes=snap["unmerge"]["room_bytes"],
         guest_list=snap["guests"],
     )
+    last = snap["daemon"].get("last_decision")
+    if isinstance(last, dict) and last.get("action"):
+        sample.decision = _decision(last["action"], last.get("level"))
+        sample.npages, sample.sleep_ms, sample.thres_kb = last.get("npages"), last.get("sleep_ms"), last.get("thres_kb")
+        sample.time, sample.duration, sample.cycles = last.get("time"), last.get("duration"), last.get("cycles")
+    return sample
 
 
 class TextfileWriter:
     """Cycle listener: rewrite the metrics file after every cycle (KSM_METRICS_TEXTFILE).
 
     A failing write is logged once, and again only when the error changes,
-    never every cycle; it never stops the daemon.
+    never every cycle; it never stops the daemon.  :meth:`close` removes the file
+    (the daemon calls it when it stops).
     """
 
     def __init__(self, target: str | os.PathLike, cpu_budget_percent: int | None = None):
@@ -351,6 +358,31 @@ class TextfileWriter:
         if self._last_error is not None:
             log.info("metrics textfile %s written again", self.target)
             self._last_error = None
+
+    def path(self) -> Path | None:
+        """The file this writer writes (None when the target is unusable, e.g. its directory is gone)."""
+        try:
+            return target_path(self.target)
+        except UserError:
+            return None
+
+    def close(self) -> None:
+        """Remove the file: the daemon stopped (or writes elsewhere now), so its figures are not current.
+
+        node_exporter then stops exporting them, and an alert on ``absent(ksmtuned_info)`` sees
+        the daemon gone, where a stale file would look like a healthy daemon.
+        """
+        path = self.path()
+        if path is None:
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.warning("cannot remove the metrics textfile %s: %s", path, err.strerror)
+        else:
+            log.info("removed the metrics textfile %s", path)
 
     def __repr__(self) -> str:
         return f"TextfileWriter({str(self.target)!r})"

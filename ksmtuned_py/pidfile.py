@@ -1,12 +1,28 @@
-"""The daemon's pidfile: written, locked while it runs, removed when it stops."""
+"""The daemon's pidfile: written, locked while it runs, re-checked every cycle, removed when it stops.
+
+A pidfile can be removed or replaced under a running daemon (a careless
+``rm /run/*.pid``, a tmpfiles clean-up).  The daemon then writes it again at its
+next cycle, so that ``retune``, ``status`` and logrotate keep finding it, and on
+exit removes the file only while it is still its own.  What keeps two daemons
+from tuning one KSM is not the pidfile but :mod:`ksmtuned_py.ksmlock`.
+"""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import stat
 
 from ksmtuned_py.errors import UserError
+from ksmtuned_py.fileio import decimal, kind_of, open_regular, read_regular
+
+log = logging.getLogger(__name__)
+
+
+#: How every "no daemon" answer of :func:`running_pid` begins (status shows only what follows).
+NOT_RUNNING = "no ksmtuned-py daemon is running"
 
 
 class PidfileError(UserError):
@@ -18,9 +34,18 @@ class NotRunning(UserError):
 
 
 def _read_pid(fd: int) -> int | None:
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = os.read(fd, 64).decode("ascii", errors="replace").strip()
-    return int(text) if text.isdigit() else None
+    """The pid a pidfile holds (a positive decimal number), or None."""
+    pid = decimal(os.pread(fd, 64, 0))
+    return pid if pid is not None and pid > 0 else None
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def is_reference_ksmtuned(pid: int) -> bool:
@@ -43,7 +68,7 @@ class Pidfile:
     def acquire(self) -> None:
         """Create/lock the pidfile and write our pid; a stale file is taken over."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise PidfileError(f"cannot open the pidfile {self.path}: {e.strerror}") from None
         try:
@@ -72,24 +97,89 @@ class Pidfile:
                 "stop it first (systemctl disable --now ksmtuned)"
             )
         try:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            _write_pid(fd)
         except OSError as e:
             os.close(fd)
             raise PidfileError(f"cannot write the pidfile {self.path}: {e.strerror}") from None
         self._fd = fd
+        self._problem: str | None = None
 
     def release(self) -> None:
-        """Remove the file (still holding the lock, so no one sees it half-gone), then unlock."""
+        """Remove the file if it is still ours (holding the lock, so no one sees it half-gone), then unlock."""
         if self._fd is None:
             return
         try:
-            os.unlink(self.path)
+            if _same_file(os.stat(self.path, follow_symlinks=False), os.fstat(self._fd)):
+                os.unlink(self.path)
         except OSError:
             pass
         os.close(self._fd)
         self._fd = None
+
+    # --- every cycle: still ours? ------------------------------------------------------
+
+    def verify(self) -> str | None:
+        """Make sure ``path`` is still this daemon's locked pidfile, writing it again if it was removed.
+
+        Returns None when the daemon may go on, or why it must stop: another
+        daemon (a ksmtuned-py, or the original ksmtuned) holds the path now.
+        Anything else (a directory put there, an unreadable path) is warned about
+        once and the daemon goes on: its KSM lock still keeps it the only tuner.
+        """
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return self._replace("was removed", os.O_CREAT | os.O_EXCL)
+        except OSError as e:
+            return self._warn(f"cannot check the pidfile {self.path}: {e.strerror}")
+        if _same_file(st, os.fstat(self._fd)):
+            if _read_pid(self._fd) != os.getpid():
+                try:
+                    _write_pid(self._fd)
+                except OSError as e:
+                    return self._warn(f"the pidfile {self.path} was overwritten and cannot be written again: "
+                                      f"{e.strerror}")
+                log.warning("the pidfile %s was overwritten; wrote pid %d into it again", self.path, os.getpid())
+            self._problem = None
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return self._warn(f"the pidfile {self.path} was replaced by {kind_of(st.st_mode)}; "
+                              "retune and status cannot find this daemon until it is removed")
+        return self._replace("was replaced by another file", 0)
+
+    def _replace(self, what: str, create: int) -> str | None:
+        """Take the file now at ``path`` (or a new one) as ours, unless another daemon holds it."""
+        try:
+            fd = open_regular(self.path, os.O_RDWR | create, 0o644)
+        except OSError as e:
+            return self._warn(f"the pidfile {self.path} {what} and cannot be written again: {e.strerror}")
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = _read_pid(fd)
+            os.close(fd)
+            return f"another ksmtuned-py (pid {other or 'unknown'}) holds the pidfile {self.path} now"
+        other = _read_pid(fd)
+        if other and other != os.getpid() and is_reference_ksmtuned(other):
+            os.close(fd)
+            return f"the original ksmtuned (pid {other}) wrote the pidfile {self.path}: it tunes KSM now"
+        try:
+            _write_pid(fd)
+        except OSError as e:
+            os.close(fd)
+            return self._warn(f"the pidfile {self.path} {what} and cannot be written again: {e.strerror}")
+        os.close(self._fd)  # the old file's lock goes with it
+        self._fd = fd
+        self._problem = None
+        log.warning("the pidfile %s %s while the daemon ran; wrote pid %d into it again", self.path, what, os.getpid())
+        return None
+
+    def _warn(self, problem: str) -> None:
+        """Log ``problem`` once (until it changes); the daemon goes on."""
+        if problem != self._problem:
+            log.warning("%s", problem)
+            self._problem = problem
+        return None
 
 
 def running_pid(path: str) -> int:
@@ -97,31 +187,38 @@ def running_pid(path: str) -> int:
     try:
         # Followed if a link: the packaged unit's /run/ksmtune.pid points into
         # its RuntimeDirectory.  Only the daemon's own open refuses links.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY, follow=True)
     except FileNotFoundError:
-        raise NotRunning(f"no ksmtuned-py daemon is running: {path} does not exist") from None
+        raise NotRunning(f"{NOT_RUNNING}: {path} does not exist") from None
     except OSError as e:
         raise NotRunning(f"cannot open the pidfile {path}: {e.strerror}") from None
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise NotRunning(f"cannot check the pidfile {path}: {e.strerror}") from None
-        else:
-            pid = _read_pid(fd)
-            if pid and is_reference_ksmtuned(pid):
-                raise NotRunning(
-                    f"{path} belongs to the original ksmtuned (pid {pid}), not ksmtuned-py; "
-                    f"retune it with: kill -USR1 {pid}"
-                )
-            raise NotRunning(f"no ksmtuned-py daemon is running: {path} is stale (not locked)")
-        pid = _read_pid(fd)
-        if pid is None:
-            raise NotRunning(f"the pidfile {path} holds no pid")
-        return pid
+        return _locking_pid(fd, path)
+    except OSError as e:
+        raise NotRunning(f"cannot read the pidfile {path}: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _locking_pid(fd: int, path: str) -> int:
+    """The pid in the pidfile open on ``fd`` when a daemon holds its lock; NotRunning otherwise."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise NotRunning(f"cannot check the pidfile {path}: {e.strerror}") from None
+    else:
+        pid = _read_pid(fd)
+        if pid and is_reference_ksmtuned(pid):
+            raise NotRunning(
+                f"{path} belongs to the original ksmtuned (pid {pid}), not ksmtuned-py; "
+                f"retune it with: kill -USR1 {pid}"
+            )
+        raise NotRunning(f"{NOT_RUNNING}: {path} is stale (not locked)")
+    pid = _read_pid(fd)
+    if pid is None:
+        raise NotRunning(f"the pidfile {path} holds no pid")
+    return pid
 
 
 # --- the daemon's published state, next to the pidfile ----------------------------------
@@ -148,6 +245,7 @@ class StateFile:
         self._tmp = os.path.join(
             os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp"
         )
+        self._mine: os.stat_result | None = None  # the file last renamed into place
 
     def write(self, state: dict) -> None:
         """Replace the file with ``state``; OSError when that is impossible."""
@@ -162,7 +260,10 @@ class StateFile:
             fd = os.open(self._tmp, flags, 0o644)
         try:
             os.fchmod(fd, 0o644)  # whatever the umask
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a short write (a full file system) must not leave half a state
+                view = view[os.write(fd, view):]
+            written = os.fstat(fd)
         except OSError:
             os.close(fd)
             os.unlink(self._tmp)
@@ -173,13 +274,19 @@ class StateFile:
         except OSError:
             os.unlink(self._tmp)
             raise
+        self._mine = written
 
     def remove(self) -> None:
-        for path in (self.path, self._tmp):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        """Remove the state file if it is still the one this daemon wrote, and any temporary file."""
+        try:
+            if self._mine is not None and _same_file(os.stat(self.path, follow_symlinks=False), self._mine):
+                os.unlink(self.path)
+        except OSError:
+            pass
+        try:
+            os.unlink(self._tmp)
+        except OSError:
+            pass
 
 
 def read_state(path: str, pid: int) -> dict | None:
@@ -187,9 +294,8 @@ def read_state(path: str, pid: int) -> dict | None:
     import json
 
     try:
-        with open(path, "rb") as f:
-            state = json.loads(f.read())
-    except (OSError, ValueError):
+        state = json.loads(read_regular(path, 1 << 20))
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION or state.get("pid") != pid:
         return None

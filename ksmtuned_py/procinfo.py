@@ -183,7 +183,7 @@ def guest_name(argv: list[str], pid: int) -> str:
         if name:
             return name
     vmid = _option(argv, "id")
-    if vmid and vmid.isdigit():
+    if vmid and vmid.isascii() and vmid.isdigit():
         return vmid
     return str(pid)
 

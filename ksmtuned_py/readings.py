@@ -16,10 +16,13 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 from ksmtuned_py import procinfo
 from ksmtuned_py.commwatch import CommWatch
+from ksmtuned_py.decision import wrap
 from ksmtuned_py.errors import UserError
+from ksmtuned_py.fileio import decimal, is_pid_name, natural, read_regular
 from ksmtuned_py.knobs import KsmState, ksm_dir, read_ksm_state
 
 log = logging.getLogger(__name__)
@@ -71,10 +74,11 @@ class MemInfo:
 def read_meminfo(root: str | os.PathLike = "/") -> MemInfo:
     path = Path(root, "proc/meminfo")
     try:
-        text = path.read_text()
+        data = read_regular(path, follow=True)
     except OSError as e:
         raise ReadingError(f"cannot read {path}: {e.strerror}") from None
-    return parse_meminfo(text, str(path))
+    # Bytes that are not ASCII cannot be part of a field the rule reads: never a decoding error.
+    return parse_meminfo(data.decode("ascii", errors="replace"), str(path))
 
 
 def parse_meminfo(text: str, where: str = "/proc/meminfo") -> MemInfo:
@@ -85,11 +89,9 @@ def parse_meminfo(text: str, where: str = "/proc/meminfo") -> MemInfo:
         if not sep:
             continue
         parts = rest.split()
-        if parts:
-            try:
-                fields[name.strip()] = int(parts[0])
-            except ValueError:
-                continue
+        value = decimal(parts[0]) if parts else None
+        if value is not None:
+            fields[name.strip()] = value
     missing = [k for k in ("MemTotal", "MemFree", "Buffers", "Cached") if k not in fields]
     if missing:
         raise ReadingError(f"{where} has no {', '.join(missing)}")
@@ -147,13 +149,21 @@ def parse_stat(text: str) -> tuple[str, int, int]:
 
 
 def _parse_stat(text: str) -> tuple[str, int, int, int]:
-    """(comm, start time, rss, flags) from a /proc/PID/stat line."""
+    """(comm, start time, rss, flags) from a /proc/PID/stat line; ValueError or IndexError when it is not one."""
     lpar = text.index("(")
     rpar = text.rindex(")")
     comm = text[lpar + 1:rpar]
     rest = text[rpar + 2:].split()
     # rest[0] is field 3 (state); flags is field 9, starttime field 22, rss field 24.
-    return comm, int(rest[19]), int(rest[21]), int(rest[6])
+    return comm, _field(rest[19]), _field(rest[21]), _field(rest[6])
+
+
+def _field(text: str | bytes) -> int:
+    """A number of a /proc file (a size, a time, flags), unsigned ASCII decimal only; ValueError otherwise."""
+    value = natural(text)
+    if value is None:
+        raise ValueError(f"not a decimal number: {text!r}")
+    return value
 
 
 def rss_kb(rss_pages: int) -> int:
@@ -162,13 +172,28 @@ def rss_kb(rss_pages: int) -> int:
 
 
 def _read_small(path: str, size: int) -> str:
-    """One read(2) of a small /proc file with os-level calls (this runs for every process)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """One read(2) of a small /proc file with os-level calls (this runs for every process).
+
+    O_NONBLOCK: a FIFO in a tree's /proc reads as empty instead of hanging the cycle.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         data = os.read(fd, size)
     finally:
         os.close(fd)
     return data.decode("utf-8", errors="replace")
+
+
+def _read_lines(path: str) -> list[bytes]:
+    """The lines of a /proc file (status, smaps_rollup: a few kB), read without blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        chunks = []
+        while len(chunks) < 64 and (data := os.read(fd, 65536)):
+            chunks.append(data)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).splitlines()
 
 
 class GuestScanner:
@@ -220,10 +245,9 @@ class GuestScanner:
 
     def _pss_kb(self, pid: int) -> int | None:
         try:
-            with open(self.proc / str(pid) / "smaps_rollup", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Pss:"):
-                        return int(line.split()[1])
+            for line in _read_lines(f"{self._proc}/{pid}/smaps_rollup"):
+                if line.startswith(b"Pss:"):
+                    return _field(line.split()[1])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, IndexError) as e:
@@ -240,10 +264,9 @@ class GuestScanner:
         reference) reports; status sums them. None when the process is gone.
         """
         try:
-            with open(self.proc / str(pid) / "status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"VmRSS:"):
-                        return int(line.split()[1])
+            for line in _read_lines(f"{self._proc}/{pid}/status"):
+                if line.startswith(b"VmRSS:"):
+                    return _field(line.split()[1])
         except FileNotFoundError:
             # gone, or a tree (simulated host, test) that only has stat
             return rss_kb(stat_rss_pages) if (self.proc / str(pid) / "stat").exists() else None
@@ -292,7 +315,7 @@ class GuestScanner:
                 # Known not to be a guest: only an exec or a rename changes that.
                 if self._same_process(name, cached):
                     continue
-            if not name.isdigit():
+            if not is_pid_name(name):
                 continue
             guest = self._read_process(name, cached)
             if guest is not None:
@@ -349,7 +372,7 @@ class GuestScanner:
         """How a non-guest is told apart later: its comm file kept open, else its /proc/PID inode."""
         if len(self.watch) < self._budget:
             try:
-                fd = os.open(f"{self._proc}/{name}/comm", os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(f"{self._proc}/{name}/comm", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 fd = None
             if fd is not None:
@@ -411,10 +434,25 @@ class Readings:
     cow_ksm: int | None = None  # KSM pages copied on write since boot (/proc/vmstat cow_ksm)
 
 
-def read_host(root, scanner: GuestScanner, free_metric: str = "classic") -> Readings:
-    """Read meminfo, the guests and the KSM files under ``root`` once."""
+def awk_sum_kb(sizes: Iterable[int]) -> int:
+    """The sizes summed as Proxmox VE's ksmtuned does: ``awk '{ sum += $1 }; END { printf ("%.0f", sum) }'``.
+
+    awk adds in double precision (each number read to the nearest double, as Python's float()
+    does) and printf rounds to an integer; bash then reads the digits as a 64-bit integer.
+    Below 2**53 kB (8 EiB) that is the exact sum; beyond, low bits are lost exactly as awk
+    loses them.  ps lists the processes in pid order, the order of the guests here.
+    """
+    total = 0.0
+    for kb in sizes:
+        total += kb
+    return wrap(int("%.0f" % total))
+
+
+def read_host(root, scanner: GuestScanner, free_metric: str = "classic",
+              sum_kb: Callable[[Iterable[int]], int] = sum) -> Readings:
+    """Read meminfo, the guests and the KSM files under ``root`` once (``sum_kb`` adds the guests' sizes)."""
     started = time.time()
     mem = read_meminfo(root)
     guests = scanner.scan()
-    return Readings(started, mem, mem.free_kb(free_metric), sum(g.kb for g in guests), guests,
+    return Readings(started, mem, mem.free_kb(free_metric), sum_kb(g.kb for g in guests), guests,
                     read_ksm_state(ksm_dir(root)))

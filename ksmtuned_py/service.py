@@ -45,14 +45,35 @@ def configure_logging(verbose: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("ksmtuned-py: %(levelname)s: %(message)s"))
+    handler.addFilter(EncodableMessages())
     root.addHandler(handler)
+
+
+class EncodableMessages(logging.Filter):
+    """Bytes that are not UTF-8 in a message (a path from the config, kept as surrogate escapes) as ``\\xff``.
+
+    The journal (and a strict UTF-8 stream) refuses such a message, and logging
+    would print a traceback instead of it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any("\ud800" <= c <= "\udfff" for c in message):
+            record.msg, record.args = "".join(map(_escaped, message)), None
+        return True
+
+
+def _escaped(c: str) -> str:
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xdc00:02x}"  # surrogateescape: one byte
+    return f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c
 
 
 class Notifier:
     """sd_notify(3) messages; every call is a no-op outside systemd."""
 
     def _send(self, *lines: str) -> None:
-        journal.notify("\n".join(lines))
+        journal.notify("".join(map(_escaped, "\n".join(lines))))  # a path may hold non-UTF-8 bytes
 
     def ready(self, status: str) -> None:
         self._send("READY=1", f"STATUS={status}")

@@ -17,7 +17,7 @@ import re
 from ksmtuned_py import config as configmod
 from ksmtuned_py import procinfo
 from ksmtuned_py.knobs import KsmState
-from ksmtuned_py.readings import Guest, MemInfo, Readings, parse_meminfo
+from ksmtuned_py.readings import Guest, MemInfo, Readings, awk_sum_kb, parse_meminfo
 from sysfs_emu import procfs, procstats
 
 
@@ -27,15 +27,18 @@ class SimulationHost:
     ksm_dir = "the simulated /sys/kernel/mm/ksm"
 
     def __init__(self, sim, process_regex: str = configmod.UPSTREAM_PROCESS_REGEX,
-                 memory_metric: str = "rss", free_metric: str = "classic"):
+                 memory_metric: str = "rss", free_metric: str = "classic", awk_sum: bool = False):
         self.sim = sim
         self.pattern = re.compile(process_regex)
         self.memory_metric = memory_metric
         self.free_metric = free_metric
+        self.sum_kb = awk_sum_kb if awk_sum else sum  # Proxmox VE's ksmtuned sums with awk
+        self._sizes: tuple[tuple, dict[int, int]] = ((), {})  # (key, guest kB by pid) of the last read
 
     @classmethod
     def from_config(cls, sim, config: configmod.Config) -> "SimulationHost":
-        return cls(sim, config.process_regex, config.memory_metric, config.free_metric)
+        return cls(sim, config.process_regex, config.memory_metric, config.free_metric,
+                   awk_sum=config.compat.proxmox)
 
     @property
     def page_size(self) -> int:
@@ -46,15 +49,33 @@ class SimulationHost:
 
     def read(self) -> Readings:
         meminfo = self.read_meminfo()
+        key, sizes = self._sizes
+        if key != self._sizes_key():
+            sizes = {}
         guests = []
         for proc in self.sim.processes:
             comm = procfs.comm_text(proc.name)[:-1]
             if self.pattern.search(comm):
-                name = procinfo.guest_name(proc.cmdline, proc.pid)
-                guests.append(Guest(proc.pid, comm, self._size_kb(proc), name))
+                kb = sizes.get(proc.pid)
+                if kb is None:
+                    kb = sizes[proc.pid] = self._size_kb(proc)
+                guests.append(Guest(proc.pid, comm, kb, procinfo.guest_name(proc.cmdline, proc.pid)))
+        self._sizes = (self._sizes_key(), sizes)
         return Readings(self.sim.now, meminfo, meminfo.free_kb(self.free_metric),
-                        sum(g.kb for g in guests), guests, self.read_ksm(),
+                        self.sum_kb(g.kb for g in guests), guests, self.read_ksm(),
                         ksmd_cpu_seconds=self.sim.ksmd.cpu_time, cow_ksm=self.sim.memory.cow_ksm)
+
+    def _sizes_key(self) -> tuple:
+        """What a guest's size depends on: it is counted again only when this changes.
+
+        RSS moves only when a page starts or stops counting in some process
+        (``Memory.residency``) or a process starts or exits (an event); Pss also
+        whenever ksmd merges or unmerges (``Simulation.state_key``).
+        """
+        mem = self.sim.memory
+        if self.memory_metric == "pss":
+            return (mem.residency,) + self.sim.state_key()
+        return mem.residency, self.sim.events_applied
 
     def _size_kb(self, proc) -> int:
         """VmRSS, or with KSM_MEMORY_METRIC=pss the Pss of smaps_rollup."""

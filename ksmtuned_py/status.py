@@ -17,8 +17,9 @@ from ksmtuned_py import policies, procinfo
 from ksmtuned_py.cycle import Cycle, Policy
 from ksmtuned_py.errors import UserError
 from ksmtuned_py.filehost import FileHost
-from ksmtuned_py.knobs import KNOBS, require_ksm
-from ksmtuned_py.pidfile import read_state, running_pid, state_path
+from ksmtuned_py.knobs import COUNTERS, KNOBS, require_ksm
+from ksmtuned_py.ksmlock import KsmBusy, KsmLock
+from ksmtuned_py.pidfile import NOT_RUNNING, read_state, running_pid, state_path
 from ksmtuned_py.readings import Readings
 from ksmtuned_py.report import guest_reports, human_bytes, unmerge_figures
 
@@ -72,23 +73,18 @@ def _cycle(cfg: configmod.Config, root: str) -> tuple[Cycle, Basis, int | None]:
 
 
 def collect(cfg: configmod.Config, root: str = "/") -> dict:
-    """Everything ``status`` shows, as plain data."""
+    """Everything ``status`` shows, as plain data, in the names of ``cycle.py`` (see the README's JSON)."""
     cycle, basis, before = _cycle(cfg, root)
     readings, dec = cycle.decide()
     ksm = readings.ksm
-    knobs: dict = {name: ksm.knobs.get(name) for name in KNOBS}
-    knobs["advisor_mode"] = ksm.advisor_mode
+    files: dict = {name: ksm.knobs.get(name) for name in KNOBS}
+    files["advisor_mode"] = ksm.advisor_mode
+    files.update(ksm.counters)
     page_size = cycle.host.page_size
-    saved = {
-        "bytes": ksm.saved_bytes(page_size),
-        "pages_sharing": ksm.counters.get("pages_sharing"),
-        "page_size": page_size,
-        "general_profit": ksm.counters.get("general_profit"),
-    }
     snap = {
-        "ksm": knobs,
-        "counters": dict(ksm.counters),
-        "saved": saved,
+        "ksm": files,  # the KSM files, by name (the counters this kernel has)
+        "saved_bytes": ksm.saved_bytes(page_size),
+        "page_size": page_size,
         "memory": {
             "total_kb": dec.total_kb,
             "free_kb": readings.free_kb,
@@ -96,21 +92,22 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
             "committed_kb": readings.committed_kb,
             "memory_metric": cfg.memory_metric,
             "thres_kb": dec.thres_kb,
-            "sleep_ms": dec.sleep_ms,
         },
-        "guests": [{"pid": g.pid, "comm": g.comm, "kb": g.kb, **guest_ksm(g)} for g in guest_reports(readings.guests)],
+        "guests": [{"pid": g.pid, "comm": g.comm, "committed_kb": g.kb, **guest_ksm(g)}
+                   for g in guest_reports(readings.guests)],
         "next": {
             "action": dec.action,
             "level": dec.level,
             "npages": dec.npages,
             "sleep_ms": dec.sleep_ms,
-            "advisor": ksm.advisor_active,
+            "advisor_active": ksm.advisor_active,
             "reason": dec.reason,
             "from_npages": before,
             "npages_source": basis.source,
             "npages_from": basis.why,
             "policy": basis.policy.name,
         },
+        "compat": {"mode": cfg.compat.mode, "why": cfg.compat.why},
         "daemon": basis.daemon,
         **insight(readings, root, page_size, basis.daemon.get("last_decision")),
     }
@@ -146,84 +143,127 @@ def insight(readings: Readings, root: str, page_size: int, last: dict | None) ->
     }
 
 
-def render_text(s: dict) -> str:
-    """The human form of :func:`collect`'s snapshot."""
-    k, c, saved, m, n = s["ksm"], s["counters"], s["saved"], s["memory"], s["next"]
+LABEL = 12  # "next cycle: " — the width of every line's label
+WIDTH = 79
+
+
+_NBSP = "\u00a0"  # textwrap breaks only at ASCII whitespace
+
+
+def _field(label: str, *items: str) -> list[str]:
+    """``label:`` and the items joined by ", ", wrapped at 79 columns between items, never inside one.
+
+    In the items, a number stays with its unit and with the word before it ("free 100000 kB").
+    """
+    import re
+    import textwrap
+
+    kept = [re.sub(r"(?<=\w) (?=[\d-])|(?<=\d) (?=[kKMGT]i?B\b|B\b)", _NBSP, item) for item in items]
+    if len(items) > 1:
+        kept = [item.replace(" ", _NBSP) for item in kept]
+    lines = textwrap.wrap(", ".join(kept), WIDTH, initial_indent=f"{label + ':':<{LABEL}}",
+                          subsequent_indent=" " * LABEL, break_long_words=False, break_on_hyphens=False)
+    return [line.replace(_NBSP, " ") for line in lines]
+
+
+def _size(kb: int | None) -> str:
+    return "unknown" if kb is None else human_bytes(kb * 1024)
+
+
+def _ksm_lines(s: dict) -> list[str]:
+    k = s["ksm"]
     run = k["run"]
-    lines = [
-        f"KSM:        {RUN_STATES.get(run, 'unknown')} (run={run}), pages_to_scan {k['pages_to_scan']}, "
-        f"sleep_millisecs {k['sleep_millisecs']}"
-        + (f", advisor {k['advisor_mode']}" if k["advisor_mode"] else ""),
-    ]
-    if c:
-        lines.append("counters:   " + ", ".join(f"{name} {v}" for name, v in c.items()))
-    if saved["bytes"] is not None:
-        text = (
-            f"saved:      {human_bytes(saved['bytes'])} "
-            f"(pages_sharing {saved['pages_sharing']} x {saved['page_size']} B)"
-        )
-        if saved["general_profit"] is not None:
-            text += f"; general_profit {human_bytes(saved['general_profit'])}"
-        lines.append(text)
-    guests = s["guests"]
-    lines.append(
-        f"memory:     total {m['total_kb']} kB, free {m['free_kb']} kB ({m['free_metric']}), "
-        f"committed {m['committed_kb']} kB ({m['memory_metric']}, {len(guests)} guests), "
-        f"thres {m['thres_kb']} kB"
-    )
-    lines += [guest_line(g) for g in guests]
-    lines += insight_lines(s)
-    if n["action"] == "start":
-        scan = "pages_to_scan left to the kernel advisor" if n["advisor"] else f"pages_to_scan {n['npages']}"
-        what = f"start ksm ({n['level']}): {scan}, sleep_millisecs {n['sleep_ms']}"
-    else:
-        what = "stop ksm"
-    lines.append(f"next cycle: {what}, because {n['reason']}")
-    lines.append(f"npages:     {n['from_npages']} now, from {n['npages_from']}")
-    d = s["daemon"]
-    if d["running"]:
-        text = f"daemon:     running (pid {d['pid']})"
-        last = d.get("last_decision")
-        if last:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
-            text += f", last cycle at {when}: {last['action']} ksm"
-            if last["action"] == "start":
-                text += f" ({last['level']}, pages_to_scan {last['npages']})"
-        elif "state" in d:
-            text += ", no cycle yet"
-        lines.append(text)
-    else:
-        lines.append(f"daemon:     not running ({d['reason']})")
-    return "\n".join(lines) + "\n"
+    items = [f"{RUN_STATES.get(run, 'unknown')} (run={run})", f"pages_to_scan {k['pages_to_scan']}",
+             f"sleep_millisecs {k['sleep_millisecs']}"]
+    if k["advisor_mode"]:
+        items.append(f"advisor {k['advisor_mode']}")
+    lines = _field("KSM", *items)
+    counters = [f"{name} {k[name]}" for name in COUNTERS if name in k]
+    if counters:
+        lines += _field("counters", *counters)
+    if s["saved_bytes"] is not None:
+        text = f"{human_bytes(s['saved_bytes'])} (pages_sharing {k['pages_sharing']} x {s['page_size']} B)"
+        if k.get("general_profit") is not None:
+            text += f"; general_profit {human_bytes(k['general_profit'])}"
+        lines += _field("saved", text)
+    return lines
 
 
-def guest_line(g: dict) -> str:
-    """``guest:      1234 web-1 (qemu-system-x86) 2097152 kB, merging 1200 pages, profit 4.5 MiB, mergeable``."""
-    text = f"guest:      {g['pid']} {g['name']} ({g['comm']}) {g['kb']} kB"
+def _memory_lines(s: dict) -> list[str]:
+    m, guests = s["memory"], s["guests"]
+    lines = _field("memory", f"total {_size(m['total_kb'])}", f"free {_size(m['free_kb'])} ({m['free_metric']})",
+                   f"committed {_size(m['committed_kb'])} ({m['memory_metric']}, {len(guests)} guests)",
+                   f"thres {_size(m['thres_kb'])}")
+    for g in guests:
+        lines += _guest_lines(g)
+    return lines
+
+
+def _guest_lines(g: dict) -> list[str]:
+    """``guest:      1234 web-1 (qemu-system-x86) 2.0 GiB, merging 1200 pages, profit 4.5 MiB, mergeable``."""
+    items = [f"{g['pid']} {g['name']} ({g['comm']}) {_size(g['committed_kb'])}"]
     if g["ksm_merging_pages"] is not None:
-        text += f", merging {g['ksm_merging_pages']} pages"
+        items.append(f"merging {g['ksm_merging_pages']} pages")
     if g["ksm_process_profit"] is not None:
-        text += f", profit {human_bytes(g['ksm_process_profit'])}"
+        items.append(f"profit {human_bytes(g['ksm_process_profit'])}")
     if g["mergeable"] is not None:
-        text += ", mergeable" if g["mergeable"] else ", NOT mergeable (see ksmtuned-py doctor)"
-    return text
+        items.append("mergeable" if g["mergeable"] else "NOT mergeable (see ksmtuned-py doctor)")
+    return _field("guest", *items)
 
 
-def insight_lines(s: dict) -> list[str]:
+def _insight_lines(s: dict) -> list[str]:
     """ksmd's CPU use, copy-on-write breaks and the unmerge risk, for people."""
     lines = []
     k, c, u = s["ksmd"], s["cow_ksm"], s["unmerge"]
     if k["cpu_percent"] is not None:
-        lines.append(f"ksmd:       {k['cpu_percent']:.2f}% of one CPU {k['over']} "
-                     f"({k['cpu_seconds']:.1f} s of CPU since boot)")
+        budget = "" if k["cpu_budget_percent"] is None else f" (KSM_MAX_CPU {k['cpu_budget_percent']}%)"
+        lines += _field("ksmd", f"{k['cpu_percent']:.2f}% of one CPU {k['over']}{budget}",
+                        f"{k['cpu_seconds']:.1f} s of CPU since boot")
     if c["total"] is not None:
-        rate = "" if c["per_second"] is None else f", {c['per_second']:.2f}/s {c['over']}"
-        lines.append(f"cow breaks: {c['total']} KSM pages copied on write since boot{rate}")
+        items = [f"{c['total']} KSM pages copied on write since boot"]
+        if c["per_second"] is not None:
+            items.append(f"{c['per_second']:.2f}/s {c['over']}")
+        lines += _field("cow breaks", *items)
     if u["need_bytes"] is not None and u["room_bytes"] is not None:
         verdict = "fits" if u["fits"] else "DOES NOT FIT: the host could run out of memory"
-        lines.append(f"unmerge:    merged {human_bytes(u['need_bytes'])} needed back if the guests wrote it all, "
-                     f"MemAvailable + SwapFree {human_bytes(u['room_bytes'])}: {verdict}")
+        lines += _field("unmerge", f"merged {human_bytes(u['need_bytes'])} needed back if the guests wrote it all",
+                        f"MemAvailable + SwapFree {human_bytes(u['room_bytes'])}: {verdict}")
     return lines
+
+
+def _daemon_text(d: dict) -> str:
+    if not d["running"]:
+        return f"not running ({d['reason'].removeprefix(NOT_RUNNING + ': ')})"
+    text = f"running (pid {d['pid']})"
+    last = d.get("last_decision")
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["time"]))
+        text += f", last cycle at {when}: {last['action']} ksm"
+        if last["action"] == "start":
+            text += f" ({last['level']}, pages_to_scan {last['npages']})"
+    elif "state" in d:
+        text += ", no cycle yet"
+    return text
+
+
+def render_text(s: dict) -> str:
+    """The human form of :func:`collect`'s snapshot: sizes human-readable, lines of at most 79 columns.
+
+    The reason keeps kB: they are the numbers the rule compares.
+    """
+    n = s["next"]
+    if n["action"] == "start":
+        scan = "pages_to_scan left to the kernel advisor" if n["advisor_active"] else f"pages_to_scan {n['npages']}"
+        what = f"start ksm ({n['level']}): {scan}, sleep_millisecs {n['sleep_ms']}"
+    else:
+        what = "stop ksm"
+    lines = [*_ksm_lines(s), *_memory_lines(s), *_insight_lines(s),
+             *_field("next cycle", f"{what}, because {n['reason']}"),
+             *_field("npages", f"{n['from_npages']} now, from {n['npages_from']}"),
+             *_field("policy", n["policy"]),
+             *_field("compat", f"{s['compat']['mode']} ({s['compat']['why']})"),
+             *_field("daemon", _daemon_text(s["daemon"]))]
+    return "\n".join(lines) + "\n"
 
 
 def adjust_once(cfg: configmod.Config, root: str = "/", apply: bool = False) -> tuple[list[str], bool]:
@@ -236,7 +276,16 @@ def adjust_once(cfg: configmod.Config, root: str = "/", apply: bool = False) -> 
         return lines, True
     cycle_lines: list[str] = []
     cycle.debug = lambda *new: cycle_lines.extend(new)
-    report = cycle.run()
+    lock = KsmLock(require_ksm(root))
+    try:
+        lock.acquire()  # one tuner at a time: not beside a running daemon
+    except KsmBusy:
+        raise UserError(f"a ksmtuned-py daemon tunes {lock.directory} and would undo this at its next "
+                        "cycle; `ksmtuned-py retune` makes it decide now (or stop it first)") from None
+    try:
+        report = cycle.run()
+    finally:
+        lock.release()
     lines = [*basis.policy.start_lines(), *cycle_lines]
     lines.append(("wrote " if report.writes_ok else "tried to write ") + ", ".join(report.writes))
     return lines, report.writes_ok

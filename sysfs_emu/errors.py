@@ -88,6 +88,10 @@ class OnceLog:
         if self._failing.pop(key, None) is not None:
             self.logger.info("%s", message)
 
+    def failing(self, key: object) -> bool:
+        """Whether ``key`` is failing now (its failure was logged and not yet its recovery)."""
+        return key in self._failing
+
     def forget(self, key: object) -> None:
         """Drop ``key`` silently (the thing it named is gone)."""
         self._failing.pop(key, None)

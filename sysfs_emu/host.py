@@ -66,6 +66,7 @@ class MemorySnapshot:
     guest_physical: int
     guest_committed: int
     cpus: int = 1
+    guest_anon_huge: int = 0  # of guest_physical, in transparent huge pages
 
 
 def watermarks_kb(total_kb: int) -> tuple[int, int, int]:
@@ -183,7 +184,7 @@ def meminfo_values(s: MemorySnapshot) -> list[tuple[str, int, bool]]:
         ("VmallocUsed", vmalloc_used, True),
         ("VmallocChunk", 0, True),
         ("Percpu", percpu, True),
-        ("AnonHugePages", 0, True),
+        ("AnonHugePages", kb(s.guest_anon_huge), True),
         ("ShmemHugePages", 0, True),
         ("ShmemPmdMapped", 0, True),
         ("FileHugePages", 0, True),

@@ -24,10 +24,10 @@ Who writes what: the running totals (``mapped_pages``, ``zero_pages``,
 ``ksm_mapped``, ``ksm_pages``, ``rmap_items``) change only inside the methods
 here, and so do the page table fields (``content``, ``kpage``, the MAPPED and
 ZERO bits, a KSM page's ``mapcount``). ksmd changes them through the
-operations it needs (:meth:`Memory.merge_pages`, :meth:`Memory.map_ksm_page`,
-:meth:`Memory.map_zero_pages`, :meth:`Memory.break_ksm`,
-:meth:`Memory.new_rmap_items`, :meth:`Memory.free_rmap_items`,
-:meth:`Memory.new_ksm_pages`, :meth:`Memory.leave_ksm`) and writes its own
+operations it needs (:meth:`Memory.break_ksm` here, the others in
+:mod:`sysfs_emu.ksmpages`: ``merge_pages``, ``map_ksm_page``,
+``map_zero_pages``, ``new_rmap_items``, ``free_rmap_items``,
+``new_ksm_pages``, ``leave_ksm``) and writes its own
 bookkeeping stored here directly: an rmap item's ``oldsum``, ``rnode``,
 ``age``, ``skips`` and UNSTABLE/SEQ bits, a KSM page's ``count``, ``chain`` and
 ``alive``, and the content tables.
@@ -40,12 +40,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sysfs_emu import procstats
+from sysfs_emu.ksmpages import KsmPages
+from sysfs_emu.numa import NodeContents, NodePlacement
 from sysfs_emu.pagearrays import (
-    LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, NOT_AN_ITEM, ONE_EACH, PAGE_ARRAYS, RMAP, SEQ, UNSTABLE, ZERO,
-    Growable, keep_temporaries_on_heap, resident,
+    HUGE_PAGES, LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, PAGE_ARRAYS, ZERO, Growable,
+    keep_temporaries_on_heap, resident,
 )
-from sysfs_emu.pagearrays import PAGE_SIZE, RMAP_ITEM_SIZE  # noqa: F401  (the model's sizes, named here for importers)
+from sysfs_emu.pagearrays import PAGE_SIZE, RMAP_ITEM_SIZE, checksum  # noqa: F401  (named here for importers)
 from sysfs_emu.procstats import ProcessStats
+from sysfs_emu.thp import HugePages
 
 
 class MemoryError_(ValueError):
@@ -62,6 +65,8 @@ class Region:
     npages: int
     mergeable: bool  # VM_MERGEABLE (madvise or prctl)
     alive: bool = True
+    thp: bool = False  # backed by transparent huge pages (sysfs_emu.thp)
+    node: int = 0  # the NUMA node its pages are on (sysfs_emu.numa)
 
     @property
     def stop(self) -> int:
@@ -79,13 +84,9 @@ class Process:
     in_ksm: bool = False  # has an mm slot on ksmd's list (MMF_VM_MERGEABLE)
 
 
-def checksum(contents: np.ndarray) -> np.ndarray:
-    """The page checksum ksmd compares between scans: never 0 (0 = no checksum yet)."""
-    return contents.astype(np.uint32) + np.uint32(1)
-
-
-class Memory:
-    """All simulated processes and their pages."""
+class Memory(HugePages, KsmPages, NodePlacement):
+    """All simulated processes and their pages (ksmd's operations in :mod:`sysfs_emu.ksmpages`,
+    huge pages in :mod:`sysfs_emu.thp`, NUMA placement in :mod:`sysfs_emu.numa`)."""
 
     def __init__(self, capacity: int = 0) -> None:
         if capacity >= LARGE:
@@ -109,6 +110,14 @@ class Memory:
         self.ksm_pages = 0  # KSM pages in memory (mapcount > 0)
         self.rmap_items = 0
         self.cow_ksm = 0  # entries that left a KSM page for a copy of their own on a write (/proc/vmstat cow_ksm)
+        self.huge_pages = 0  # slots in transparent huge pages
+        self.thp_splits = 0  # huge pages split by ksmd so far
+        self.numa_nodes = 1  # the host's NUMA nodes
+        self.split_nodes = False  # merge_across_nodes 0 on several nodes: pages off node 0 have ids of their own
+        self.node_contents = NodeContents()
+        # Bumped whenever a page starts or stops counting in some process's RSS (mapped, not the
+        # zero page), so readers of every process's RSS can keep them until it moves.
+        self.residency = 0
         self.listeners: list = []  # called with (event, pid) on process changes
 
     def trim(self) -> None:
@@ -175,42 +184,48 @@ class Memory:
         self.processes[pid] = proc
         return proc
 
-    def _alloc_slots(self, n: int) -> int:
+    def _alloc_slots(self, n: int, align: int = 1) -> int:
+        """``n`` consecutive free slots, the first a multiple of ``align``."""
         for i, (start, size) in enumerate(self._free_ranges):
-            if size >= n:
-                if size == n:
-                    del self._free_ranges[i]
-                else:
-                    self._free_ranges[i] = (start + n, size - n)
-                return start
-        start = self.pages.size
+            first = -(-start // align) * align
+            if first + n <= start + size:
+                rest = [(start, first - start), (first + n, start + size - first - n)]
+                self._free_ranges[i : i + 1] = [r for r in rest if r[1] > 0]
+                return first
+        start = -(-self.pages.size // align) * align
+        if start > self.pages.size:
+            self._free_ranges.append((self.pages.size, start - self.pages.size))
         if start + n >= LARGE:
             keep_temporaries_on_heap()
         self.pages.reserve(start + n)
         self.pages.size = start + n
         return start
 
-    def add_region(self, pid: int, contents, mergeable: bool = True, mapped: bool = True) -> int:
+    def add_region(self, pid: int, contents, mergeable: bool = True, mapped: bool = True, thp: bool = False,
+                   node: int = 0) -> int:
         """Map a new region of ``len(contents)`` pages in ``pid``; returns its region id.
 
         ``mapped=False`` maps the pages lazily: they take no memory until
-        :meth:`fault_in` or a write touches them.
+        :meth:`fault_in` or a write touches them. ``thp`` backs the region with
+        transparent huge pages (:mod:`sysfs_emu.thp`); ``node`` is the NUMA
+        node of its pages (:mod:`sysfs_emu.numa`).
         """
-        arr = self._check_contents(contents)
+        arr = self._on_node(self._check_contents(contents), node)
         proc = self.add_process(pid)
-        start = self._alloc_slots(arr.size)
+        start = self._alloc_slots(arr.size, HUGE_PAGES if thp else 1)
         p = self.pages
         sl = slice(start, start + arr.size)
         p.content[sl] = arr
         p.oldsum[sl] = 0
         p.kpage[sl] = NO_NODE
         p.rnode[sl] = NO_NODE
-        p.flags[sl] = MAPPED if mapped else 0
+        p.flags[sl] = 0
         p.age[sl] = 0
         p.skips[sl] = 0
+        region = Region(len(self.regions), pid, start, arr.size, bool(mergeable or proc.merge_any), thp=bool(thp),
+                        node=int(node))
         if mapped:
-            self.mapped_pages += arr.size
-        region = Region(len(self.regions), pid, start, arr.size, bool(mergeable or proc.merge_any))
+            self._fault(region, sl)
         self.regions.append(region)
         proc.regions.append(region.id)
         if region.mergeable:
@@ -233,6 +248,22 @@ class Memory:
         for rid in proc.regions:
             self.regions[rid].mergeable = True
         self._enter_ksm(proc)
+
+    def set_region_mergeable(self, region_id: int, mergeable: bool) -> None:
+        """madvise(MADV_MERGEABLE) or madvise(MADV_UNMERGEABLE) on a region.
+
+        Unmerging breaks the region's KSM pages and zero pages at once (each
+        entry gets a copy of its own); the rmap items stay until ksmd passes
+        them, and so does a KSM page's count of sharers (as unmerge_ksm_pages()).
+        """
+        region = self.region(region_id)
+        if mergeable:
+            region.mergeable = True
+            self._enter_ksm(self.processes[region.pid])
+        elif region.mergeable:
+            # unmerge_ksm_pages() breaks each KSM page with an unsharing fault: cow_ksm counts it, as run=2's
+            self.break_ksm(np.arange(region.start, region.stop), cow=True)
+            region.mergeable = False
 
     def _enter_ksm(self, proc: Process) -> None:
         if not proc.in_ksm:
@@ -263,6 +294,7 @@ class Memory:
         if nz:
             p.flags[idx[zero]] &= ~ZERO
             self.zero_pages -= nz
+            self.residency += 1
         kp = p.kpage[idx]
         ksm = kp >= 0
         if ksm.any():
@@ -282,25 +314,30 @@ class Memory:
 
     def write_pages(self, region_id: int, first: int, contents) -> None:
         """The process writes ``contents`` over pages ``first..``: COW breaks where merged."""
-        arr = self._check_contents(contents)
+        arr = self._on_node(self._check_contents(contents), self.region(region_id).node)
         sl = self._slice(region_id, first, arr.size)
         idx = np.arange(sl.start, sl.stop)
         self.break_ksm(idx, cow=True)
-        p = self.pages
-        newly = int(((p.flags[sl] & MAPPED) == 0).sum())
-        self.mapped_pages += newly
-        p.flags[sl] |= MAPPED
-        p.content[sl] = arr
+        self._fault(self.regions[region_id], sl)
+        self.pages.content[sl] = arr
 
     def fault_in(self, region_id: int, first: int = 0, n: int | None = None) -> None:
         """The process touches pages ``first..first+n-1``: lazily mapped pages take memory."""
         region = self.region(region_id)
         if n is None:
             n = region.npages - first
-        sl = self._slice(region_id, first, n)
+        self._fault(region, self._slice(region_id, first, n))
+
+    def _fault(self, region: Region, sl: slice) -> None:
+        """Pages ``sl`` of ``region`` are touched: those not mapped yet take memory (whole huge pages in a thp region)."""
+        if sl.stop <= sl.start:
+            return
+        if region.thp:
+            self._map_huge(region, sl.start, sl.stop)
         p = self.pages
         newly = int(((p.flags[sl] & MAPPED) == 0).sum())
         self.mapped_pages += newly
+        self.residency += 1
         p.flags[sl] |= MAPPED
 
     def remove_process(self, pid: int) -> None:
@@ -311,7 +348,9 @@ class Memory:
             region = self.regions[rid]
             idx = np.arange(region.start, region.stop)
             self.break_ksm(idx)
+            self._unmap_huge(idx)
             self.mapped_pages -= int(((p.flags[idx] & MAPPED) != 0).sum())
+            self.residency += 1
             p.flags[idx] &= ~MAPPED
             region.alive = False
         proc.alive = False
@@ -332,90 +371,6 @@ class Memory:
                 self.pages.rnode[region.start : region.stop] = NO_NODE
                 self.pages.kpage[region.start : region.stop] = NO_NODE
         del self.processes[pid]
-
-    # ---- ksmd's operations --------------------------------------------------
-
-    def new_ksm_pages(self, contents: np.ndarray) -> np.ndarray:
-        """Stable nodes for new KSM pages of ``contents`` (no rmap item, no mapping yet); returns their ids."""
-        nodes = self.nodes
-        n = contents.size
-        start = nodes.size
-        nodes.reserve(start + n, factor=1.5)
-        nodes.size = start + n
-        sl = slice(start, start + n)
-        nodes.content[sl] = contents
-        nodes.cm[sl] = 0  # no rmap item, no mapping
-        nodes.chain[sl] = NO_NODE
-        nodes.alive[sl] = True
-        return np.arange(start, start + n, dtype=np.int32)
-
-    def map_ksm_page(self, slot: int, node: int) -> None:
-        """The entry of ``slot`` now maps KSM page ``node``; its own page is freed (replace_page())."""
-        self.pages.kpage[slot] = node
-        mapcount = self.nodes.mapcount
-        if mapcount[node] == 0:
-            self.ksm_pages += 1
-        mapcount[node] += 1
-        self.ksm_mapped += 1
-
-    def merge_pages(self, slots: np.ndarray, node_ids: np.ndarray, nodes=None, per_node=1, packed=None) -> np.ndarray:
-        """Pages ``slots`` merge into KSM pages ``node_ids``: each entry maps its KSM page and its rmap item hangs off it.
-
-        ``nodes`` are the distinct KSM pages among ``node_ids`` and ``per_node``
-        how many of ``slots`` each takes (by default ``node_ids`` are distinct,
-        one each); ``packed`` is ``self.nodes.cm[nodes]`` when the caller has
-        read it already. The item count and the mapcount of a KSM page share
-        one int64, so both change in one write. Returns the number of rmap
-        items each of ``nodes`` had before.
-        """
-        p = self.pages
-        p.kpage[slots] = node_ids
-        p.rnode[slots] = node_ids
-        if nodes is None:
-            nodes = node_ids
-        if packed is None:
-            packed = self.nodes.cm[nodes]
-        self.nodes.cm[nodes] = packed + per_node * ONE_EACH
-        halves = packed.view(np.int32)
-        self.ksm_pages += int(np.count_nonzero(halves[1::2] == 0))
-        self.ksm_mapped += slots.size
-        return halves[0::2]
-
-    def map_zero_pages(self, slots) -> None:
-        """The entries of ``slots`` (an array or one slot) now map the shared zero page: their own pages are freed."""
-        self.pages.flags[slots] |= ZERO
-        self.zero_pages += int(np.size(slots))
-
-    def new_rmap_items(self, window: slice, mask: np.ndarray) -> int:
-        """ksmd's first visit of the pages ``mask`` selects in ``window``: an rmap item each, no checksum yet."""
-        n = int(np.count_nonzero(mask))
-        if n:
-            p = self.pages
-            flags = p.flags[window]
-            flags[mask] = (flags[mask] | RMAP) & ~(UNSTABLE | SEQ)
-            p.oldsum[window][mask] = 0
-            p.age[window][mask] = 0
-            p.skips[window][mask] = 0
-            p.rnode[window][mask] = NO_NODE
-            self.rmap_items += n
-        return n
-
-    def free_rmap_items(self, slots) -> None:
-        """Free the rmap items of ``slots`` (an array or one slot; already out of both trees)."""
-        self.pages.flags[slots] &= NOT_AN_ITEM
-        self.rmap_items -= int(np.size(slots))
-
-    def has_rmap_items(self, pid: int) -> bool:
-        return bool((self.pages.flags[self.process_slots(pid)] & RMAP).any())
-
-    def leave_ksm(self, pid: int) -> None:
-        """ksmd dropped the process from its list; an exited one is forgotten (its slots reused)."""
-        proc = self.processes.get(pid)
-        if proc is None:
-            return
-        proc.in_ksm = False
-        if not proc.alive:
-            self.release_process(pid)
 
     # ---- views -------------------------------------------------------------
 

@@ -19,6 +19,9 @@ PAGE_SIZE = 4096
 """Bytes in a simulated page (x86-64's base page): the one page size of the simulator."""
 RMAP_ITEM_SIZE = 64
 """sizeof(struct ksm_rmap_item) on 64-bit Linux: the cost counted in general_profit."""
+HUGE_SHIFT = 9
+HUGE_PAGES = 1 << HUGE_SHIFT
+"""Pages in a transparent huge page (2 MiB on x86-64); a huge page's slots are aligned to it."""
 
 # Per-page flag bits.
 MAPPED = np.uint8(1)  # a page table entry maps a page here
@@ -26,6 +29,9 @@ RMAP = np.uint8(2)  # ksmd holds an rmap item for this page
 UNSTABLE = np.uint8(4)  # the rmap item is a node of the unstable tree
 SEQ = np.uint8(8)  # parity of the full scan that inserted it in the unstable tree
 ZERO = np.uint8(16)  # the entry maps the shared zero page (placed by KSM)
+HUGE = np.uint8(32)  # part of a transparent huge page: HUGE_PAGES slots from a multiple of HUGE_PAGES
+SMALL = np.uint8(64)  # a huge page here was split: faults here map 4 KiB pages
+NOT_HUGE = np.uint8(~HUGE & 0xFF)
 
 NO_NODE = -1
 NOT_AN_ITEM = np.uint8(~(RMAP | UNSTABLE | SEQ) & 0xFF)  # clears an rmap item's bits
@@ -151,3 +157,6 @@ ONE_EACH = np.int64(0x1_0000_0001)
 """Added to ``nodes.cm``: one more rmap item and one more mapping (both halves stay below 2**31)."""
 
 
+def checksum(contents: np.ndarray) -> np.ndarray:
+    """The page checksum ksmd compares between scans: never 0 (0 = no checksum yet)."""
+    return contents.astype(np.uint32) + np.uint32(1)

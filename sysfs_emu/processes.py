@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sysfs_emu import procfs, procstats
 from sysfs_emu.memory import PAGE_SIZE, Memory, ProcessStats
 from sysfs_emu.scenario import ProcessSpec
 
@@ -78,6 +79,20 @@ class SimProcess:
     def ksm_stat_text(self) -> str:
         """/proc/PID/ksm_stat exactly as Linux 6.18 prints it."""
         return self.ksm_stats().ksm_stat_text()
+
+    @property
+    def anon_huge_pages(self) -> int:
+        """Pages in transparent huge pages (AnonHugePages, in pages)."""
+        return self._memory.process_pages(self.pid).huge
+
+    def smaps_rollup_text(self) -> str:
+        """/proc/PID/smaps_rollup as Linux 6.18 prints it (what the live tree serves): Rss, Pss, KSM,
+        AnonHugePages of the process's regions."""
+        return procfs.smaps_rollup_text(self._memory.process_pages(self.pid).rollup(), self.vsz_pages, PAGE_SIZE)
+
+    def smaps_text(self) -> str:
+        """/proc/PID/smaps: each region as Linux 6.18 shows a mapping (what the live tree serves)."""
+        return procfs.smaps_text(procstats.vmas(self._memory.process_pages(self.pid)))
 
     def __repr__(self) -> str:
         return f"SimProcess(pid={self.pid}, id={self.id}, name={self.name!r})"

@@ -214,14 +214,44 @@ def _escape_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Rollup:
-    """A process's memory as ``smaps_rollup`` sums it, in kB (all anonymous memory)."""
+    """A process's (or one mapping's) memory as smaps sums it, in kB (all anonymous, all dirty)."""
 
     rss: int
     pss: int
-    private_dirty: int  # pages only this process maps (not merged)
-    shared_clean: int  # KSM pages mapped more than once
-    private_clean: int  # KSM pages this entry alone maps
+    shared_dirty: int  # entries mapping a KSM page that has other mappers (a KSM page is dirty)
+    private_dirty: int  # the others
     ksm: int  # entries mapping a KSM page
+    anon_huge: int = 0  # in transparent huge pages
+
+
+MMAP_BASE = 0x7F00_0000_0000
+"""Where the stand-in addresses of a simulated process's regions start (in ``smaps``)."""
+
+
+@dataclass(frozen=True)
+class Vma:
+    """One region as /proc/PID/smaps shows it: its place, size (bytes) and memory."""
+
+    start: int
+    size: int
+    memory: Rollup
+    mergeable: bool
+    thp: bool
+
+
+def _smaps_values(r: Rollup) -> list[tuple[str, int]]:
+    """The memory lines smaps and smaps_rollup share, from Rss to Locked, in Linux 6.18's order."""
+    return [
+        ("Rss", r.rss), ("Pss", r.pss), ("Pss_Dirty", r.pss), ("Shared_Clean", 0), ("Shared_Dirty", r.shared_dirty),
+        ("Private_Clean", 0), ("Private_Dirty", r.private_dirty), ("Referenced", r.rss), ("Anonymous", r.rss),
+        ("KSM", r.ksm), ("LazyFree", 0), ("AnonHugePages", r.anon_huge), ("ShmemPmdMapped", 0),
+        ("FilePmdMapped", 0), ("Shared_Hugetlb", 0), ("Private_Hugetlb", 0), ("Swap", 0), ("SwapPss", 0),
+        ("Locked", 0),
+    ]
+
+
+def _kb_lines(values: list[tuple[str, int]]) -> str:
+    return "".join(f"{k + ':':<16}{v:8d} kB\n" for k, v in values)
 
 
 def smaps_rollup_text(r: Rollup, vsz_pages: int, page_size: int) -> str:
@@ -229,15 +259,23 @@ def smaps_rollup_text(r: Rollup, vsz_pages: int, page_size: int) -> str:
     end = _STACK_TOP + 0x21000
     start = min(_START_CODE, end - vsz_pages * page_size)
     head = f"{start:08x}-{end:08x} ---p 00000000 00:00 0".ljust(73) + "[rollup]"
-    values = [
-        ("Rss", r.rss), ("Pss", r.pss), ("Pss_Dirty", min(r.pss, r.private_dirty)), ("Pss_Anon", r.pss),
-        ("Pss_File", 0), ("Pss_Shmem", 0), ("Shared_Clean", r.shared_clean), ("Shared_Dirty", 0),
-        ("Private_Clean", r.private_clean), ("Private_Dirty", r.private_dirty), ("Referenced", r.rss),
-        ("Anonymous", r.rss), ("KSM", r.ksm), ("LazyFree", 0), ("AnonHugePages", 0), ("ShmemPmdMapped", 0),
-        ("FilePmdMapped", 0), ("Shared_Hugetlb", 0), ("Private_Hugetlb", 0), ("Swap", 0), ("SwapPss", 0),
-        ("Locked", 0),
-    ]
-    return head + "\n" + "".join(f"{k + ':':<16}{v:8d} kB\n" for k, v in values)
+    values = _smaps_values(r)
+    values[3:3] = [("Pss_Anon", r.pss), ("Pss_File", 0), ("Pss_Shmem", 0)]
+    return head + "\n" + _kb_lines(values)
+
+
+def smaps_text(vmas) -> str:
+    """``/proc/PID/smaps`` of a process's anonymous regions, each as Linux 6.18 shows a mapping."""
+    out = []
+    for v in vmas:
+        flags = "rd wr mr mw me ac " + ("hg " if v.thp else "") + ("mg " if v.mergeable else "")
+        out.append(
+            f"{v.start:08x}-{v.start + v.size:08x} rw-p 00000000 00:00 0 \n"
+            + _kb_lines([("Size", v.size // 1024), ("KernelPageSize", 4), ("MMUPageSize", 4)])
+            + _kb_lines(_smaps_values(v.memory))
+            + f"{'THPeligible:':<16}{int(v.thp):8d}\n{'ProtectionKey:':<16}{0:8d}\nVmFlags: {flags}\n"
+        )
+    return "".join(out)
 
 
 # --- the host's /proc/vmstat and the ksmd kernel thread -------------------------------------

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sysfs_emu.errors import EmuError, ServeError, TreeError
-from sysfs_emu.files import replace_file
+from sysfs_emu.errors import EmuError, OnceLog, ServeError, TreeError
+from sysfs_emu.files import decimal, read_regular, replace_file
 from sysfs_emu.scenario import parse_yaml
 from sysfs_emu.tree import STATE_DIR, Tree
 
@@ -78,13 +78,36 @@ class RootLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
+    def verify(self) -> bool:
+        """Lock ``lock`` again if it was removed or replaced under us; False when another sysfs-emu took it."""
+        try:
+            if self._same_file(os.stat(self.path, follow_symlinks=False)):
+                return True
+        except FileNotFoundError:
+            pass
+        old, self._fd = self._fd, None
+        try:
+            self.acquire()
+        except ServeError:
+            self._fd = old
+            return False
+        if old is not None:
+            os.close(old)
+        log.warning("%s was removed or replaced by another program; locked again", self.path)
+        return True
+
+    def _same_file(self, st: os.stat_result) -> bool:
+        mine = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
     def release(self, remove: bool = False) -> None:
         if self._fd is None:
             return
         if remove:
             try:
-                os.unlink(self.path)
-            except FileNotFoundError:
+                if self._same_file(os.stat(self.path, follow_symlinks=False)):  # never another's
+                    os.unlink(self.path)
+            except OSError:
                 pass
         os.close(self._fd)
         self._fd = None
@@ -92,20 +115,21 @@ class RootLock:
 
 def filesystem_type(path: str | os.PathLike) -> str | None:
     """The type of the file system holding ``path`` (from /proc/self/mounts), or None."""
-    target = os.path.realpath(path)
-    best, kind = "", None
+    target = os.fsencode(os.path.realpath(path))
+    best, kind = b"", None
     try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                mnt = parts[1].replace("\\040", " ")
-                inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
-                if inside and len(mnt) >= len(best):
-                    best, kind = mnt, parts[2]
+        with open("/proc/self/mounts", "rb") as f:  # bytes: a mount point need not be UTF-8
+            lines = f.read().splitlines()
     except OSError:
         return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace(b"\\040", b" ")
+        inside = target == mnt or target.startswith(mnt.rstrip(b"/") + b"/")
+        if inside and len(mnt) >= len(best):
+            best, kind = mnt, parts[2].decode("ascii", errors="replace")
     return kind
 
 
@@ -120,8 +144,8 @@ def holder_pid(root: Path) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else None
+            pid = decimal(os.pread(fd, 32, 0))
+            return pid if pid is not None and pid > 0 else None
         return None
     finally:
         os.close(fd)
@@ -146,7 +170,9 @@ class Server:
         self.tree = Tree(self.sim, self.root)
         self.lock = RootLock(self.root)
         self.events_dir = _state_dir(self.root) / "events"
+        self.tree.scratch_dirs.append(self.events_dir)
         self.achieved_speed: float | None = None
+        self._problems = OnceLog(log)
         self._lag_warned = False
         self._chunk: float | None = None  # simulated seconds per advance() call
 
@@ -160,8 +186,8 @@ class Server:
             # state.json appears once the tree is ready; an earlier run's must not say so.
             (_state_dir(self.root) / "state.json").unlink(missing_ok=True)
             try:
-                self.tree.create()
                 self.events_dir.mkdir(exist_ok=True)
+                self.tree.create()
             except TreeError as exc:
                 raise ServeError(str(exc)) from None
             except PermissionError as exc:
@@ -174,6 +200,7 @@ class Server:
                          "(e.g. /dev/shm) does far faster", self.root, kind)
             log.info("serving %s under %s at %gx; try: ksmtuned-py --root %s status",
                      self.scenario_name, self.root, self.speed, self.root)
+            log.info("ksmd's simulated time and CPU follow its per-page costs; costs: %s", self.sim.costs.origin)
             try:
                 self._loop()
             except EmuError as exc:  # e.g. a scenario event that runs out of memory
@@ -193,6 +220,7 @@ class Server:
         wall0, sim0 = time.monotonic(), sim.now
         while not self.stop_event.is_set():
             started = time.monotonic()
+            self._keep_state_dir()
             written = bool(self.tree.apply_writes())
             if self._control() or written:
                 self._chunk = None  # new settings or guests: ksmd's cost may have jumped
@@ -241,25 +269,56 @@ class Server:
                         "--speed %g (about %.3gx now): simulated time runs as fast as it can",
                         self.speed, rate or 0.0)
 
+    def _keep_state_dir(self) -> None:
+        """``.sysfs-emu`` removed under us: make it again, and its lock, so a second sysfs-emu stays out."""
+        self.tree.keep_dirs()
+        if not self.lock.verify():
+            raise ServeError(f"{self.root} is served by another sysfs-emu (pid {holder_pid(self.root)}) now; "
+                             "stopping (its lock file was removed under this one)")
+
     # --- control queue -------------------------------------------------------------------
 
     def _control(self) -> bool:
         """Apply queued events; True when there were any."""
         try:
             names = sorted(n for n in os.listdir(self.events_dir) if n.endswith(".yaml"))
-        except FileNotFoundError:
+        except FileNotFoundError:  # removed by another program: made again at the next tick
             return False
+        applied = False
         for name in names:
-            path = self.events_dir / name
-            try:
-                text = path.read_text()
-                path.unlink()
-            except OSError:
+            data = self._take_event(name)
+            if data is None:
                 continue
-            result = self.apply_event_text(text)
-            replace_file(self.events_dir / (name[: -len(".yaml")] + ".result"), (result + "\n").encode(),
-                         tmp=self.events_dir / f".{name}.result.tmp")
-        return bool(names)
+            applied = True
+            result = self.apply_event_bytes(data)
+            try:
+                replace_file(self.events_dir / (name[: -len(".yaml")] + ".result"), (result + "\n").encode(),
+                             tmp=self.events_dir / f".{name}.result.tmp")
+            except OSError as exc:
+                log.warning("cannot write the result of event %s (%s): %s", name, result, exc.strerror)
+        return applied
+
+    def _take_event(self, name: str) -> bytes | None:
+        """An event file's bytes, removed from the queue; None for what is not an event file (never blocks on a FIFO)."""
+        path = self.events_dir / name
+        try:
+            data = read_regular(path, 1 << 20)
+            path.unlink()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._problems.fail(("event", name), f"ignoring {path}: {exc.strerror}")
+            return None
+        self._problems.forget(("event", name))
+        return data
+
+    def apply_event_bytes(self, data: bytes) -> str:
+        """Apply one event file's contents; return ``ok`` or ``error: ...`` (also for bytes that are not UTF-8)."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"error: the event is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        return self.apply_event_text(text)
 
     def apply_event_text(self, text: str) -> str:
         """Apply one event given as YAML; return ``ok`` or ``error: ...``."""
@@ -291,9 +350,16 @@ class Server:
             "speed": self.speed,
             "now": self.sim.now,
             "page_size": self.sim.page_size,
+            "cost_origin": self.sim.costs.origin,
         }
         path = _state_dir(self.root) / "state.json"
-        replace_file(path, json.dumps(state).encode(), tmp=path.with_name("state.json.tmp"))
+        try:
+            replace_file(path, json.dumps(state).encode(), tmp=path.with_name("state.json.tmp"))
+        except OSError as exc:  # e.g. a full file system: the tree goes on, said once
+            if path.parent.is_dir():  # else: removed, said and made again at the next tick
+                self._problems.fail("state", f"cannot write {path}: {exc.strerror}")
+        else:
+            self._problems.ok("state", f"{path} is written again")
 
     def _remove_own_files(self) -> None:
         state = _state_dir(self.root)
@@ -336,7 +402,7 @@ def send_event(root: Path, text: str, timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            answer = result.read_text().strip()
+            answer = result.read_bytes().decode(errors="replace").strip()
         except FileNotFoundError:
             time.sleep(0.02)
             continue
@@ -349,6 +415,7 @@ def send_event(root: Path, text: str, timeout: float = 10.0) -> str:
 def read_state(root: Path) -> dict | None:
     """The served simulation's state (time, speed, pid), or None when none is recorded."""
     try:
-        return json.loads((_state_dir(Path(root)) / "state.json").read_text())
-    except (OSError, ValueError):
+        state = json.loads(read_regular(_state_dir(Path(root)) / "state.json"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return state if isinstance(state, dict) else None

@@ -18,22 +18,25 @@ read; keep it stable.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import time
-from dataclasses import replace
 
+from sysfs_emu import capacity
+from sysfs_emu.costs import resolve as resolve_costs
 from sysfs_emu.errors import SimulationError, errno_text
 from sysfs_emu.host import MemorySnapshot, meminfo_text
 from sysfs_emu.kernel import Kernel, saved_bytes
-from sysfs_emu.ksmd import Ksmd
+from sysfs_emu.ksmd import CostModel, Ksmd
 from sysfs_emu.memory import PAGE_SIZE, Memory
 from sysfs_emu.processes import LiveProcess, SimProcess
 from sysfs_emu.scenario import (
     ContentIds,
     Event,
     ExitProcess,
+    Madvise,
     ProcessSpec,
     Rewrite,
     Scenario,
@@ -44,7 +47,7 @@ from sysfs_emu.scenario import (
     load_yaml,
     parse_event,
 )
-from sysfs_emu.scenario.timeline import ProcessIds, guest_budget_pages, not_running, pid_error, resolve_page_range
+from sysfs_emu.scenario.timeline import ProcessIds, guest_budget_pages, resolve_live_event
 from sysfs_emu.units import describe_size, format_duration
 
 __all__ = ["Simulation", "SimProcess", "SimulationError"]
@@ -65,15 +68,21 @@ class Simulation:
 
     page_size = PAGE_SIZE
 
-    def __init__(self, scenario: dict | Scenario | None = None, *, source: str = "scenario") -> None:
+    def __init__(self, scenario: dict | Scenario | None = None, *, source: str = "scenario", costs=None) -> None:
+        """``costs``: ksmd's cost profile, a :class:`CostModel` or a profile file (default: the reference profile)."""
+        cost_model = resolve_costs(costs)
         if not isinstance(scenario, Scenario):
             scenario = load_scenario(scenario, source)
         self.scenario: Scenario = scenario
         host = scenario.host
+        problem = capacity.shortfall(capacity.peak_pages(scenario))
+        if problem:  # before numpy allocates: one line, not a MemoryError half-way
+            raise SimulationError(f"{scenario.source}: {problem}")
         # Room for the guests running at time 0 up front: growing page arrays one region at a time is slow.
         self.memory = Memory(capacity=sum(p.pages for p in scenario.processes if p.start == 0))
+        self.memory.numa_nodes = host.nodes
         self.kernel = Kernel()
-        self.ksmd = Ksmd(self.kernel, self.memory)  # reads its tunables from the kernel's attributes
+        self.ksmd = Ksmd(self.kernel, self.memory, cost=cost_model)  # reads its tunables from the kernel's attributes
         self.kernel.engine = self.ksmd  # the kernel's counters, run=2 and EBUSY come from ksmd
         self.contents = ContentIds(self.memory.new_contents)
         self.now: float = 0.0
@@ -90,9 +99,14 @@ class Simulation:
         self.memory.trim()  # the content tables grew while guests were built: no slack kept at rest
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "Simulation":
+    def from_yaml(cls, path: str | os.PathLike, costs=None) -> "Simulation":
         """Load, validate and start the scenario in a YAML file (ScenarioError names the file and place)."""
-        return cls(load_yaml(path))
+        return cls(load_yaml(path), costs=costs)
+
+    @property
+    def costs(self) -> CostModel:
+        """ksmd's CPU costs; ``costs.origin`` names the profile they come from."""
+        return self.ksmd.cost
 
     # ---- the clock -------------------------------------------------------------------
 
@@ -105,6 +119,10 @@ class Simulation:
     def next_event_time(self) -> float | None:
         """Scenario time of the next pending timeline entry, or None."""
         return self._timeline[self._next].at if self._next < len(self._timeline) else None
+
+    def pending_events(self):
+        """The timeline entries not applied yet, in the order they will apply (starts and exits included)."""
+        return itertools.islice(self._timeline, self._next, None)
 
     def advance(self, seconds: float) -> None:
         """Run ``seconds`` of simulated time: ksmd works, and due events apply at their times, in order."""
@@ -165,7 +183,7 @@ class Simulation:
             return "run is 0 (ksmd is stopped); write 1 to run"
         if run == 2:
             return "run is 2 (ksmd only unmerges); write 1 to run"
-        if not any(lv.spec.mergeable for lv in self._live.values()):
+        if not any(self.memory.processes[lv.pid].in_ksm for lv in self._live.values()):
             return "no running process has mergeable memory, so ksmd has nothing to scan"
         return None
 
@@ -189,32 +207,9 @@ class Simulation:
         self._timeline.insert(i, ev)
 
     def _resolve(self, ev: Event) -> Event:
-        """The checks load_scenario does on the timeline, against the live table.
-
-        Returns the event with defaults filled in (a new process's id, a rewrite's page count).
-        """
-        action = ev.action
-        if isinstance(action, StartProcess):
-            p = action.process
-            if p.id < 0:
-                action = StartProcess(replace(p, id=self._ids.lowest_free(), where="start"))
-            elif p.id in self._ids:
-                raise SimulationError(
-                    f"event: start.id: id {p.id} is already used by another process of this simulation"
-                )
-            problem = pid_error(self.scenario.host, action.process.id)
-            if problem:
-                raise SimulationError(f"event: start.id: {problem}")
-        elif isinstance(action, ExitProcess):
-            if action.id not in self._live:
-                raise SimulationError(f"event: exit: {not_running(action.id)}")
-        elif isinstance(action, (Rewrite, Touch)):
-            live = {i: lv.spec for i, lv in self._live.items()}
-            resolved, place, message = resolve_page_range(Event(ev.at, action, ""), live, "")
-            if resolved is None:
-                raise SimulationError(f"event: {place}: {message}")
-            return resolved
-        return Event(ev.at, action, ev.where)
+        """The checks load_scenario does on the timeline, against the live table (SimulationError if one fails)."""
+        live = {i: lv.spec for i, lv in self._live.items()}
+        return resolve_live_event(ev, self.scenario.host, self._ids, live)
 
     def _apply_due(self, now: float) -> None:
         while self._next < len(self._timeline) and self._timeline[self._next].at <= now:
@@ -234,6 +229,9 @@ class Simulation:
             self._exit(action.id)
         elif isinstance(action, (Rewrite, Touch)):
             self._write(action, ev)
+        elif isinstance(action, Madvise):
+            lv = self._live[action.process]
+            self.memory.set_region_mergeable(lv.regions[action.region], action.mergeable)
         else:  # pragma: no cover - parse_event only builds these kinds
             raise TypeError(action)
 
@@ -260,8 +258,11 @@ class Simulation:
     def _start(self, spec: ProcessSpec, ev: Event) -> None:
         pid = self.scenario.host.pid_base + spec.id
         need = self.memory.physical_pages() + spec.resident_pages_at_start
+        prefix = f"{self.scenario.source}: " if ev.where else "event: "
+        problem = None if ev.where else capacity.shortfall(self.memory.pages.size + spec.pages)
+        if problem:  # a start given to apply(): the scenario's own starts were checked at construction
+            raise SimulationError(f"{prefix}{spec.where or 'start'}: {problem}")
         if need > guest_budget_pages(self.scenario.host):
-            prefix = f"{self.scenario.source}: " if ev.where else "event: "
             raise SimulationError(
                 f"{prefix}{spec.where or 'start'}: starting process {spec.id} at {format_duration(self.now)} brings the "
                 f"guests' resident memory to {describe_size(need * PAGE_SIZE)}, more than the host has for them "
@@ -274,7 +275,8 @@ class Simulation:
         handles = []
         for region in spec.regions:
             contents = self.contents.contents(region.fill, 0, region.pages)
-            handles.append(self.memory.add_region(pid, contents, mergeable=region.mergeable, mapped=not region.lazy))
+            handles.append(self.memory.add_region(pid, contents, mergeable=region.mergeable, mapped=not region.lazy,
+                                                  thp=region.thp, node=region.node))
         self._live[spec.id] = LiveProcess(spec=spec, pid=pid, start_time=self.uptime, regions=handles)
         log.debug("process %d (%s, pid %d) started with %d pages", spec.id, spec.name, pid, spec.pages)
 
@@ -339,7 +341,7 @@ class Simulation:
         pages) compare it to skip the work when nothing moved.
         """
         mem = self.memory
-        return (mem.mapped_pages, mem.zero_pages, mem.ksm_mapped, mem.ksm_pages, mem.rmap_items,
+        return (mem.mapped_pages, mem.zero_pages, mem.ksm_mapped, mem.ksm_pages, mem.rmap_items, mem.huge_pages,
                 self.events_applied)
 
     def memory_snapshot(self) -> MemorySnapshot:
@@ -353,6 +355,7 @@ class Simulation:
             guest_physical=int(self.memory.physical_pages()) * PAGE_SIZE,
             guest_committed=sum(lv.spec.pages for lv in self._live.values()) * PAGE_SIZE,
             cpus=host.cpus,
+            guest_anon_huge=self.memory.huge_pages * PAGE_SIZE,
         )
 
     def meminfo(self) -> str:

@@ -1,20 +1,28 @@
 """``sysfs-emu snapshot``: KSM counters, memory and KSM-using processes read from a root's files.
 
 Reads only files, so it works on a served tree and on the real machine (``--root /``).
+Its JSON uses ksmtuned-py's names (see ksmtuned_py/cycle.py and the README): the KSM files by
+their names (a file of choices, advisor_mode, by the chosen one), memory in ``_kb``, bytes in
+``_bytes``, a process's name as ``comm``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from sysfs_emu.errors import SnapshotError
+from sysfs_emu.files import decimal, is_pid_name, read_regular
 from sysfs_emu.kernel import saved_bytes
+from sysfs_emu.pagearrays import PAGE_SIZE
 from sysfs_emu.runner import holder_pid, read_state
 from sysfs_emu.tree import KSM_DIR
 from sysfs_emu.units import format_bytes, format_clock
 
-MEMINFO_KEYS = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached")
+#: /proc/meminfo's lines shown, and their names in the snapshot (kB).
+MEMINFO_KEYS = {"MemTotal": "mem_total_kb", "MemFree": "mem_free_kb", "MemAvailable": "mem_available_kb",
+                "Buffers": "buffers_kb", "Cached": "cached_kb"}
 
 
 def take_snapshot(root: str | os.PathLike) -> dict:
@@ -24,23 +32,15 @@ def take_snapshot(root: str | os.PathLike) -> dict:
     if not ksm_dir.is_dir():
         raise SnapshotError(f"{ksm_dir} does not exist: nothing is served under {root} "
                             "(start one with 'sysfs-emu run --root DIR')")
-    ksm: dict[str, object] = {}
-    for entry in sorted(os.listdir(ksm_dir)):
-        try:
-            text = (ksm_dir / entry).read_text().strip()
-        except OSError:
-            continue
-        ksm[entry] = int(text) if text.lstrip("-").isdigit() else text
+    ksm = _ksm_files(ksm_dir)
     memory: dict[str, int] = {}
-    try:
-        for line in (root / "proc/meminfo").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in MEMINFO_KEYS and rest.split():
-                memory[key + "_kB"] = int(rest.split()[0])
-    except (OSError, ValueError):
-        pass
-    state = read_state(root) if holder_pid(root) is not None else None
-    page_size = int(state.get("page_size", 4096)) if state else os.sysconf("SC_PAGE_SIZE")
+    for line in _text(root / "proc/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        value = decimal(rest.split()[0]) if key in MEMINFO_KEYS and rest.split() else None
+        if value is not None:
+            memory[MEMINFO_KEYS[key]] = value
+    state = _served_state(root)
+    page_size = state.get("page_size", PAGE_SIZE) if state else os.sysconf("SC_PAGE_SIZE")
     sharing = ksm.get("pages_sharing")
     snap: dict[str, object] = {
         "root": str(root),
@@ -51,8 +51,59 @@ def take_snapshot(root: str | os.PathLike) -> dict:
         "processes": _ksm_processes(root, page_size),
     }
     if state:
-        snap["simulation"] = {k: state[k] for k in ("pid", "scenario", "speed", "now") if k in state}
+        snap["simulation"] = {k: state[k] for k in ("pid", "scenario", "speed", "cost_origin") if k in state}
+        if "now" in state:
+            snap["simulation"]["time"] = state["now"]  # simulated seconds, as a cycle's time
     return snap
+
+
+def file_value(text: str) -> int | str:
+    """A KSM file's value: a number, the chosen word of a list of choices (``[none] scan-time``), or the text."""
+    number = decimal(text)
+    if number is not None:
+        return number
+    chosen = [word[1:-1] for word in text.split() if word.startswith("[") and word.endswith("]")]
+    return chosen[0] if len(chosen) == 1 else text
+
+
+_STATE_TYPES = {"pid": int, "scenario": str, "speed": (int, float), "now": (int, float), "page_size": int,
+                "cost_origin": str}
+
+
+def _served_state(root: Path) -> dict | None:
+    """The serving sysfs-emu's state.json, only the entries of the expected types (it is a file anyone can write)."""
+    state = read_state(root) if holder_pid(root) is not None else None
+    if not state:
+        return None
+    kept = {k: v for k, v in state.items() if k in _STATE_TYPES and isinstance(v, _STATE_TYPES[k])
+            and not isinstance(v, bool) and (not isinstance(v, float) or math.isfinite(v))}
+    if kept.get("page_size", PAGE_SIZE) <= 0:
+        kept.pop("page_size")
+    return kept
+
+
+def _text(path: Path) -> str:
+    """A file's text ('' when it cannot be read or is not a regular file); bytes that are not UTF-8 replaced."""
+    try:
+        return read_regular(path, 1 << 16).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ksm_files(ksm_dir: Path) -> dict[str, object]:
+    """Each KSM file's value (see :func:`file_value`)."""
+    ksm: dict[str, object] = {}
+    try:
+        names = sorted(os.listdir(ksm_dir))
+    except OSError as exc:
+        raise SnapshotError(f"cannot list {ksm_dir}: {exc.strerror}") from None
+    for entry in names:
+        try:
+            text = read_regular(ksm_dir / entry, 4096).decode(errors="replace").strip()
+        except OSError:
+            continue
+        ksm[entry] = file_value(text)
+    return ksm
 
 
 def _ksm_processes(root: Path, page_size: int) -> list[dict]:
@@ -60,19 +111,20 @@ def _ksm_processes(root: Path, page_size: int) -> list[dict]:
     found = []
     proc = root / "proc"
     try:
-        names = [n for n in os.listdir(proc) if n.isdigit()]
+        names = [n for n in os.listdir(proc) if is_pid_name(n)]
     except OSError:
         return found
     for name in sorted(names, key=int):
         base = proc / name
-        try:
-            merging = int((base / "ksm_merging_pages").read_text())
-            comm = (base / "comm").read_text().rstrip("\n")
-            rss = int((base / "statm").read_text().split()[1]) * page_size
-        except (OSError, ValueError, IndexError):
+        merging = decimal(_text(base / "ksm_merging_pages"))
+        statm = _text(base / "statm").split()
+        rss = decimal(statm[1]) if len(statm) > 1 else None
+        if merging is None or rss is None:
             continue
+        comm = _text(base / "comm").rstrip("\n")
         if merging or root != Path("/"):
-            found.append({"pid": int(name), "name": comm, "rss_bytes": rss, "ksm_merging_pages": merging})
+            found.append({"pid": int(name), "comm": comm, "rss_kb": rss * page_size // 1024,
+                          "ksm_merging_pages": merging})
     return found
 
 
@@ -83,8 +135,11 @@ def format_snapshot(snap: dict) -> str:
     lines = []
     sim = snap.get("simulation")
     if sim:
-        lines.append(f"simulation  {sim.get('scenario')} at {format_clock(sim.get('now', 0))} simulated "
-                     f"(speed {sim.get('speed'):g}x, sysfs-emu pid {sim.get('pid')})")
+        speed = f"{sim['speed']:g}x" if "speed" in sim else "unknown"
+        lines.append(f"simulation  {sim.get('scenario')} at {format_clock(sim.get('time', 0))} simulated "
+                     f"(speed {speed}, sysfs-emu pid {sim.get('pid')})")
+        if sim.get("cost_origin"):
+            lines.append(f"costs       {sim['cost_origin']}")
 
     def get(name):
         return ksm.get(name, "-")
@@ -100,11 +155,12 @@ def format_snapshot(snap: dict) -> str:
         extra = f", general_profit {format_bytes(profit)}" if isinstance(profit, int) else ""
         lines.append(f"saved       {format_bytes(saved)} (pages_sharing x page size){extra}")
     if mem:
-        parts = [f"{k[:-3]} {format_bytes(v * 1024)}" for k, v in mem.items()]
+        names = {snapshot_name: meminfo for meminfo, snapshot_name in MEMINFO_KEYS.items()}
+        parts = [f"{names[k]} {format_bytes(v * 1024)}" for k, v in mem.items()]
         lines.append("memory      " + ", ".join(parts))
     procs = snap.get("processes") or []
     lines.append(f"processes   {len(procs)}")
     for p in procs:
-        lines.append(f"  {p['pid']:>7}  {p['name']:<16} rss {format_bytes(p['rss_bytes']):>10}  "
+        lines.append(f"  {p['pid']:>7}  {p['comm']:<16} rss {format_bytes(p['rss_kb'] * 1024):>10}  "
                      f"merging {p['ksm_merging_pages']} pages")
     return "\n".join(lines) + "\n"

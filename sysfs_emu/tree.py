@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from sysfs_emu import procfs, procstats
 from sysfs_emu.errors import OnceLog, TreeError, errno_text
-from sysfs_emu.files import replace_file
+from sysfs_emu.files import NotRegularFile, is_pid_name, kind_of, read_regular, read_regular_stat, replace_file
 from sysfs_emu.kernel import ATTRS
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ STATE_DIR = ".sysfs-emu"
 # The files of /sys/kernel/mm/ksm on Linux 6.18 and whether each can be written (0644) or not (0444).
 KSM_ATTRS: dict[str, bool] = {attr.name: not attr.counter for attr in ATTRS}
 
-PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages", "smaps_rollup")
+PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages", "smaps_rollup", "smaps")
 HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg", "vmstat")
 KSMD_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat")  # the ksmd kernel thread's
 # Directories the tree needs, parents first.
@@ -63,6 +64,7 @@ class _ProcView:
     ksm_stat_text: str
     ksm_merging_pages: int
     rollup: procfs.Rollup
+    vmas: tuple[procfs.Vma, ...]
 
     @classmethod
     def of(cls, proc, memory) -> "_ProcView":
@@ -71,6 +73,7 @@ class _ProcView:
             pid=proc.pid, name=proc.name, cmdline=tuple(proc.cmdline), start_time=proc.start_time,
             rss_pages=int(n.rss_pages), vsz_pages=int(proc.vsz_pages), page_size=proc.page_size,
             ksm_stat_text=n.ksm_stat_text, ksm_merging_pages=int(n.ksm_merging_pages), rollup=n.rollup,
+            vmas=n.vmas,
         )
 
 
@@ -104,23 +107,34 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> "Manifest":
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(read_regular(path))
         except FileNotFoundError:
             return cls(path)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise TreeError(f"cannot read {path}: {exc}") from None
-        return cls(path, list(raw.get("dirs", [])), list(raw.get("files", [])),
-                   [int(p) for p in raw.get("pids", [])])
+        lists = [raw.get(k, []) for k in ("dirs", "files", "pids")] if isinstance(raw, dict) else None
+        if (lists is None or not all(isinstance(v, list) for v in lists)
+                or not all(isinstance(x, str) for x in lists[0] + lists[1])
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in lists[2])):
+            raise TreeError(f"cannot read {path}: not a sysfs-emu manifest (remove it to start afresh)")
+        return cls(path, *lists)
 
     def owns(self, rel: str) -> bool:
         if rel in self.files or rel in self.dirs:
             return True
         parts = rel.split("/")
-        return len(parts) >= 2 and parts[0] == "proc" and parts[1].isdigit() and int(parts[1]) in self.pids
+        return len(parts) >= 2 and parts[0] == "proc" and is_pid_name(parts[1]) and int(parts[1]) in self.pids
 
     def save(self) -> None:
         data = json.dumps({"dirs": self.dirs, "files": self.files, "pids": sorted(self.pids)}).encode()
         replace_file(self.path, data, tmp=self.path.with_name(self.path.name + ".tmp"))
+
+
+def removed_top(root: Path, path: Path) -> Path:
+    """The outermost missing directory on the way from ``root`` to the missing ``path``: what was removed."""
+    while path.parent != root and not os.path.lexists(path.parent):
+        path = path.parent
+    return path
 
 
 class Tree:
@@ -131,6 +145,7 @@ class Tree:
         self.root = Path(root)
         self.state_dir = self.root / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
+        self.scratch_dirs = [self.tmp_dir]  # made again when removed, as the tree's own (a server adds its queue)
         self.owner = owner or procfs.Owner.current()
         self.cpus = sim.cpus
         self._problems = OnceLog(log)
@@ -144,6 +159,8 @@ class Tree:
         self.manifest = Manifest(self.state_dir / "manifest.json")
         # The ksmd kernel thread, just below the simulated processes' pids, so tuners find its CPU time.
         self.ksmd_pid = sim.scenario.host.pid_base - 1
+        self._manifest_unsaved = False  # a save failed: try again every tick
+        self._failed_puts: set[str] = set()  # files a write failed for: written again at the next put
 
     # --- creation and removal -------------------------------------------------------
 
@@ -226,23 +243,16 @@ class Tree:
         """Find files under ``sys/kernel/mm/ksm`` written by others and apply them; return their names."""
         changed = []
         kernel = self.sim.kernel
+        self.keep_dirs()
         for name in KSM_ATTRS:
             rel = f"{KSM_DIR}/{name}"
             mine = self._written.get(rel)
             if mine is None:
                 continue
-            try:
-                with open(self.root / rel, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    data = f.read()
-            except FileNotFoundError:
-                log.warning("%s was removed by another program; recreating it", rel)
-                self._written.pop(rel)
+            found = self._read_back(rel)
+            if found is None:
                 continue
-            except OSError as exc:
-                self._problems.fail(rel, f"cannot read {rel}: {exc}")
-                continue
-            self._problems.ok(rel, f"{rel} can be read again")
+            st, data = found
             touched = (st.st_ino, st.st_mtime_ns) != (mine.ino, mine.mtime_ns)
             if data == mine.data and not touched:
                 self._pending_empty.discard(rel)
@@ -280,6 +290,60 @@ class Tree:
             self._refresh_ksm()
         return changed
 
+    def _read_back(self, rel: str) -> tuple[os.stat_result, bytes] | None:
+        """A KSM file's identity and bytes; None (after repairing or reporting it) when it is not one.
+
+        Never blocks: a FIFO is not read but replaced, like a removed file, with the
+        kernel's text (a rename replaces anything but a directory, and nothing
+        written to a FIFO is kept); a directory is reported once and left alone.
+        """
+        path = self.root / rel
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                found = read_regular_stat(path, 1 << 20)
+                self._problems.ok(rel, f"{path} can be read again")
+                return found
+        except FileNotFoundError:
+            # Not said when a directory around it went (said once, at the next tick's start), nor
+            # at the end of a damage already reported.
+            if not self._dir_gone(path) and not self._problems.failing(("put", rel)):
+                log.warning("%s was removed by another program; recreating it", path)
+            self._written.pop(rel)
+            return None
+        except NotRegularFile:  # replaced between the two looks: see it next tick
+            return None
+        except OSError as exc:
+            self._problems.fail(rel, f"cannot read {path}: {exc.strerror}")
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            self._problems.fail(("put", rel), self._damage(path, None))  # as _put words it: one line
+        else:  # said once, like a directory: the restore may have to wait (a removed scratch directory)
+            self._problems.fail(("put", rel), f"{path} was replaced by {kind_of(st.st_mode)} by another program; "
+                                "restoring the file")
+            self._written.pop(rel)
+        return None
+
+    def keep_dirs(self) -> None:
+        """Make again the directories of ours that another program removed (the tree's, and its scratch space)."""
+        wanted = [*BASE_DIRS, *(str(d.relative_to(self.root)) for d in self.scratch_dirs)]
+        missing = [rel for rel in wanted if not os.path.lexists(self.root / rel)]
+        # the directory that was removed, once, not each one that went with it
+        for gone in dict.fromkeys(removed_top(self.root, self.root / rel) for rel in missing):
+            log.warning("%s was removed by another program; recreating it", gone)
+        for rel in missing:
+            path = self.root / rel
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TreeError(f"{path} was removed by another program and cannot be made again: "
+                                f"{exc.strerror}") from None
+            prefix = rel + "/"
+            for written in [r for r in self._written if r.startswith(prefix)]:
+                del self._written[written]  # the files that were in it: write them again
+            if rel == "proc":
+                self._pids.clear()  # and the process directories
+
     def _refresh_ksm(self) -> None:
         texts = self.sim.kernel.read_all()  # one read of ksmd's counters for all 24 files
         for name, writable in KSM_ATTRS.items():
@@ -314,12 +378,15 @@ class Tree:
         for pid in [p for p in self._pids if p not in live or self._pids[p] != live[p].start_time]:
             self._remove_pid_dir(pid)
             changed = True
+        for pid in [p for p in self._pids if not (self.root / "proc" / str(p)).is_dir()]:
+            log.warning("%s was removed by another program; recreating it", self.root / "proc" / str(pid))
+            self._forget_pid(pid)
         for pid, proc in live.items():
             if pid not in self._pids:
                 changed |= self._add_pid_dir(proc, self._proc_texts(self._view(proc)))
-        if changed:
+        if changed or self._manifest_unsaved:
             self.manifest.pids = sorted([*self._pids, self.ksmd_pid])
-            self.manifest.save()
+            self._save_manifest()
         key = self._memory_key()
         now = time.monotonic()
         if not force and key == self._proc_key:
@@ -332,6 +399,18 @@ class Tree:
                     self._put(f"proc/{pid}/{fname}", data, 0o444)
         self._proc_key = key
         self._next_proc_refresh = now + 4 * (time.monotonic() - now)
+
+    def _save_manifest(self) -> None:
+        """Save the manifest; on failure (a full file system) say so once and try again next time."""
+        try:
+            self.manifest.save()
+        except OSError as exc:
+            self._manifest_unsaved = True
+            if os.path.lexists(self.state_dir):  # else: said and made again at the next tick
+                self._problems.fail("manifest", f"cannot write {self.manifest.path}: {exc.strerror}")
+            return
+        self._manifest_unsaved = False
+        self._problems.ok("manifest", f"{self.manifest.path} is written again")
 
     def _memory_key(self) -> tuple:
         """A value that moves whenever a process's resident or KSM numbers can have changed."""
@@ -352,6 +431,7 @@ class Tree:
             "ksm_stat": proc.ksm_stat_text.encode(),
             "ksm_merging_pages": f"{proc.ksm_merging_pages}\n".encode(),
             "smaps_rollup": procfs.smaps_rollup_text(proc.rollup, proc.vsz_pages, proc.page_size).encode(),
+            "smaps": procfs.smaps_text(proc.vmas).encode(),
         }
 
     def _ksmd_texts(self) -> dict[str, bytes]:
@@ -387,28 +467,39 @@ class Tree:
             self._problems.fail(("pid", proc.pid, proc.start_time), f"{target} exists and was not made by sysfs-emu; "
                                 f"process {proc.name} (pid {proc.pid}) is not shown")
             return False
-        self._problems.ok(("pid", proc.pid, proc.start_time), f"{target} is free again; process {proc.name} (pid {proc.pid}) is shown")
         build = self.tmp_dir / f"new-{proc.pid}"
-        shutil.rmtree(build, ignore_errors=True)
-        build.mkdir()
-        for fname, data in texts.items():
-            path = build / fname
-            path.write_bytes(data)
-            os.chmod(path, 0o444)
-        os.chmod(build, 0o755)
-        os.rename(build, target)
+        try:
+            shutil.rmtree(build, ignore_errors=True)
+            build.mkdir()
+            for fname, data in texts.items():
+                path = build / fname
+                path.write_bytes(data)
+                os.chmod(path, 0o444)
+            os.chmod(build, 0o755)
+            os.rename(build, target)
+        except OSError as exc:
+            shutil.rmtree(build, ignore_errors=True)
+            if not self._dir_gone(target):
+                self._problems.fail(("pid", proc.pid, proc.start_time), f"cannot make {target}: {exc.strerror}; "
+                                    f"process {proc.name} (pid {proc.pid}) is not shown")
+            return False
+        self._problems.ok(("pid", proc.pid, proc.start_time), f"{target} is free again; process {proc.name} (pid {proc.pid}) is shown")
         for fname, data in texts.items():
             st = os.stat(target / fname)
             self._written[f"proc/{proc.pid}/{fname}"] = _Written(data, 0o444, st.st_ino, st.st_mtime_ns)
         self._pids[proc.pid] = proc.start_time
         return True
 
-    def _remove_pid_dir(self, pid: int) -> None:
-        target = self.root / "proc" / str(pid)
+    def _forget_pid(self, pid: int) -> None:
+        """Forget what was written for ``pid``, so that its directory is made afresh."""
         self._pids.pop(pid, None)
-        self._hwm.pop(pid, None)
         for fname in (*PROC_FILES, *KSMD_FILES):
             self._written.pop(f"proc/{pid}/{fname}", None)
+
+    def _remove_pid_dir(self, pid: int) -> None:
+        target = self.root / "proc" / str(pid)
+        self._forget_pid(pid)
+        self._hwm.pop(pid, None)
         if not target.is_dir() or target.is_symlink():
             return
         gone = self.tmp_dir / f"gone-{pid}-{self._next_seq()}"
@@ -422,12 +513,48 @@ class Tree:
     # --- files --------------------------------------------------------------------------
 
     def _put(self, rel: str, data: bytes, mode: int) -> None:
-        """Replace ``rel`` atomically with ``data`` unless it already holds exactly that."""
+        """Replace ``rel`` atomically with ``data`` unless it already holds exactly that.
+
+        When another program put a directory there (a rename cannot replace one), or
+        removed the directory around it, that is said once, naming the path, and the
+        tree goes on: the file is written again once the path is free.
+        """
         mine = self._written.get(rel)
-        if mine is not None and mine.data == data and mine.mode == mode:
+        if mine is not None and mine.data == data and mine.mode == mode and rel not in self._failed_puts:
             return
-        st = replace_file(self.root / rel, data, mode, tmp=self.tmp_dir / f"f{self._next_seq()}")
+        path = self.root / rel
+        try:
+            st = replace_file(path, data, mode, tmp=self.tmp_dir / f"f{self._next_seq()}")
+        except OSError as exc:
+            if not self._dir_gone(path):  # a removed directory of ours is said and made again next tick
+                self._problems.fail(("put", rel), self._damage(path, exc))
+            # Tried again even if the data goes back to what the file holds, so that the
+            # problem, once said, is also said to be over.
+            self._failed_puts.add(rel)
+            return
+        self._failed_puts.discard(rel)
+        self._problems.ok(("put", rel), f"{path} is kept up to date again")
         self._written[rel] = _Written(data, mode, st.st_ino, st.st_mtime_ns)
+
+    def _dir_gone(self, path: Path) -> bool:
+        """Whether the directory holding ``path``, or the scratch directory, was removed (nothing else in its place)."""
+        return not (os.path.lexists(path.parent) and os.path.lexists(self.tmp_dir))
+
+    def _damage(self, path: Path, exc: OSError | None) -> str:
+        """What another program did to ``path`` that keeps this tree from writing it, in words."""
+        try:
+            kind = kind_of(os.lstat(path).st_mode)
+        except OSError:
+            kind = None
+        if kind == "a directory":
+            return f"{path} was replaced by a directory by another program; it is not updated until that is removed"
+        if not path.parent.is_dir():
+            try:
+                parent = f"replaced by {kind_of(os.lstat(path.parent).st_mode)}"
+            except OSError:
+                parent = "removed"
+            return f"{path.parent} was {parent} by another program; {path.name} is written again when it is back"
+        return f"cannot update {path}: {exc.strerror if exc else 'not a regular file'}"
 
     def _next_seq(self) -> int:
         self._tmp_seq += 1

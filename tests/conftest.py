@@ -6,8 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests import realksm
+
+# Property tests must pass on any machine, every time: the same examples on every run
+# (derandomized, no example database carried between runs), and nothing timed (no
+# deadline, no health check that measures how long generating examples takes).
+settings.register_profile(
+    "suite", derandomize=True, database=None, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("suite")
 
 # Expensive set-ups (downloaded Debian packages, a debootstrapped root file
 # system) are cached here, outside the checkout, and reused between runs.

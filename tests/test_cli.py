@@ -28,6 +28,19 @@ def cli(host, *args, env=None, root=True):
     return subprocess.run([*base, *args], capture_output=True, text=True, env=e, timeout=60)
 
 
+def status_fields(text: str) -> dict[str, str]:
+    """``status``'s output as label -> text, the wrapped lines joined again."""
+    fields: dict[str, str] = {}
+    label = None
+    for line in text.splitlines():
+        if line[:12].strip():
+            label, _, rest = line.partition(":")
+            fields[label] = line[12:]
+        else:
+            fields[label] += " " + line[12:]
+    return fields
+
+
 def test_version(host):
     r = cli(host, "--version")
     assert (r.returncode, r.stdout) == (0, f"ksmtuned-py, version {__version__}\n")
@@ -51,6 +64,7 @@ def test_global_options_after_the_command(host, tmp_path):
     other.write_text("KSM_NPAGES_MAX=777\n")
     r = cli(host, "check-config", "--config", str(other))
     assert f"KSM_NPAGES_MAX=777                       # {other}:1" in r.stdout.splitlines()
+    (host.base / "empty").mkdir()
     r = cli(host, "status", "--root", str(host.base / "empty"))
     assert (r.returncode, r.stderr) == (69, (
         f"ksmtuned-py: the kernel has no KSM (CONFIG_KSM): {host.base}/empty/sys/kernel/mm/ksm does not exist\n"))
@@ -95,6 +109,9 @@ def test_check_config_prints_every_value_and_its_origin(host):
     assert r.returncode == 0
     c = str(host.conf)
     assert r.stdout.splitlines() == [
+        f"# the settings in effect with {c}",
+        f"# compatibility: upstream (KSM_COMPAT=auto, and this is not a Proxmox VE host (no Proxmox VE "
+        f"package in {host.root}/var/lib/dpkg/status, no {host.root}/etc/pve))",
         "KSM_MONITOR_INTERVAL=60                  # default",
         "KSM_SLEEP_MSEC=20                        # environment",
         "KSM_NPAGES_BOOST=300                     # default",
@@ -113,6 +130,8 @@ def test_check_config_prints_every_value_and_its_origin(host):
         "KSM_METRICS_TEXTFILE=''                  # default",
         "KSM_POLICY=ksmtuned                      # default",
         "KSM_MAX_CPU=20                           # default",
+        "KSM_COMPAT=auto                          # default",
+        "KSM_PS_METRIC=''                         # default",
     ]
     assert r.stderr == f"warning: {c}:2: unknown key KSM_NPAGE_MIN, ignored (did you mean KSM_NPAGES_MIN?)\n"
 
@@ -134,35 +153,57 @@ def test_check_config_errors_are_one_line_with_exit_78(host):
     )
 
 
-def test_check_config_without_a_file(host):
+def test_check_config_without_a_file_warns_and_exits_66(host):
+    """A mistyped --config: the values without it are printed, marked as a warning, exit status 66."""
     host.conf.unlink()
     r = cli(host, "check-config")
+    assert r.returncode == 66  # EX_NOINPUT
+    assert r.stderr == (f"warning: {host.conf} does not exist; using the environment and the defaults "
+                        "(as ksmtuned does)\n")
+    assert r.stdout.splitlines()[0] == f"# {host.conf} does not exist: the settings in effect without it"
+    assert r.stdout.splitlines()[2] == "KSM_MONITOR_INTERVAL=60                  # default"
+
+
+def test_check_config_says_what_npages_min_above_max_does(host):
+    host.conf.write_text("KSM_NPAGES_MAX=100\nKSM_NPAGES_MIN=2000\n")
+    r = cli(host, "check-config")
     assert r.returncode == 0
-    assert r.stderr == f"{host.conf} does not exist; using the environment and defaults\n"
-    assert r.stdout.splitlines()[0] == "KSM_MONITOR_INTERVAL=60                  # default"
+    assert r.stderr == (
+        f"warning: {host.conf}:2: KSM_NPAGES_MIN=2000 is above KSM_NPAGES_MAX=100, so pages_to_scan is "
+        "never between them: as ksmtuned does, a cycle that starts KSM writes 2000 when npages plus the "
+        "step (KSM_NPAGES_BOOST or KSM_NPAGES_DECAY) is below 2000, else 100\n")
 
 
 # --- status -------------------------------------------------------------------------------------
 
 
 def test_status_text(host):
+    """Sizes in human units (the reason keeps the rule's kB), lines of at most 79 columns."""
     r = cli(host, "status")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == (
-        "KSM:        stopped (run=0), pages_to_scan 100, sleep_millisecs 20, advisor none\n"
-        "counters:   pages_shared 0, pages_sharing 2560, pages_unshared 0, pages_volatile 0, "
-        "full_scans 0, general_profit 10000000\n"
+    assert r.stdout.split("compat:")[0] == (
+        "KSM:        stopped (run=0), pages_to_scan 100, sleep_millisecs 20,\n"
+        "            advisor none\n"
+        "counters:   pages_shared 0, pages_sharing 2560, pages_unshared 0,\n"
+        "            pages_volatile 0, full_scans 0, general_profit 10000000\n"
         f"saved:      10.0 MiB (pages_sharing 2560 x {PAGE} B); general_profit 9.5 MiB\n"
-        "memory:     total 1000000 kB, free 100000 kB (classic), committed 0 kB (rss, 0 guests), "
-        "thres 200000 kB\n"
-        "unmerge:    merged 10.0 MiB needed back if the guests wrote it all, MemAvailable + SwapFree 97.7 MiB: fits\n"
-        "next cycle: start ksm (boost): pages_to_scan 300, sleep_millisecs 167, because "
-        "free 100000 kB <= thres 200000 kB; free 100000 kB < thres 200000 kB, "
-        "so boost pages_to_scan from 0 to 300\n"
+        "memory:     total 976.6 MiB, free 97.7 MiB (classic),\n"
+        "            committed 0 B (rss, 0 guests), thres 195.3 MiB\n"
+        "unmerge:    merged 10.0 MiB needed back if the guests wrote it all,\n"
+        "            MemAvailable + SwapFree 97.7 MiB: fits\n"
+        "next cycle: start ksm (boost): pages_to_scan 300, sleep_millisecs 167, because\n"
+        "            free 100000 kB <= thres 200000 kB; free 100000 kB <\n"
+        "            thres 200000 kB, so boost pages_to_scan from 0 to 300\n"
         "npages:     0 now, from a fresh start (no daemon running)\n"
-        f"daemon:     not running (no ksmtuned-py daemon is running: {host.pidfile} does not exist)\n"
     )
     assert r.stderr == ""
+    # the lines with the test's paths wrap by their length
+    fields = status_fields(r.stdout)
+    assert fields["compat"] == (f"upstream (KSM_COMPAT=auto, and this is not a Proxmox VE host (no Proxmox VE "
+                                f"package in {host.root}/var/lib/dpkg/status, no {host.root}/etc/pve))")
+    assert fields["daemon"] == f"not running ({host.pidfile} does not exist)"
+    assert list(fields)[-2:] == ["compat", "daemon"]
+    assert all(len(line) <= 79 or " " not in line.strip() for line in r.stdout.splitlines())
 
 
 def test_status_json_with_a_guest_and_a_running_daemon(host, daemons):
@@ -173,19 +214,20 @@ def test_status_json_with_a_guest_and_a_running_daemon(host, daemons):
         r = cli(host, "status", "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["ksm"] == {"run": 0, "pages_to_scan": 100, "sleep_millisecs": 20, "advisor_mode": "none"}
-    assert s["saved"] == {"bytes": 2560 * PAGE, "pages_sharing": 2560, "page_size": PAGE,
-                          "general_profit": 10000000}
+    assert s["ksm"] == {"run": 0, "pages_to_scan": 100, "sleep_millisecs": 20, "advisor_mode": "none",
+                        "pages_shared": 0, "pages_sharing": 2560, "pages_unshared": 0, "pages_volatile": 0,
+                        "full_scans": 0, "general_profit": 10000000}
+    assert (s["saved_bytes"], s["page_size"]) == (2560 * PAGE, PAGE)
     (guest,) = s["guests"]
-    assert (guest["pid"], guest["comm"]) == (g.pid, "qemu:web") and guest["kb"] >= 2048
+    assert (guest["pid"], guest["comm"]) == (g.pid, "qemu:web") and guest["committed_kb"] >= 2048
     assert s["memory"] == {"total_kb": 1000000, "free_kb": 900000, "free_metric": "classic",
-                           "committed_kb": guest["kb"], "memory_metric": "rss", "thres_kb": 200000,
-                           "sleep_ms": 167}
+                           "committed_kb": guest["committed_kb"], "memory_metric": "rss", "thres_kb": 200000}
+    assert s["next"]["sleep_ms"] == 167 and s["next"]["advisor_active"] is False
     # the daemon has not decided yet: its npages is 0, whatever pages_to_scan says
     assert s["next"]["action"] == "stop" and s["next"]["npages"] == 0
     assert (s["next"]["from_npages"], s["next"]["npages_source"]) == (0, "daemon")
     assert s["next"]["reason"] == (
-        f"committed + thres = {guest['kb'] + 200000} kB < total 1000000 kB "
+        f"committed + thres = {guest['committed_kb'] + 200000} kB < total 1000000 kB "
         "and free 900000 kB > thres 200000 kB"
     )
     assert s["daemon"] == {"running": True, "pid": d.pid, "pidfile": str(host.pidfile),
@@ -202,7 +244,7 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
     published = json.loads(state.read_text())
     assert (published["pid"], published["npages"], published["last_decision"]) == (d.pid, 0, None)
     assert published["tuning"] == {"total": 1000000, "sleep": 167, "thres": 200000, "thres_text": "200000"}
-    assert f"daemon:     running (pid {d.pid}), no cycle yet\n" in cli(host, "status").stdout
+    assert status_fields(cli(host, "status").stdout)["daemon"] == f"running (pid {d.pid}), no cycle yet"
     d.kick()
     d.kick()  # boost twice: the daemon's npages is 600
     (host.ksm / "pages_to_scan").write_text("5\n")  # someone else changed the knob
@@ -218,11 +260,11 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
         f"dry run: nothing written (npages started from 600, taken from the running daemon (pid {d.pid}, {state}))",
     ]
     r = cli(host, "status")
-    assert f"npages:     600 now, from the running daemon (pid {d.pid}, {state})\n" in r.stdout
-    assert "so boost pages_to_scan from 600 to 900" in r.stdout
+    fields = status_fields(r.stdout)
+    assert fields["npages"] == f"600 now, from the running daemon (pid {d.pid}, {state})"
+    assert fields["next cycle"].endswith("so boost pages_to_scan from 600 to 900")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(published["last_decision"]["time"]))
-    assert f"daemon:     running (pid {d.pid}), last cycle at {when}: start ksm (boost, pages_to_scan 600)\n" \
-        in r.stdout
+    assert fields["daemon"] == f"running (pid {d.pid}), last cycle at {when}: start ksm (boost, pages_to_scan 600)"
     # a reload restarts npages at 0 with the new settings, and the state says so
     d.kick(signal.SIGHUP)
     wait_for(lambda: json.loads(state.read_text())["params"]["npages_max"] == 700)
@@ -236,15 +278,31 @@ def test_status_and_adjust_start_from_the_running_daemons_npages(host, daemons):
         (other / "sys/kernel/mm/ksm" / name).write_text(value + "\n")
     (other / "proc/meminfo").write_text((host.root / "proc/meminfo").read_text())
     r = cli(host, "status", "--root", str(other))
-    assert (f"npages:     0 now, from a fresh start (the daemon runs on root {host.root}, not {other})\n"
-            in r.stdout), r.stdout
+    assert status_fields(r.stdout)["npages"] == (
+        f"0 now, from a fresh start (the daemon runs on root {host.root}, not {other})"), r.stdout
     assert d.finish() == 0
     assert not state.exists() and not host.pidfile.exists()
     assert list(host.base.glob(".ksmtune.state.*")) == []
     assert "taken from a fresh start (no daemon running)" in cli(host, "adjust").stdout
 
 
+def test_adjust_apply_refuses_beside_a_running_daemon(host, daemons):
+    """Two tuners never at once: --apply would be undone at the daemon's next cycle."""
+    d = daemons(host).wait_ready()
+    (host.ksm / "pages_to_scan").write_text("5\n")
+    r = cli(host, "adjust", "--apply")
+    assert r.returncode == 1
+    assert r.stderr == (f"ksmtuned-py: a ksmtuned-py daemon tunes {host.ksm} and would undo this at its next "
+                        "cycle; `ksmtuned-py retune` makes it decide now (or stop it first)\n")
+    assert host.knob("pages_to_scan") == "5\n"  # nothing written
+    assert cli(host, "adjust", "--dry-run").returncode == 0  # a prediction is fine
+    assert d.finish() == 0
+    assert cli(host, "adjust", "--apply").returncode == 0
+    assert host.knob("pages_to_scan") == "300\n"
+
+
 def test_status_without_ksm(host):
+    (host.base / "empty").mkdir()
     r = cli(host, "--root", str(host.base / "empty"), "status", root=False)
     assert r.returncode == 69
     assert r.stderr == (
@@ -335,6 +393,7 @@ def test_ksm_start_sets_max_kernel_pages_on_old_kernels(host, tmp_path):
 
 
 def test_ksm_without_ksm_or_with_a_failing_write(host):
+    (host.base / "nothing").mkdir()
     r = cli(host, "--root", str(host.base / "nothing"), "ksm", "stop", root=False)
     assert r.returncode == 69 and "Traceback" not in r.stderr
     (host.ksm / "run").unlink()
@@ -366,6 +425,19 @@ def test_retune_signals_the_running_daemon(host, daemons):
     assert (r.returncode, r.stdout) == (0, f"asked ksmtuned-py (pid {d.pid}) to retune\n")
     wait_for(lambda: _cycle_done(host.debug_lines()))
     assert host.debug_lines()[-1] == "KSMCTL start 300 167"
+    assert d.finish() == 0
+
+
+def test_reload_signals_the_running_daemon_and_only_it(host, daemons):
+    r = cli(host, "reload")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == f"ksmtuned-py: no ksmtuned-py daemon is running: {host.pidfile} does not exist\n"
+    d = daemons(host).wait_ready()
+    r = cli(host, "reload")
+    assert (r.returncode, r.stdout) == (0, f"asked ksmtuned-py (pid {d.pid}) to reload\n")
+    # SIGHUP: the start lines again (the config re-read), then the reload's cycle
+    wait_for(lambda: _cycle_done(host.debug_lines()))
+    assert host.debug_lines()[3:6] == ["total 1000000", "sleep 167", "thres 200000"]
     assert d.finish() == 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import platform
 import random
-import time
 
 import pytest
 
@@ -24,9 +23,7 @@ def test_real_kernel_and_simulator_answer_alike(real_ksm):
     table = probe.load_table()
     defaults = table["defaults"]
     rows = [probe.row_from_json(entry) for entry in table["rows"]]
-    started = time.monotonic()
     real = probe.run_real(rows, defaults)
-    elapsed = time.monotonic() - started
 
     differ = probe.sim_differences(rows, real, defaults)
     assert not differ, f"{len(differ)} of {len(rows)} rows differ:\n" + "\n".join(differ[:20])
@@ -44,7 +41,6 @@ def test_real_kernel_and_simulator_answer_alike(real_ksm):
                  if {k: got[k] for k in ("errno", "written", "readback", "changed")}
                  != {k: entry[k] for k in ("errno", "written", "readback", "changed")}]
         assert not stale, "the committed table no longer matches this kernel: " + ", ".join(stale[:10])
-    assert elapsed < 60, f"live replay took {elapsed:.1f}s"
 
 
 def _random_rows(seed: int, count: int) -> list[probe.Row]:

@@ -61,7 +61,7 @@ def test_simulate_writes_a_clamped_npages_as_configured(tmp_path):
 
     sim.kernel.write_attr = recording
     run = Simulate(sim, config)
-    reports = [run.cycle() for _ in range(3)]
+    reports = [run.cycle().report for _ in range(3)]
     assert [r.action for r in reports] == ["stop", "stop", "start"]
     assert written == [("run", "0\n"), ("run", "0\n"),
                        ("pages_to_scan", "+64\n"), ("sleep_millisecs", "53\n"), ("run", "1\n")]
@@ -72,7 +72,7 @@ def test_simulate_writes_a_clamped_npages_as_configured(tmp_path):
     r = subprocess.run([SYSFS_EMU, "simulate", "demo", "--duration", "3m", "--json", "--config", str(conf)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    rows = json.loads(r.stdout)["timeline"]
     assert rows[2]["writes"] == ["pages_to_scan=+64", "sleep_millisecs=53", "run=1"]
     assert (rows[2]["npages"], rows[2]["sleep_ms"], rows[2]["free_kb"]) == (64, 53, reports[2].free_kb)
 

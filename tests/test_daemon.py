@@ -195,13 +195,14 @@ def daemons():
 
 
 def test_first_cycle_one_interval_after_start(host, daemons):
-    host.write_config(interval=1.0)
+    # 3 s: one interval (not none, not two) stays clear of a loaded machine's delays
+    host.write_config(interval=3.0)
     d = daemons(host).wait_ready()
     started = time.monotonic()
     assert host.debug_lines() == ["total 1000000", "sleep 167", "thres 200000"]
-    wait_for(lambda: _cycle_done(host.debug_lines()), timeout=5)
+    wait_for(lambda: _cycle_done(host.debug_lines()), timeout=30)
     elapsed = time.monotonic() - started
-    assert 0.7 <= elapsed <= 2.5
+    assert 2.7 <= elapsed < 6
     assert host.debug_lines()[3:] == [
         "committed 0 free 100000",
         "200000 > 1000000, start ksm",
@@ -360,6 +361,15 @@ def test_a_stale_pidfile_is_taken_over(host, daemons):
     assert host.pidfile.read_text() == f"{d.pid}\n"
     assert d.finish() == 0
     assert not host.pidfile.exists()
+
+
+def test_without_a_config_file_it_runs_on_the_defaults_and_warns(host, daemons):
+    """As the reference does (it sources the file only if it exists), but saying so."""
+    host.conf.unlink()
+    d = daemons(host, env={"PIDFILE": str(host.pidfile)}).wait_ready(debug_lines=False)
+    assert d.finish() == 0
+    assert (f"ksmtuned-py: WARNING: {host.conf} does not exist; using the environment and the defaults "
+            "(as ksmtuned does)") in d.stderr.splitlines()
 
 
 def test_no_ksm_directory_is_a_clear_error(host, daemons):
@@ -559,9 +569,14 @@ def test_sd_notify_messages_and_watchdog(host, daemons, tmp_path):
             "READY=1\nSTATUS=ready: total 1000000 kB, thres 200000 kB, sleep 167ms; first cycle in 3600s"
         )
         pings = until(lambda m: m == "WATCHDOG=1")
-        t = time.monotonic()
-        until(lambda m: m == "WATCHDOG=1")
-        assert time.monotonic() - t < 0.6  # every 0.2 s (half of WatchdogSec)
+        # every 0.2 s (half of WatchdogSec), not every 0.4 s: the median of several gaps,
+        # which a late ping on a loaded machine does not move
+        stamps = [time.monotonic()]
+        for _ in range(7):
+            until(lambda m: m == "WATCHDOG=1")
+            stamps.append(time.monotonic())
+        gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+        assert 0.1 < gaps[len(gaps) // 2] < 0.3, gaps
         d.send(signal.SIGUSR1)
         msgs = until(lambda m: m.startswith("STATUS=running"))
         assert msgs[-1] == "STATUS=running: pages_to_scan=300 sleep=167ms; saved 10.0 MiB"

@@ -67,8 +67,10 @@ def test_program_path_is_written_into_units_and_hook(tmp_path: Path):
     assert "ExecStop=/opt/ksmtuned-py/bin/ksmtuned-py ksm stop\n" in ksm
     hook = (tmp_path / "etc/libvirt/hooks/qemu.d/ksmtuned-py").read_text()
     assert 'KSMTUNED_PY="${KSMTUNED_PY:-/opt/ksmtuned-py/bin/ksmtuned-py}"\n' in hook
-    # The config and logrotate file name no program: copied unchanged.
+    # The config and the logrotate file (copytruncate, no signal) name no program: copied unchanged.
     assert (tmp_path / "etc/ksmtuned.conf").read_bytes() == (REPO / "etc/ksmtuned.conf").read_bytes()
+    rotate = tmp_path / "etc/logrotate.d/ksmtuned-py"
+    assert rotate.read_bytes() == (REPO / "etc/logrotate.d/ksmtuned-py").read_bytes()
 
 
 def test_existing_config_is_never_overwritten_but_the_rest_is_updated(tmp_path: Path):
@@ -129,3 +131,25 @@ def test_modes_do_not_depend_on_the_umask(tmp_path: Path):
     for d in ("etc", "etc/systemd/system", "etc/libvirt/hooks/qemu.d", "etc/logrotate.d",
               "etc/tmpfiles.d", "usr/local/share/man/man8", "usr/local/share/zsh/site-functions"):
         assert stat.S_IMODE((tmp_path / d).stat().st_mode) == 0o755, d
+
+
+def test_the_libvirt_hook_can_be_left_out(tmp_path: Path):
+    dest = tmp_path / "dest"
+    got = cli("install", "--destdir", str(dest), "--exec", "/usr/bin/ksmtuned-py", "--no-libvirt-hook")
+    assert got.returncode == 0, got.stderr
+    hook = dest / "etc/libvirt/hooks/qemu.d/ksmtuned-py"
+    assert f"skipped {hook} (--no-libvirt-hook)" in got.stdout.splitlines()
+    assert not (dest / "etc/libvirt").exists()  # not even the directory
+    assert files_under(dest) == set(EXPECTED) - {"etc/libvirt/hooks/qemu.d/ksmtuned-py"}
+
+
+def test_on_the_live_system_the_hook_goes_only_where_libvirt_is(tmp_path: Path):
+    """`install` on / without /etc/libvirt says it skipped the hook; below a --destdir it ships it."""
+    libvirt = tmp_path / "etc-libvirt"
+    assert install.libvirt_hook_skipped("/", None, str(libvirt)) == (
+        f"no {libvirt}: libvirt is not installed; --libvirt-hook installs the hook anyway")
+    libvirt.mkdir()
+    assert install.libvirt_hook_skipped("/", None, str(libvirt)) is None
+    assert install.libvirt_hook_skipped(tmp_path, None, str(tmp_path / "none")) is None  # packaging
+    assert install.libvirt_hook_skipped("/", True, str(tmp_path / "none")) is None
+    assert install.libvirt_hook_skipped(tmp_path, False, str(libvirt)) == "--no-libvirt-hook"

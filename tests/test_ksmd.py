@@ -405,3 +405,64 @@ def test_ksmd_reads_its_tunables_through_a_small_interface():
     kernel = Kernel()
     Ksmd(kernel, Memory())
     assert kernel.engine is None  # plugging it in is the builder's choice, not a side effect
+
+
+# ---- the chain walk ----------------------------------------------------------
+
+def _walk_oracle(nodes, chain: list[int], prune: bool, max_page_sharing: int) -> tuple[int, list[int]]:
+    """stable_node_dup()'s walk, one dup at a time as mm/ksm.c writes it: (the pick, the stale dups passed)."""
+    def room(n):
+        return 0 < nodes.count[n] < max_page_sharing
+
+    found, passed = -1, []
+    for dup in chain:
+        if nodes.alive[dup] and nodes.mapcount[dup] == 0:
+            passed.append(dup)
+            continue
+        if found < 0 or (room(dup) and (not room(found) or nodes.count[dup] > nodes.count[found])):
+            found = dup
+            if not prune and room(found):
+                break
+    return found, passed
+
+
+def test_the_chain_walk_picks_and_prunes_as_the_kernel_walks():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sysfs_emu.ksmd.stable import StableTree
+
+    dup = st.tuples(st.integers(0, 6), st.integers(0, 3), st.booleans())  # count, mapcount, alive
+    # long chains of mostly full dups: the walk looks at them piece by piece
+    def with_some(length_and_changes):
+        (length, changes), chain = length_and_changes, []
+        chain = [(6, 1, True)] * length
+        for at, state in changes:
+            chain[at % length] = state
+        return chain
+
+    long_chain = st.tuples(st.integers(1, 700), st.lists(st.tuples(st.integers(0, 699), dup), max_size=4)).map(with_some)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.one_of(st.lists(dup, min_size=1, max_size=12), long_chain), st.booleans(), st.integers(2, 6))
+    def check(dups, prune, max_page_sharing):
+        memory = Memory()
+        ids = memory.new_ksm_pages(np.full(len(dups), 7, dtype=np.int64))
+        for n, (count, mapcount, alive) in zip(ids, dups):
+            memory.nodes.count[n], memory.nodes.mapcount[n], memory.nodes.alive[n] = count, mapcount, alive
+        tree = StableTree(memory, SimpleNamespace(max_page_sharing=max_page_sharing))
+        chain = [int(n) for n in ids]
+        assert tree._walk(chain, prune) == _walk_oracle(memory.nodes, chain, prune, max_page_sharing)
+
+    check()
+    # one dup with room, or a stale one, at every place of a long chain of full dups
+    memory = Memory()
+    ids = [int(n) for n in memory.new_ksm_pages(np.full(700, 7, dtype=np.int64))]
+    tree = StableTree(memory, SimpleNamespace(max_page_sharing=6))
+    for special in ((1, 1, True), (3, 0, True)):
+        for at in range(len(ids)):
+            for n in ids:
+                memory.nodes.count[n], memory.nodes.mapcount[n], memory.nodes.alive[n] = 6, 1, True
+            memory.nodes.count[ids[at]], memory.nodes.mapcount[ids[at]], memory.nodes.alive[ids[at]] = special
+            for prune in (False, True):
+                assert tree._walk(ids, prune) == _walk_oracle(memory.nodes, ids, prune, 6), (special, at, prune)

@@ -20,6 +20,7 @@ SAMPLE = metrics.Sample(
     general_profit=-12288,
     ksm_zero_pages=7,
     pages_scanned=123456789,
+    running=True,
     decision="boost",
     npages=364,
     sleep_ms=20,
@@ -87,7 +88,7 @@ def test_render_is_valid_exposition_with_help_and_type():
 
 
 def test_unknown_values_are_left_out():
-    text = metrics.render(metrics.Sample(general_profit=None, ksm_zero_pages=0, decision="stop"))
+    text = metrics.render(metrics.Sample(general_profit=None, ksm_zero_pages=0, decision="stop", running=False))
     values, _ = parse(text)
     assert ("ksmtuned_ksm_general_profit_bytes", "") not in values
     assert values[("ksmtuned_ksm_zero_pages", "")] == 0
@@ -177,19 +178,41 @@ def test_one_shot_command_through_node_exporter(node_exporter_bin: Path, tmp_pat
     assert got.stdout == f"wrote {textdir / metrics.DEFAULT_NAME}\n"
     values, _ = parse(scrape_through_node_exporter(node_exporter_bin, textdir))
     assert values[("node_textfile_scrape_error", "")] == 0
-    # free 100000 kB < thres 419430 kB: with no daemon running, a cycle now is a fresh start's
-    # first (npages 0, whatever pages_to_scan says): boost to 300, as a starting daemon writes.
-    assert values[("ksmtuned_decision", 'decision="boost"')] == 1
-    assert values[("ksmtuned_pages_to_scan", "")] == 300
-    assert values[("ksmtuned_sleep_seconds", "")] == pytest.approx(0.08)
-    assert values[("ksmtuned_threshold_bytes", "")] == 419430 * 1024
+    # What is true now: run reads 0, the memory and the counters. No daemon made a decision,
+    # so there is none (not what a cycle would decide), and no last cycle.
+    assert values[("ksmtuned_ksm_running", "")] == 0
     assert values[("ksmtuned_memory_free_bytes", "")] == 100000 * 1024
     assert values[("ksmtuned_memory_committed_bytes", "")] == 0
     assert values[("ksmtuned_guests", "")] == 0
     assert values[("ksmtuned_ksm_pages_scanned_total", "")] == 4242
-    assert before <= values[("ksmtuned_last_cycle_timestamp_seconds", "")] <= time.time()
+    for name in ("ksmtuned_decision", "ksmtuned_pages_to_scan", "ksmtuned_sleep_seconds",
+                 "ksmtuned_threshold_bytes", "ksmtuned_last_cycle_timestamp_seconds", "ksmtuned_cycles_total"):
+        assert not [key for key in values if key[0] == name], name
     # One-shot writes nothing to KSM.
     assert host.knob("run") == "0" and host.knob("pages_to_scan") == "100"
+
+
+def test_one_shot_command_reports_the_running_daemons_last_decision(tmp_path: Path):
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    host = make_host(tmp_path / "host")
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    prom = textdir / metrics.DEFAULT_NAME
+    with RunningDaemon(host) as daemon:
+        daemon.proc.send_signal(signal.SIGUSR1)
+        # the cycle's closing line, written after its knobs ("committed" comes before them)
+        wait_for(lambda: "KSMCTL start" in host.logfile.read_text(), what="the first cycle's writes")
+        (host.ksm / "run").write_text("0\n")  # stopped by hand since: the file says so
+        got = subprocess.run([*host.cli(), "metrics", "--textfile", str(textdir)],
+                             capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0, got.stderr
+        values, _ = parse(prom.read_text())
+    assert values[("ksmtuned_decision", 'decision="boost"')] == 1
+    assert values[("ksmtuned_pages_to_scan", "")] == 300
+    assert values[("ksmtuned_threshold_bytes", "")] == 419430 * 1024
+    assert values[("ksmtuned_cycles_total", "")] == 1
+    assert values[("ksmtuned_ksm_running", "")] == 0
 
 
 def test_daemon_writes_after_each_cycle(tmp_path: Path):
@@ -257,3 +280,50 @@ def test_cycles_total_counts_the_daemons_cycles_across_reloads(tmp_path: Path):
         daemon.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: cycles_total() == 3, what="the reload's cycle in the metrics file")
         assert parse(prom.read_text())[1]["ksmtuned_cycles_total"] == "counter"
+
+
+def test_the_daemon_removes_its_metrics_file_when_it_stops(tmp_path: Path):
+    """A stopped daemon's figures are not current: the file goes, so absent(ksmtuned_info) fires."""
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    (textdir / "other.prom").write_text("# another exporter's file\n")
+    host = make_host(tmp_path / "host", extra_config=f"KSM_METRICS_TEXTFILE={textdir}\n")
+    prom = textdir / metrics.DEFAULT_NAME
+    with RunningDaemon(host) as daemon:
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(prom.exists, what="the metrics file")
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=10) == 0
+    assert sorted(p.name for p in textdir.iterdir()) == ["other.prom"]
+    assert f"removed the metrics textfile {prom}" in daemon.log_text()
+
+
+def test_a_reload_keeps_the_metrics_file_or_removes_the_one_no_longer_configured(tmp_path: Path):
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    first, second = tmp_path / "a.prom", tmp_path / "b.prom"
+    host = make_host(tmp_path / "host", extra_config=f"KSM_METRICS_TEXTFILE={first}\n")
+    with RunningDaemon(host) as daemon:
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_for(first.exists, what="the metrics file")
+        inode = first.stat().st_ino
+        daemon.proc.send_signal(signal.SIGHUP)  # the same file: kept, then rewritten by the reload's cycle
+        wait_for(lambda: daemon.cycles() == 2, what="the reload's cycle")
+        wait_for(lambda: first.exists() and first.stat().st_ino != inode, what="the rewritten file")
+        host.config.write_text(host.config.read_text().replace(str(first), str(second)))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(second.exists, what="the new metrics file")
+        assert not first.exists()
+
+
+def test_one_name_for_the_metrics_file():
+    """The README, the shipped config and the code name the same file (it was ksmtuned.prom in one)."""
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    for doc in ("README.md", "etc/ksmtuned.conf"):
+        names = set(re.findall(r"[\w-][\w.-]*\.prom\b", (repo / doc).read_text()))
+        assert names <= {metrics.DEFAULT_NAME}, (doc, names)
+    assert metrics.DEFAULT_NAME in (repo / "etc/ksmtuned.conf").read_text()

@@ -3,13 +3,16 @@
 promtool comes from Debian's ``prometheus`` package (fetched into the cache,
 never installed).  The metrics that exist are what a real node_exporter
 serves from a simulated host: its ksmd collector, and its textfile collector
-reading the file ``ksmtuned-py metrics`` wrote.
+reading the file a running daemon wrote.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import pytest
 
 from sysfs_emu import Simulation
 from sysfs_emu.tree import Tree
-from tests import debpkg, nodeexporter
+from tests import debpkg, nodeexporter, proctools
 from tests.emutree import KSMTUNED_PY, small_scenario
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,17 +40,29 @@ def promtool() -> Path:
 
 @pytest.fixture(scope="module")
 def textfile(tmp_path_factory) -> Path:
-    """The metrics file `ksmtuned-py metrics` writes for a simulated host where KSM merged."""
+    """The metrics file a running daemon writes (KSM_METRICS_TEXTFILE) after a cycle on a
+    simulated host where KSM merged; copied aside, since the daemon removes it when it stops."""
     base = tmp_path_factory.mktemp("metrics")
     sim = Simulation(small_scenario())
     sim.advance(30.0)
     Tree(sim, base / "host").create()
-    (base / "ksmtuned.conf").write_text("KSM_THRES_COEF=200\n")
-    (base / "textfile").mkdir()
-    got = subprocess.run([KSMTUNED_PY, "--root", str(base / "host"), "--config", str(base / "ksmtuned.conf"),
-                          "metrics", "--textfile", str(base / "textfile")],
-                         capture_output=True, text=True, timeout=60)
-    assert got.returncode == 0, got.stderr
+    (base / "written").mkdir()
+    (base / "ksmtuned.conf").write_text(
+        "KSM_THRES_COEF=200\nKSM_MONITOR_INTERVAL=3600\n"
+        f"PIDFILE={base}/ksmtune.pid\nKSM_METRICS_TEXTFILE={base}/written\n")
+    daemon = subprocess.Popen([KSMTUNED_PY, "--root", str(base / "host"), "--config", str(base / "ksmtuned.conf"),
+                               "run"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    written = base / "written/ksmtuned-py.prom"
+    try:
+        proctools.wait_for(lambda: (base / "ksmtune.state").exists() or daemon.poll() is not None,
+                           timeout=30, what="the daemon's start")
+        assert daemon.poll() is None, daemon.stderr.read().decode()
+        os.kill(daemon.pid, signal.SIGUSR1)  # one cycle now
+        proctools.wait_for(written.exists, timeout=30, what="the daemon's metrics file")
+        (base / "textfile").mkdir()
+        shutil.copy(written, base / "textfile/ksmtuned-py.prom")
+    finally:
+        proctools.stop(daemon, timeout=10)
     return base / "textfile/ksmtuned-py.prom"
 
 

@@ -49,9 +49,9 @@ def error_of(data, source="scenario.yaml") -> str:
 # Errors: one line naming the file and the place
 # ---------------------------------------------------------------------------
 
-HOST_KEYS = "memory, buffers, cached, used, swap, uptime, boot_time, pid_base, cpus"
+HOST_KEYS = "memory, buffers, cached, used, swap, uptime, boot_time, pid_base, cpus, nodes"
 PROC_KEYS = "name, cmdline, id, start, exit, mergeable_all, regions"
-REGION_KEYS = "pages, size, mergeable, lazy, fill, tag, pool, offset"
+REGION_KEYS = "pages, size, mergeable, lazy, thp, node, fill, tag, pool, offset, ids, index"
 
 
 @pytest.mark.parametrize(
@@ -125,9 +125,9 @@ REGION_KEYS = "pages, size, mergeable, lazy, fill, tag, pool, offset"
          "scenario.yaml: processes[0].regions[0].size: unknown size unit 'parsec' in '1 parsec' "
          "(use B, KiB, MiB, GiB, TiB, K, M, G, T, or kB, MB, GB, TB)"),
         (base(processes=[{"name": "q", "regions": [{"pages": 3}]}]),
-         "scenario.yaml: processes[0].regions[0].fill: missing (one of: same, pool, unique, zero)"),
+         "scenario.yaml: processes[0].regions[0].fill: missing (one of: same, pool, unique, zero, captured)"),
         (base(processes=[guest(fill="random")]),
-         "scenario.yaml: processes[0].regions[0].fill: must be one of same, pool, unique, zero, got 'random'"),
+         "scenario.yaml: processes[0].regions[0].fill: must be one of same, pool, unique, zero, captured, got 'random'"),
         (base(processes=[{"name": "q", "regions": [{"pages": 3, "fill": "same"}]}]),
          "scenario.yaml: processes[0].regions[0].tag: missing (fill: same needs the content's tag)"),
         (base(processes=[{"name": "q", "regions": [{"pages": 3, "fill": "pool"}]}]),
@@ -155,11 +155,11 @@ REGION_KEYS = "pages, size, mergeable, lazy, fill, tag, pool, offset"
         (base(events=[{"at": "5x", "sysfs": {"run": 1}}]),
          "scenario.yaml: events[0].at: not a duration: '5x' (write seconds, or e.g. '250ms', '30s', '5m', '2h', '1d', '1h30m')"),
         (base(events=[{"at": 1}]),
-         "scenario.yaml: events[0]: needs exactly one of sysfs, start, exit, rewrite, touch, got none"),
+         "scenario.yaml: events[0]: needs exactly one of sysfs, start, exit, rewrite, touch, madvise, got none"),
         (base(events=[{"at": 1, "sysfs": {"run": 1}, "exit": 0}]),
-         "scenario.yaml: events[0]: needs exactly one of sysfs, start, exit, rewrite, touch, got sysfs, exit"),
+         "scenario.yaml: events[0]: needs exactly one of sysfs, start, exit, rewrite, touch, madvise, got sysfs, exit"),
         (base(events=[{"at": 1, "stop": 0}]),
-         "scenario.yaml: events[0].stop: unknown key (expected one of: at, sysfs, start, exit, rewrite, touch)"),
+         "scenario.yaml: events[0].stop: unknown key (expected one of: at, sysfs, start, exit, rewrite, touch, madvise)"),
         (base(events=[{"at": 1, "sysfs": {}}]), "scenario.yaml: events[0].sysfs: must name at least one file"),
         (base(events=[{"at": 1, "sysfs": {"full_scans": 0}}]),
          "scenario.yaml: events[0].sysfs.full_scans: read-only counter, cannot be written (EACCES)"),
@@ -191,7 +191,7 @@ REGION_KEYS = "pages, size, mergeable, lazy, fill, tag, pool, offset"
          "scenario.yaml: events[0].rewrite.process: missing (the id of the process that writes)"),
         (base(processes=[guest(pages=3, fill="zero")],
               events=[{"at": "1m", "rewrite": {"process": 0, "fill": "garbage"}}]),
-         "scenario.yaml: events[0].rewrite.fill: must be one of same, pool, unique, zero, got 'garbage'"),
+         "scenario.yaml: events[0].rewrite.fill: must be one of same, pool, unique, zero, captured, got 'garbage'"),
         (base(processes=[guest(pages=3, fill="zero")],
               events=[{"at": "1m", "rewrite": {"process": 0, "first": -1, "fill": "zero"}}]),
          "scenario.yaml: events[0].rewrite.first: must be >= 0, got -1"),

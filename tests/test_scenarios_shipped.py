@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,40 @@ def test_study_setups_share_the_calibrated_pages_after_90_minutes(name):
     assert got == STUDY_AFTER_90_MINUTES[name]
 
 
+TABLE_2 = {"study-1-ubuntu": 4894, "study-2-different-os": 5361, "study-2-same-os": 18440, "study-3-same-os": 18320}
+
+
+def _simulate_always(name: str, *more: str) -> list[dict]:
+    import json
+    import os
+
+    r = cli("simulate", name, "--duration", "90m", "--policy", "always", *more, "--config", os.devnull, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["summary"]
+
+
+@pytest.fixture(scope="module")
+def study_under_always():
+    return {name: _simulate_always(name)[0] for name in STUDY}
+
+
+@pytest.mark.parametrize("name", STUDY)
+def test_the_study_reproduced_by_simulate_always(study_under_always, name):
+    """``simulate --policy always``: KSM on at the study's settings, 90 minutes: the study's Table 2 within 2 %."""
+    s = study_under_always[name]
+    assert s["end_s"] == 90 * 60 and s["settings"]["scenario_ksm"]["pages_to_scan"] == "100"
+    assert (s["pages_shared_end"], s["pages_sharing_end"]) == STUDY_AFTER_90_MINUTES[name]
+    assert abs(s["pages_shared_end"] - TABLE_2[name]) <= 0.02 * TABLE_2[name]
+
+
+def test_the_study_same_os_guests_share_far_more_and_sharing_takes_minutes(study_under_always):
+    s = study_under_always
+    assert s["study-2-same-os"]["pages_sharing_end"] > 3 * s["study-2-different-os"]["pages_sharing_end"]
+    assert s["study-3-same-os"]["pages_sharing_end"] > 1.9 * s["study-2-same-os"]["pages_sharing_end"]
+    # at 100 pages every 200 ms, sharing builds over minutes: 90 % of it after 7 to 22 of them
+    assert [s[name]["time_to_90pct_s"] for name in STUDY] == [420.0, 660.0, 840.0, 1320.0]
+
+
 def test_the_readme_states_the_calibrated_figures():
     readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())  # lines rewrapped freely
     shared = [STUDY_AFTER_90_MINUTES[name][0] for name in STUDY]
@@ -80,11 +116,11 @@ def test_idle_and_volatile_scenarios_load():
 
 
 def _rows(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if line[:2].isdigit()]
+    return [line.strip() for line in stdout.splitlines() if line.strip()[:2].isdigit() and ":" in line[:12]]
 
 
 def test_simulate_prints_each_decision_and_the_saving(tmp_path):
-    r = cli("simulate", "demo", "--duration", "8m")
+    r = cli("simulate", "demo", "--duration", "8m", "--every", "1m")
     assert r.returncode == 0, r.stderr
     rows = _rows(r.stdout)
     assert [row.split()[0] for row in rows] == [f"00:0{m}:00" for m in range(1, 9)]
@@ -93,22 +129,37 @@ def test_simulate_prints_each_decision_and_the_saving(tmp_path):
     assert "start, boost: pages_to_scan 300, sleep 53 ms" in rows[2]
     assert "start, boost: pages_to_scan 600, sleep 53 ms" in rows[3]
     assert rows[-1].split()[-2:] == ["1014.4", "MiB"]  # the four OS images and empty pages merged
-    summary = r.stdout.splitlines()[-1]
-    assert summary.startswith("after 00:08:00: KSM saves 1014.4 MiB")
+    assert "saved at the end            1014.4 MiB" in r.stdout
+    # By default a row per change of decision: the second minute's stop is the first's again.
+    r = cli("simulate", "demo", "--duration", "8m")
+    assert [row.split()[0] for row in _rows(r.stdout)] == [f"00:0{m}:00" for m in (1, 3, 4, 5, 6, 7, 8)]
     # Other settings, other decisions: a bigger boost.
     conf = tmp_path / "ksmtuned.conf"
     conf.write_text("KSM_NPAGES_BOOST=1000\nKSM_MONITOR_INTERVAL=120\n")
-    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf))
+    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf), "--every", "1m")
     rows = _rows(r.stdout)
-    assert [row.split()[0] for row in rows] == ["00:02:00", "00:04:00", "00:06:00", "00:08:00"]
-    assert "start, boost: pages_to_scan 1000," in rows[1]
+    # A cycle every 2 minutes, and at once when a guest starts (the libvirt hook's retune): the
+    # guests start at 1, 2 and 3 minutes, and the interval starts again after each retune.
+    assert [row.split()[0] for row in rows] == ["00:01:00", "00:02:00", "00:03:00", "00:05:00", "00:07:00"]
+    assert [row.endswith("(guest started)") for row in rows] == [True, True, True, False, False]
+    assert "start, boost: pages_to_scan 1000," in rows[2]
+    assert f"ksmtuned: ksmtuned's rule, with the settings of {conf}" in r.stdout
+
+
+def test_simulate_without_a_saving_says_so(tmp_path):
+    r = cli("simulate", "idle-host", "--duration", "3m")
+    assert r.returncode == 0, r.stderr
+    *_, nothing, wall = r.stdout.splitlines()
+    assert nothing == ("ksmtuned: KSM saved nothing in 00:03:00 (general_profit 0 B); last decision: stop: "
+                       "committed + thres = 3355443 kB < total 16777216 kB and free 16515072 kB > thres 3355443 kB")
+    assert re.fullmatch(r"simulated in \d+\.\d s of wall time", wall), wall
 
 
 def test_simulate_json_and_errors(tmp_path):
     r = cli("simulate", "demo", "--duration", "3m", "--json")
     import json
 
-    cycles = [json.loads(line) for line in r.stdout.splitlines()]
+    cycles = json.loads(r.stdout)["timeline"]
     assert [c["action"] for c in cycles] == ["stop", "stop", "start"]
     assert cycles[2]["pages_to_scan"] == 300 and cycles[2]["run"] == 1
     bad = tmp_path / "bad.conf"
@@ -123,7 +174,7 @@ def test_simulate_json_and_errors(tmp_path):
 def test_simulate_with_pss_stops_ksm_once_merging_relieves_the_pressure(tmp_path):
     conf = tmp_path / "ksmtuned.conf"
     conf.write_text("KSM_MEMORY_METRIC=pss\n")
-    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf))
+    r = cli("simulate", "demo", "--duration", "8m", "--config", str(conf), "--every", "1m")
     assert r.returncode == 0, r.stderr
     rows = _rows(r.stdout)
     assert "start, boost: pages_to_scan 300" in rows[2]

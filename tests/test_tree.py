@@ -421,6 +421,18 @@ def test_events_start_a_guest_in_a_running_emulator(tmp_path):
     _one_error_line(none, f"no sysfs-emu is serving {root}")
 
 
+def test_the_examples_of_event_help_work(tmp_path):
+    """`sysfs-emu event --help` shows examples; each must be accepted as written."""
+    help_text = cli("event", "--help").stdout
+    examples = [line.strip().strip("'") for line in help_text.splitlines() if line.startswith("    '")]
+    assert [e.split(":")[0] for e in examples] == ["start", "exit"], help_text
+    root = tmp_path / "host"
+    with served(root, "--speed", "10"):
+        for example in examples:
+            got = cli("event", "--root", str(root), example)
+            assert (got.returncode, got.stdout, got.stderr) == (0, "ok\n", ""), example
+
+
 def test_snapshot(tmp_path):
     root = tmp_path / "host"
     with served(root, "study-2-same-os", "--speed", "600"):
@@ -429,15 +441,19 @@ def test_snapshot(tmp_path):
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert lines[0].startswith("simulation  study-2-same-os at ")
-        assert lines[1].startswith("ksmd        run 1, pages_to_scan 100, sleep_millisecs 200, full_scans ")
+        assert lines[1] == "costs       reference profile (Linux 6.18, the development machine)"
+        assert lines[2].startswith("ksmd        run 1, pages_to_scan 100, sleep_millisecs 200, full_scans ")
         assert any(line.startswith("memory      MemTotal 16.0 GiB") for line in lines)
         js = cli("snapshot", "--root", str(root), "--json")
         import json
 
         data = json.loads(js.stdout)
         assert data["ksm"]["max_page_sharing"] == 256
-        assert data["memory"]["MemTotal_kB"] == 16 * 1024 * 1024
+        assert data["simulation"]["cost_origin"] == "reference profile (Linux 6.18, the development machine)"
+        assert data["memory"]["mem_total_kb"] == 16 * 1024 * 1024
+        assert data["ksm"]["advisor_mode"] == "none"  # the chosen one of "[none] scan-time"
         assert len(data["processes"]) == 2
+        assert sorted(data["processes"][0]) == ["comm", "ksm_merging_pages", "pid", "rss_kb"]
     missing = cli("snapshot", "--root", str(tmp_path / "nothing"))
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "does not exist: nothing is served under" in missing.stderr
@@ -571,8 +587,11 @@ def test_speed_paces_simulated_time_against_the_wall_clock(tmp_path):
     assert r.returncode == 0, r.stderr
     import re
 
-    served_for = float(re.search(r"stopped at simulated time 30\.0s after (\d+\.\d)s", r.stderr).group(1))
-    assert 1.4 <= served_for < 4  # 1.5 s, to a tick, on a machine that keeps up
+    served_for = float(re.search(r"stopped at simulated time 30\.0s after (\d+\.\d)s, (\d+(\.\d+)?)x on average",
+                                 r.stderr).group(1))
+    # 1.5 s, to a tick, never less; the upper bound only catches pacing far too slow
+    # (a loaded machine may lag, which the server then reports)
+    assert 1.4 <= served_for < 15
     assert wall >= 1.5
 
 
@@ -597,6 +616,30 @@ def test_fast_process_numbers_equal_the_simulations(use_zero_pages):
             assert fast.ksm_stat_text == p.ksm_stat_text()
             assert fast.ksm_merging_pages == p.ksm_merging_pages
     assert any(p.ksm_merging_pages for p in sim.processes)
+
+
+def test_fast_process_numbers_leave_out_rmap_items_of_vanished_ksm_pages():
+    """Found by bench/bench_soak.py: the tree's ksm_merging_pages counted items of KSM pages ksmd had removed.
+
+    Both guests overwrite the pages they shared: the KSM pages are mapped by nobody, and
+    the first rmap item ksmd meets removes its page from the stable tree (as the kernel's
+    remove_node_from_stable_tree does, for every mm at once) while the other guest's item
+    still points at it until ksmd reaches that guest.
+    """
+    from sysfs_emu import procstats
+
+    sim = Simulation(small_scenario())
+    sim.advance(8.0)
+    assert [p.ksm_merging_pages for p in sim.processes][:2] == [3000, 3500]
+    sim.apply({"sysfs": {"pages_to_scan": 10}})
+    for pid_id in (0, 1):
+        sim.apply({"rewrite": {"process": pid_id, "region": 0, "first": 0, "pages": 3000, "fill": "unique"}})
+    sim.advance(0.02)
+    for p in sim.processes:
+        fast = procstats.numbers(sim.memory, p.pid)
+        assert (fast.ksm_merging_pages, fast.ksm_stat_text) == (p.ksm_merging_pages, p.ksm_stat_text())
+    counters = sim.kernel.counters()
+    assert sum(p.ksm_merging_pages for p in sim.processes) == counters["pages_shared"] + counters["pages_sharing"]
 
 
 def test_event_from_a_file_and_bad_event_text(tmp_path):

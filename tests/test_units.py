@@ -160,3 +160,11 @@ def test_size_round_trip(nbytes):
 def test_duration_round_trip(whole, millis):
     seconds = whole + millis / 1000
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, abs=1e-6)
+
+
+@pytest.mark.parametrize("ratio, text", [(1970.4, "1970x"), (100.0, "100x"), (59.83, "59.8x"), (0.5, "0.5x"),
+                                         (123456.7, "123457x")])
+def test_speeds_are_plain_numbers(ratio, text):
+    from sysfs_emu.cli import format_speed
+
+    assert format_speed(ratio) == text

@@ -18,6 +18,9 @@ The observable rules of mm/ksm.c are reproduced, counter for counter:
   skip schedule (``pages_skipped``).
 * An rmap item exists for every candidate page ksmd has visited and lives
   until the page stops being a candidate and the scan passes it again.
+* A transparent huge page is split by the first merge of one of its pages
+  (sysfs_emu.thp): its empty pages go to the shared zero page, and two pages
+  of one huge page merge only a scan later.
 
 The modules follow mm/ksm.c's seams:
 
@@ -37,6 +40,7 @@ The modules follow mm/ksm.c's seams:
                 ``pages_skipped``
 ``treepass``    the vectorised stable/unstable tree pass over a window
 ``groups``      the tree pass's pages that share a content within one pass
+``huge``        the huge pages the vectorised scan leaves to the page-by-page path
 ``timing``      jiffies, the batch period and the cost model (pure)
 =============== ===============================================================
 
@@ -44,11 +48,21 @@ Known simplifications (the module named after each says so too): a stale KSM
 page (all mappers gone) is pruned when its own content is looked up, when one
 of its rmap items is removed, by chain walks, run=2 and busy(); the kernel also
 prunes stale nodes any rb-tree walk happens to pass, which depends on the
-tree's shape (``stable``). merge_across_nodes=0 is the same as 1 (one NUMA
-node; the knob is only stored). After ``run`` goes 0->1 ksmd wakes at once
-(``engine``). Within a run of batches handled in one pass, chain prune times use
-the time of its first batch and work is spread evenly over its full batches
-(``engine``). The timing is that of an unloaded machine (``timing``).
+tree's shape (``stable``). Likewise the unstable tree is looked up by content:
+a tree page that went away during a scan (an exited process, an empty page a
+huge page's split mapped to the zero page) stops the searches for its own
+content; in the kernel it stops every search whose path passes it, so when it
+is the tree's root (the first page a scan inserted) nothing more merges in that
+scan (``rmap``, ``reference``). merge_across_nodes=0 on a host of several NUMA
+nodes is modelled by giving pages off node 0 content ids of their own
+(sysfs_emu.numa), not verified against a real multi-node kernel. After ``run``
+goes 0->1 ksmd wakes at once (``engine``). Within a run of batches handled in
+one pass, chain prune times use the time of its first batch and work is
+spread evenly over its full batches (``engine``). The timing is that of an
+unloaded machine, with per-page costs from a cost profile (``timing``): the
+reference one or this machine's (``sysfs-emu calibrate``); a page in a huge
+page costs as a 4 KiB page, though Linux visits it faster. khugepaged is not
+modelled (sysfs_emu.thp).
 """
 
 from sysfs_emu.ksmd.engine import Ksmd, Tunables

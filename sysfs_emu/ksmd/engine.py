@@ -48,6 +48,7 @@ class Tunables(AdvisorKernel, Protocol):
     use_zero_pages: int
     smart_scan: int
     stable_node_chains_prune_millisecs: int
+    merge_across_nodes: int  # read on hosts of several NUMA nodes only
 
 
 class Ksmd:
@@ -178,6 +179,8 @@ class Ksmd:
         if t > end:
             return None
         self._sleep_ms_used = tun.sleep_millisecs
+        if self.mem.numa_nodes > 1:
+            self.mem.follow_merge_across_nodes(tun.merge_across_nodes)
         if int(tun.pages_to_scan) == 0:  # ksmd wakes and sleeps without scanning: nothing changes
             self.next_wake = end + TICK
             return None
@@ -203,8 +206,10 @@ class Ksmd:
         if whole:
             self.advisor.start_scan(t, tun)
         scan = ScanPass(now=int(t * HZ), seqnr=self.mm.seqnr)
+        splits = self.mem.thp_splits
         ended = self.mm.scan(budget, self.window, scan)
         work = scan.work
+        work.splits = self.mem.thp_splits - splits
         secs = work.seconds(self.cost, max(unshared, work.tree // 2))  # the tree fills up as it goes
         batches = split_into_batches(secs, work.visits, pts, ended)
         if work.visits:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from sysfs_emu.memory import checksum
-from sysfs_emu.pagearrays import MAPPED
+from sysfs_emu.pagearrays import HUGE, MAPPED
+from sysfs_emu.thp import same_block
 
 VISIT, UNLINK, FREE = 0, 1, 2
 
@@ -46,16 +47,22 @@ class PageByPage:
                 scan.work.changed += 1
                 return
         content = int(p.content[s])
-        if self.tunables.use_zero_pages and content == 0:
-            self.mem.map_zero_pages(s)
+        if self.tunables.use_zero_pages and self.mem.is_empty(np.array([content]))[0]:
             scan.work.changed += 1
-            return
-        scan.work.tree += 1
+            if not p.flags[s] & HUGE:
+                self.mem.map_zero_pages(s)
+                return
+            self.mem.split_huge(s)  # the split maps the empty page to the shared zero page: this merge fails
+        if not after_checksum:  # else the tree pass that handed it over counted it
+            scan.work.tree += 1
         n = self.stable.search(content, scan.now)
         if n >= 0:
-            self.mem.map_ksm_page(s, n)
-            self.stable.append(s, n)
-            scan.work.merges += 1
+            if p.flags[s] & HUGE:
+                self.mem.split_huge(s)
+            if p.flags[s] & MAPPED:  # else the split took the page away (an empty one): the merge fails
+                self.mem.map_ksm_page(s, n)
+                self.stable.append(s, n)
+                scan.work.merges += 1
             return
         self._unstable_tree(s, content, scan)
 
@@ -66,6 +73,8 @@ class PageByPage:
         if u >= 0 and u != s and self.rmap.unstable_partner(u, content, scan.seqnr):
             if not p.flags[u] & MAPPED:
                 return  # the tree page went away: give up for this scan
+            if not self._split_for_merge(s, u):
+                return
             node = self.stable.insert(content, scan.now)
             self.rmap.leave_unstable(u)
             self.mem.map_ksm_page(u, node)
@@ -76,6 +85,28 @@ class PageByPage:
             return
         self.rmap.insert_unstable(s, scan.seqnr)
         self.mem.unstable_of[content] = s
+
+    def _split_for_merge(self, s: int, u: int) -> bool:
+        """try_to_merge_two_pages()'s huge pages: split them; False when the merge fails.
+
+        Page ``s`` is made a KSM page first, then ``u`` is merged into it; each
+        is split out of its huge page on the way. Two pages of one huge page
+        cannot be merged in one go (the split fails while both are held): the
+        huge page is split and the merge waits for a later scan. A page the
+        split mapped to the zero page (an empty one) is gone: the merge fails.
+        """
+        flags = self.mem.pages.flags
+        if not flags[s] & MAPPED:
+            return False  # taken away by the split of a failed zero page merge
+        if flags[s] & HUGE:
+            both = bool(flags[u] & HUGE) and same_block(s, u)
+            self.mem.split_huge(s)
+            if both or not flags[s] & MAPPED:
+                return False
+        if flags[u] & HUGE:
+            self.mem.split_huge(u)
+            return bool(flags[u] & MAPPED)
+        return True
 
 
 class Deferred:

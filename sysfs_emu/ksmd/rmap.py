@@ -10,6 +10,11 @@ an entry from an earlier scan has the other parity and no longer counts.
 :class:`RmapItems` owns ``pages_unshared`` (items in the unstable tree),
 changed only in its helpers, as mm/ksm.c changes it only in
 unstable_tree_search_insert() and remove_rmap_item_from_tree().
+
+Known simplification: the unstable tree is a table by content, not an rb-tree.
+A tree page that went away during a scan stops only the searches for its own
+content; the kernel's search gives up at any node on its path whose page is
+gone, which depends on the tree's shape (a gone root stops every search).
 """
 
 from __future__ import annotations

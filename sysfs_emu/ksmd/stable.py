@@ -201,20 +201,11 @@ class StableTree:
 
     def chain_dup(self, cid: int, prune: bool, now: int) -> int:
         """stable_node_dup(): the best duplicate of a chain, pruning stale ones; -1 if none."""
-        nodes = self.mem.nodes
         prune = prune and self.prune_due(cid, now)
         chain = self.chains[cid]
-        found = -1
-        for dup in list(chain):
-            if self.is_stale(dup):
-                self.remove_node(dup)
-                continue
-            if found < 0 or (
-                self.has_room(dup) and (not self.has_room(found) or nodes.count[dup] > nodes.count[found])
-            ):
-                found = dup
-                if not prune and self.has_room(found):
-                    break
+        found, stale = self._walk(chain, prune)
+        for dup in stale:
+            self.remove_node(dup)
         if found < 0:
             self._free_chain(cid)
         elif len(chain) == 1:
@@ -223,6 +214,42 @@ class StableTree:
             chain.remove(found)
             chain.insert(0, found)
         return found
+
+    def _walk(self, chain: list[int], prune: bool) -> tuple[int, list[int]]:
+        """The walk of stable_node_dup() over ``chain``, in numpy: (the dup it picks or -1, the stale dups it passes).
+
+        In the kernel's order: stale dups are pruned as the walk passes them; the
+        first live dup is the pick until one with room (for one more rmap item)
+        replaces it; without ``prune`` the walk stops at the first live dup with
+        room, with ``prune`` it goes on to the end and keeps the first dup of the
+        most rmap items among those with room.
+        """
+        if prune:
+            dups, stale, live, room = self._dup_states(chain)
+            if room.any():
+                return int(dups[np.argmax(np.where(room, self.mem.nodes.count[dups], -1))]), dups[stale].tolist()
+            return (int(dups[np.argmax(live)]) if live.any() else -1), dups[stale].tolist()
+        # Without pruning the walk usually stops early: look at growing pieces of a long chain.
+        first_live, passed, start, size = -1, [], 0, 32
+        while start < len(chain):
+            dups, stale, live, room = self._dup_states(chain[start:start + size])
+            if first_live < 0 and live.any():
+                first_live = int(dups[np.argmax(live)])
+            if room.any():
+                stop = int(np.argmax(room))
+                return int(dups[stop]), passed + dups[:stop][stale[:stop]].tolist()
+            passed += dups[stale].tolist()
+            start, size = start + size, size * 4
+        return first_live, passed
+
+    def _dup_states(self, dups: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The dups as an array, and which are stale, live, and live with room for one more rmap item."""
+        nodes = self.mem.nodes
+        arr = np.array(dups, dtype=np.intp)
+        stale = nodes.alive[arr] & (nodes.mapcount[arr] == 0)
+        count = nodes.count[arr]
+        live = ~stale
+        return arr, stale, live, live & (count > 0) & (count < self.tunables.max_page_sharing)
 
     def _collapse(self, cid: int, dup: int) -> None:
         """A single duplicate below the limit: the chain collapses into it."""

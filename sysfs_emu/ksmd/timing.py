@@ -15,13 +15,17 @@ sleep_millisecs 20 -> 41 x 6 ticks = 984 ms (real 988 ms), with 10 ms -> 41 x 4
 ticks = 656 ms (real 656 ms), 1000 pages with 20 ms -> 4 x 7 + 6 ticks = 136 ms
 (real 136 ms), sleep 0 -> 18.7 ms of work (real 18.2 ms).
 
-The timing is that of an unloaded machine.
+The timing is that of an unloaded machine, with the per-page costs of a cost
+profile (sysfs_emu.costs): the reference one, measured on the development
+machine, or this machine's (``sysfs-emu calibrate``). Pages in huge pages are
+costed as 4 KiB pages (Linux 6.18 visits them faster: 0.9 against 1.3 us for a
+first visit on the development machine); each split has a cost of its own.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 HZ = 250
 TICK = 1.0 / HZ
@@ -36,9 +40,17 @@ def msecs_to_jiffies(ms: int) -> int:
     return -(-int(ms) * HZ // 1000)
 
 
+REFERENCE_COSTS = "reference profile (Linux 6.18, the development machine)"
+"""Where the default per-page costs come from, as outputs name it."""
+
+
 @dataclass
 class CostModel:
-    """CPU time ksmd spends, in seconds, measured on Linux 6.18 (see tests/test_fidelity.py)."""
+    """CPU time ksmd spends, in seconds; by default the reference profile, measured on Linux 6.18.
+
+    ``origin`` says where the figures come from, in the words every output that shows
+    simulated time or ksmd CPU prints after "costs: " (sysfs_emu.costs loads and writes profiles).
+    """
 
     ksm_page: float = 0.37e-6  # visit of a page already merged
     skipped: float = 0.30e-6  # page passed over by smart scan
@@ -46,7 +58,11 @@ class CostModel:
     tree_base: float = 4.7e-6  # tree search + insert with 4096 pages in the unstable tree
     tree_per_level: float = 0.75e-6  # each doubling of the unstable tree
     merge: float = 1.5e-6  # each page merged into a KSM page (write-protect, replace the mapping)
+    # each transparent huge page split (split_huge_page()), as calibrate measures it: a huge page of
+    # empty pages, whose 512 parts also go to the zero page (0.69-1.0 ms on the development machine)
+    split: float = 700e-6
     batch: float = 2e-6  # per wake-up
+    origin: str = field(default=REFERENCE_COSTS, compare=False)
 
     def tree(self, unshared: int) -> float:
         """One tree search and insert with ``unshared`` pages in the unstable tree."""
@@ -64,6 +80,7 @@ class Work:
     changed: int = 0
     tree: int = 0
     merges: int = 0
+    splits: int = 0
 
     def seconds(self, cost: CostModel, unshared: int) -> float:
         """CPU seconds of this work with ``unshared`` pages in the unstable tree."""
@@ -73,6 +90,7 @@ class Work:
             + self.changed * cost.checksum
             + self.tree * cost.tree(unshared)
             + self.merges * cost.merge
+            + self.splits * cost.split
         )
 
 

@@ -89,33 +89,36 @@ class TreePass:
             inseq = np.zeros(r.size, dtype=bool)
             single = ~dup
         fresh = st == NO_NODE
-        valid_u = self._partners(old_u, fresh | ~single, cont, scan)
-        self._insert_unstable(r, ci, old_u, single & fresh & ~valid_u, scan)
+        valid_u, gone_u = self._partners(old_u, fresh | ~single, cont, scan)
+        # a page whose partner went away gives up for this scan: it is neither merged nor inserted
+        self._insert_unstable(r, ci, old_u, single & fresh & ~valid_u & ~gone_u, scan)
         self._merge_pairs(r, cont, ci, old_u, single & fresh & valid_u, scan)
         self._merge_into_ksm_pages(r, st, single & (st >= 0), deferred, scan)
         deferred.visit(r[single & (st < NO_NODE)], after_checksum=True)  # chains: in order
         multi = ~single
         if multi.any():
-            self.groups.run(r[multi], cont[multi], st[multi], old_u[multi], valid_u[multi], inseq[multi], deferred, scan)
+            in_order = (inseq | gone_u)[multi]
+            self.groups.run(r[multi], cont[multi], st[multi], old_u[multi], valid_u[multi], in_order, deferred, scan)
 
-    def _partners(self, u: np.ndarray, wanted: np.ndarray, cont: np.ndarray, scan) -> np.ndarray:
-        """Which pages have a valid unstable tree partner from earlier in this full scan.
+    def _partners(self, u: np.ndarray, wanted: np.ndarray, cont: np.ndarray, scan) -> tuple[np.ndarray, np.ndarray]:
+        """Which pages have a valid unstable tree partner from earlier in this full scan, and
+        which find their content's tree page gone (unmapped since it was inserted).
 
         Only where it decides anything (``wanted``): a page with a plain KSM
         page to try first, or in a chain, goes by the stable tree.
         """
         p = self.mem.pages
         valid_u = np.zeros(u.size, dtype=bool)
+        gone_u = np.zeros(u.size, dtype=bool)
         has_u = np.flatnonzero((u >= 0) & wanted)
         if has_u.size:
             uu = u[has_u].astype(np.intp)
             uf = p.flags[uu]
-            valid_u[has_u] = (
-                ((uf & (UNSTABLE | MAPPED)) == (UNSTABLE | MAPPED))
-                & ((uf & SEQ) == parity(scan.seqnr))
-                & (p.content[uu] == cont[has_u])
-            )
-        return valid_u
+            ours = ((uf & UNSTABLE) != 0) & ((uf & SEQ) == parity(scan.seqnr)) & (p.content[uu] == cont[has_u])
+            mapped = (uf & MAPPED) != 0
+            valid_u[has_u] = ours & mapped
+            gone_u[has_u] = ours & ~mapped
+        return valid_u, gone_u
 
     def _insert_unstable(self, r, ci, old_u, ins, scan) -> None:
         """1. Unique so far: into the unstable tree; every other content gets its entry back from the marks."""

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sysfs_emu.ksmd.huge import IN_ORDER, huge_blocks, slow_blocks
 from sysfs_emu.ksmd.reference import Deferred, PageByPage
 from sysfs_emu.memory import checksum
-from sysfs_emu.pagearrays import MAPPED, RMAP, SEQ, UNSTABLE, ZERO
+from sysfs_emu.pagearrays import HUGE, HUGE_SHIFT, MAPPED, RMAP, SEQ, UNSTABLE, ZERO
 
 MIN_WINDOW = 4096
 """Slots a window looks at, at least (mostly skipped or unmapped pages: look further at once)."""
@@ -49,36 +50,68 @@ class Window:
 
     def scan_range(self, start: int, stop: int, budget: int, scan) -> tuple[int, int]:
         """Scan slots [start, stop) until ``budget`` visits; returns (slot reached, visits)."""
-        p = self.mem.pages
         smart = bool(self.tunables.smart_scan)
         pos = start
         used = 0
         window = max(2 * budget, MIN_WINDOW)
         while pos < stop and used < budget:
-            left = budget - used
             end = min(stop, pos + window)
             window *= 4  # mostly skipped or unmapped pages here: look further at once
-            f = p.flags[pos:end]
-            cand = (f & (MAPPED | ZERO)) == MAPPED
-            kp = p.kpage[pos:end]
-            if smart:
-                may_skip = (
-                    cand & (kp < 0) & (p.age[pos:end] >= SKIP_FROM_AGE) & (p.skips[pos:end] > 0) & ((f & RMAP) != 0)
-                )
-                visit = cand & ~may_skip
+            if self.mem.huge_pages and huge_blocks(self.mem, pos, end).size:
+                pos, n = self._scan_huge(pos, end, budget - used, smart, scan)
             else:
-                visit = cand
-            cum = np.cumsum(visit, dtype=np.int64)
-            if cum.size and cum[-1] >= left:
-                cut = int(np.searchsorted(cum, left)) + 1
-                end = pos + cut
-                f, cand, kp, visit = f[:cut], cand[:cut], kp[:cut], visit[:cut]
-            self._window(pos, end, f, cand, kp, visit, smart, scan)
-            used += int(np.count_nonzero(visit))
-            pos = end
+                pos, n = self._bulk(pos, end, budget - used, smart, scan)
+            used += n
         return pos, used
 
-    def _window(self, pos, end, f, cand, kp, visit, smart, scan) -> None:
+    def _bulk(self, pos: int, end: int, left: int, smart: bool, scan, exact: bool = False) -> tuple[int, int]:
+        """Slots [pos, end) as one window, cut where ``left`` visits are reached; returns (slot reached, visits).
+
+        ``exact`` sends its private pages to the page-by-page path.
+        """
+        p = self.mem.pages
+        f = p.flags[pos:end]
+        cand = (f & (MAPPED | ZERO)) == MAPPED
+        kp = p.kpage[pos:end]
+        if smart:
+            may_skip = cand & (kp < 0) & (p.age[pos:end] >= SKIP_FROM_AGE) & (p.skips[pos:end] > 0) & ((f & RMAP) != 0)
+            visit = cand & ~may_skip
+        else:
+            visit = cand
+        cum = np.cumsum(visit, dtype=np.int64)
+        if cum.size and cum[-1] >= left:
+            cut = int(np.searchsorted(cum, left)) + 1
+            end = pos + cut
+            f, cand, kp, visit = f[:cut], cand[:cut], kp[:cut], visit[:cut]
+        self._window(pos, end, f, cand, kp, visit, smart, scan, exact)
+        return end, int(np.count_nonzero(visit))
+
+    def _scan_huge(self, pos: int, end: int, left: int, smart: bool, scan) -> tuple[int, int]:
+        """Slots [pos, end) holding huge pages: those :func:`.huge.slow_blocks` names one page at a time
+        until they are split, or with their private pages in order, the rest in bulk, in scan order;
+        returns (slot reached, visits)."""
+        used = 0
+        for block, kind in slow_blocks(self.mem, pos, end, self.vectorise):
+            first, last = max(block << HUGE_SHIFT, pos), min((block + 1) << HUGE_SHIFT, end)
+            if first > pos:
+                pos, n = self._bulk(pos, first, left - used, smart, scan)
+                used += n
+                if used >= left:
+                    return pos, used
+            if kind == IN_ORDER:
+                pos, n = self._bulk(pos, last, left - used, smart, scan, exact=True)
+                used += n
+            while pos < last and used < left and self.mem.pages.flags[pos] & HUGE:
+                pos, n = self._bulk(pos, pos + 1, left - used, smart, scan, exact=True)
+                used += n
+            if used >= left:
+                return pos, used
+        if pos < end:
+            pos, n = self._bulk(pos, end, left - used, smart, scan)
+            used += n
+        return pos, used
+
+    def _window(self, pos, end, f, cand, kp, visit, smart, scan, exact=False) -> None:
         """Steps 1-6 for slots [pos, end); ``f`` and ``kp`` are views of their flags and KSM pages."""
         deferred = Deferred()
         self._free_stale_items(pos, f, cand, deferred)
@@ -94,7 +127,7 @@ class Window:
             scan.work.visits += nv
             if nv:
                 self._merged_pages(pos, w, visit & (kp >= 0), kp, deferred, scan)
-                self._private_pages(pos, w, f, visit & (kp < 0), deferred, scan)
+                self._private_pages(pos, w, f, visit & (kp < 0), deferred, scan, exact)
         deferred.run(self.pages, scan)
 
     def _free_stale_items(self, base: int, f, cand, deferred: Deferred) -> None:
@@ -146,10 +179,10 @@ class Window:
         for s in kv[~listed] + base:
             deferred.visit_page(s, p.content[s])
 
-    def _private_pages(self, base: int, w: slice, f, priv, deferred: Deferred, scan) -> None:
+    def _private_pages(self, base: int, w: slice, f, priv, deferred: Deferred, scan, exact=False) -> None:
         """6. Visits of private pages: copy-on-write leftovers in order, the rest by checksum and trees."""
         p = self.mem.pages
-        if not self.vectorise:
+        if exact or not self.vectorise:
             deferred.visit(np.flatnonzero(priv) + base)
             return
         has_node = p.rnode[w] >= 0
@@ -173,7 +206,7 @@ class Window:
             keep = ~changed
             r, cont = r[keep], cont[keep]
         if self.tunables.use_zero_pages and r.size:
-            z = cont == 0
+            z = self.mem.is_empty(cont)
             if z.any():
                 self.mem.map_zero_pages(r[z])
                 scan.work.changed += int(z.sum())

@@ -11,7 +11,10 @@ list follow from it (the docs by hand).
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -19,9 +22,10 @@ import numpy as np
 from sysfs_emu.scenario.checks import Checker, join, show
 
 __all__ = ["Fill", "FillKind", "REGISTRY", "FILLS", "FILL_KEYS", "MAX_POOL_ENTRY", "parse_fill", "span_error",
-           "ContentIds"]
+           "ContentIds", "captured_array", "CapturedIdsError"]
 
 MAX_POOL_ENTRY = 1 << 30  # pool entries (and so distinct contents) stay well inside 31-bit ids
+MAX_CAPTURED_ID = 1 << 30  # likewise the ids of a capture's content id file
 
 
 @dataclass(frozen=True, init=False, repr=False)
@@ -114,6 +118,33 @@ def _pool_span(fill: Fill, first: int | None, pages: int) -> tuple[str, str] | N
     return "offset", f"{terms} must be <= {MAX_POOL_ENTRY}"
 
 
+def _captured_parse(c: Checker, raw: dict, where: str) -> dict[str, Any]:
+    name = c.name(raw, "ids", where, "fill: captured needs the content id file that sysfs-emu capture wrote")
+    path = Path(name)
+    if not path.is_absolute():
+        # beside the scenario file, as capture writes it (a scenario given as a mapping: the working directory)
+        source = Path(c.source)
+        path = (source.parent if source.is_file() else Path.cwd()) / path
+    try:
+        captured_array(str(path))
+    except CapturedIdsError as exc:
+        raise c.fail(join(where, "ids"), str(exc)) from None
+    index = c.integer(raw.get("index", 0), join(where, "index"), minimum=0)
+    return {"ids": str(path), "index": index}
+
+
+def _captured_contents(ids: "ContentIds", fill: Fill, first: int, count: int) -> np.ndarray:
+    return ids.captured(fill.ids, fill.index + first, count)
+
+
+def _captured_span(fill: Fill, first: int | None, pages: int) -> tuple[str, str] | None:
+    length = len(captured_array(fill.ids))
+    if fill.index + (first or 0) + pages <= length:
+        return None
+    terms = "index + pages" if first is None else "index + first + pages"
+    return "index", f"{terms} must be <= {length}, the content ids in {fill.ids}"
+
+
 # In the order messages list them.
 REGISTRY: Mapping[str, FillKind] = {
     kind.name: kind
@@ -126,6 +157,9 @@ REGISTRY: Mapping[str, FillKind] = {
         FillKind("unique", (), _no_keys, _unique_contents),
         # empty pages
         FillKind("zero", (), _no_keys, _zero_contents),
+        # the pages sysfs-emu capture read: entry i + index of a content id file (0: an empty page; equal
+        # ids: equal pages, within the file)
+        FillKind("captured", ("ids", "index"), _captured_parse, _captured_contents, {"index": 0}, _captured_span),
     )
 }
 FILLS = tuple(REGISTRY)
@@ -154,6 +188,37 @@ def span_error(fill: Fill, first: int | None, pages: int) -> tuple[str, str] | N
     return span(fill, first, pages) if span is not None else None
 
 
+class CapturedIdsError(ValueError):
+    """A content id file that cannot be used; the message names it and says why."""
+
+
+@functools.lru_cache(maxsize=16)
+def _load_captured(path: str, stamp: tuple[int, int]) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise CapturedIdsError(f"no such file {path}") from None
+    except (OSError, ValueError) as exc:
+        raise CapturedIdsError(f"{path} is not a content id file (a .npy array of page ids): {exc}") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise CapturedIdsError(f"{path} is not a content id file: it must hold one row of whole numbers, "
+                               f"not {arr.dtype} of shape {arr.shape}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= MAX_CAPTURED_ID):
+        raise CapturedIdsError(f"{path}: content ids must be from 0 to {MAX_CAPTURED_ID - 1}")
+    return arr
+
+
+def captured_array(path: str) -> np.ndarray:
+    """The content ids in a capture's .npy file (memory-mapped, checked once per version of the file)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CapturedIdsError(f"no such file {path}") from None
+    except OSError as exc:
+        raise CapturedIdsError(f"cannot read {path}: {exc.strerror}") from None
+    return _load_captured(path, (st.st_mtime_ns, st.st_size))
+
+
 class ContentIds:
     """Content ids for page fills (equal id = identical 4 KiB page), allocated compactly.
 
@@ -172,6 +237,7 @@ class ContentIds:
         self._next = 1
         self._tags: dict[str, int] = {}
         self._pools: dict[str, np.ndarray] = {}  # entry -> id, -1 where not used yet
+        self._captured: dict[str, int] = {}  # content id file -> the id its content 1 became
 
     def _counter(self, n: int) -> np.ndarray:
         ids = np.arange(self._next, self._next + n, dtype=np.int64)
@@ -202,6 +268,24 @@ class ContentIds:
         if n:
             ids[missing] = self._new_ids(n)
         return ids.copy()
+
+    def captured(self, path: str, first: int, count: int) -> np.ndarray:
+        """Ids of entries ``first .. first + count - 1`` of a capture's content id file.
+
+        The file's ids 1..N take one block of N fresh ids the first time the file is
+        used (0 stays the empty page), so equal ids within the file stay equal and
+        match nothing else.
+        """
+        arr = captured_array(path)
+        base = self._captured.get(path)
+        if base is None:
+            n = int(arr.max()) if arr.size else 0
+            block = self.fresh(n) if n else np.zeros(0, dtype=np.int64)
+            if n and int(block[-1]) - int(block[0]) != n - 1:  # pragma: no cover - both allocators count up
+                raise CapturedIdsError("fresh content ids did not come as one block")
+            base = self._captured[path] = int(block[0]) if n else 0
+        ids = np.asarray(arr[first:first + count], dtype=np.int64)
+        return np.where(ids == 0, 0, ids + (base - 1))
 
     def contents(self, fill: Fill, first: int, count: int) -> np.ndarray:
         """Ids for ``count`` pages starting at page ``first`` of a region."""

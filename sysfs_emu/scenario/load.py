@@ -38,6 +38,9 @@ def parse_yaml(text: str) -> Any:
     except RecursionError:
         # PyYAML builds nested collections recursively; a few thousand levels exhaust the stack.
         raise MalformedYaml("nested too deeply") from None
+    except UnicodeEncodeError as exc:
+        # libyaml encodes the text to UTF-8: a lone surrogate (a byte that was not UTF-8) cannot be
+        raise MalformedYaml(f"character {exc.start + 1} is not text (a byte that is not UTF-8)") from None
 
 
 def load_scenario(data: Any, source: str = "scenario") -> Scenario:

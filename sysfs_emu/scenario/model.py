@@ -8,7 +8,7 @@ from typing import Union
 from sysfs_emu.scenario.fills import Fill
 
 __all__ = ["RegionSpec", "ProcessSpec", "HostSpec", "SysfsWrite", "StartProcess", "ExitProcess", "Rewrite",
-           "Touch", "Action", "Event", "Scenario"]
+           "Touch", "Madvise", "Action", "Event", "Scenario"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,8 @@ class RegionSpec:
     fill: Fill
     mergeable: bool = True
     lazy: bool = False
+    thp: bool = False  # backed by transparent huge pages
+    node: int = 0  # the NUMA node its pages are on
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class HostSpec:
     boot_time: float | None = None
     pid_base: int = 1000
     cpus: int = 1
+    nodes: int = 1  # NUMA nodes
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,16 @@ class Touch:
     pages: int
 
 
-Action = Union[SysfsWrite, StartProcess, ExitProcess, Rewrite, Touch]
+@dataclass(frozen=True)
+class Madvise:
+    """Process ``process`` calls madvise() on region ``region``: ``mergeable`` (MADV_MERGEABLE) or not (MADV_UNMERGEABLE)."""
+
+    process: int
+    region: int
+    mergeable: bool
+
+
+Action = Union[SysfsWrite, StartProcess, ExitProcess, Rewrite, Touch, Madvise]
 
 
 @dataclass(frozen=True)

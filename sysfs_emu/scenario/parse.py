@@ -20,6 +20,7 @@ from sysfs_emu.scenario.model import (
     Event,
     ExitProcess,
     HostSpec,
+    Madvise,
     ProcessSpec,
     RegionSpec,
     Rewrite,
@@ -30,12 +31,15 @@ from sysfs_emu.scenario.model import (
 from sysfs_emu.units import describe_size, format_duration
 
 TOP_KEYS = ("description", "host", "ksm", "processes", "events")
-HOST_KEYS = ("memory", "buffers", "cached", "used", "swap", "uptime", "boot_time", "pid_base", "cpus")
+HOST_KEYS = ("memory", "buffers", "cached", "used", "swap", "uptime", "boot_time", "pid_base", "cpus", "nodes")
+MAX_NODES = 1024  # MAX_NUMNODES with CONFIG_NODES_SHIFT=10
 PROCESS_KEYS = ("name", "cmdline", "id", "start", "exit", "mergeable_all", "regions")
-REGION_KEYS = ("pages", "size", "mergeable", "lazy", "fill") + FILL_KEYS
+REGION_KEYS = ("pages", "size", "mergeable", "lazy", "thp", "node", "fill") + FILL_KEYS
 TOUCH_KEYS = ("process", "region", "first", "pages")
 REWRITE_KEYS = TOUCH_KEYS + ("fill",) + FILL_KEYS
-EVENT_KINDS = ("sysfs", "start", "exit", "rewrite", "touch")
+MADVISE_KEYS = ("process", "region", "advice")
+MADVISE_ADVICE = {"mergeable": True, "unmergeable": False}
+EVENT_KINDS = ("sysfs", "start", "exit", "rewrite", "touch", "madvise")
 MIN_HOST_MEMORY = 16 * 1024 * 1024
 
 
@@ -67,6 +71,7 @@ def parse_host(c: Checker, raw: Any) -> HostSpec:
         boot_time=boot_time,
         pid_base=c.integer(raw.get("pid_base", 1000), "host.pid_base", minimum=2, maximum=PID_MAX - 1),
         cpus=c.integer(raw.get("cpus", machine_cpus()), "host.cpus", minimum=1, maximum=8192),
+        nodes=c.integer(raw.get("nodes", 1), "host.nodes", minimum=1, maximum=MAX_NODES),
         **values,
     )
 
@@ -116,7 +121,9 @@ def parse_region(c: Checker, raw: Any, where: str) -> RegionSpec:
         raise c.fail(join(where, problem[0]), problem[1])
     mergeable = c.boolean(raw.get("mergeable", True), join(where, "mergeable"))
     lazy = c.boolean(raw.get("lazy", False), join(where, "lazy"))
-    return RegionSpec(pages=pages, fill=fill, mergeable=mergeable, lazy=lazy)
+    thp = c.boolean(raw.get("thp", False), join(where, "thp"))
+    node = c.integer(raw.get("node", 0), join(where, "node"), minimum=0, maximum=MAX_NODES - 1)
+    return RegionSpec(pages=pages, fill=fill, mergeable=mergeable, lazy=lazy, thp=thp, node=node)
 
 
 def _parse_cmdline(c: Checker, raw: Any, where: str, name: str) -> tuple[str, ...]:
@@ -197,7 +204,24 @@ def _parse_action(c: Checker, kind: str, body: Any, place: str, at: float) -> Ac
     if kind == "rewrite":
         process, region, first, pages = _parse_page_range(c, body, place, REWRITE_KEYS)
         return Rewrite(process=process, region=region, first=first, pages=pages, fill=parse_fill(c, body, place))
+    if kind == "madvise":
+        return _parse_madvise(c, body, place)
     return Touch(*_parse_page_range(c, body, place, TOUCH_KEYS))
+
+
+def _parse_madvise(c: Checker, raw: Any, where: str) -> Madvise:
+    """``{process, region, advice}``: advice ``mergeable`` or ``unmergeable``; region defaults to 0."""
+    c.mapping(raw, where, MADVISE_KEYS)
+    if "process" not in raw:
+        raise c.fail(join(where, "process"), "missing (the id of the process that calls madvise)")
+    process = c.integer(raw["process"], join(where, "process"), minimum=0)
+    region = c.integer(raw.get("region", 0), join(where, "region"), minimum=0)
+    if "advice" not in raw:
+        raise c.fail(join(where, "advice"), "missing (mergeable or unmergeable)")
+    advice = raw["advice"]
+    if advice not in MADVISE_ADVICE:
+        raise c.fail(join(where, "advice"), f"must be mergeable or unmergeable, got {show(advice)}")
+    return Madvise(process=process, region=region, mergeable=MADVISE_ADVICE[advice])
 
 
 def parse_event(c: Checker, raw: Any, where: str, now: float | None = None) -> Event:

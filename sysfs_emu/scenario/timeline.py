@@ -10,7 +10,11 @@ time order) and again while a :class:`~sysfs_emu.simulation.Simulation` runs
 - the guests' resident memory fits in ``host.memory - host.used``
   (:func:`guest_budget_pages`), without counting on KSM;
 - a rewrite or touch names a running process, one of its regions and pages
-  inside it (:func:`resolve_page_range`).
+  inside it (:func:`resolve_page_range`); a madvise, a running process and one
+  of its regions (:func:`region_error`).
+
+A running simulation checks an event against its live process table with
+:func:`resolve_live_event`.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from sysfs_emu.errors import errno_text
+from sysfs_emu.errors import SimulationError, errno_text
 from sysfs_emu.host import PID_MAX
 from sysfs_emu.kernel import Kernel
 from sysfs_emu.memory import PAGE_SIZE
 from sysfs_emu.scenario.checks import Checker, join
 from sysfs_emu.scenario.fills import span_error
-from sysfs_emu.scenario.model import Event, ExitProcess, HostSpec, ProcessSpec, Rewrite, StartProcess, Touch
+from sysfs_emu.scenario.model import Event, ExitProcess, HostSpec, Madvise, ProcessSpec, Rewrite, StartProcess, Touch
 from sysfs_emu.units import describe_size, format_duration
 
 
@@ -148,6 +152,59 @@ def resolve_page_range(ev: Event, live: dict[int, ProcessSpec], when: str) -> tu
     return Event(ev.at, Rewrite(rw.process, rw.region, rw.first, pages, rw.fill), ev.where), "", ""
 
 
+def node_error(host: HostSpec, spec: ProcessSpec) -> tuple[str, str] | None:
+    """(place, message) when a region of ``spec`` is on a NUMA node the host does not have, else None."""
+    for i, region in enumerate(spec.regions):
+        if region.node >= host.nodes:
+            return (join(f"{spec.where or 'start'}.regions[{i}]", "node"),
+                    f"must be below host.nodes ({host.nodes}), got {region.node}")
+    return None
+
+
+def region_error(ev: Event, live: dict[int, ProcessSpec], when: str) -> tuple[str, str] | None:
+    """(place, message) when a madvise names no running process or no region of it, else None."""
+    action = ev.action
+    assert isinstance(action, Madvise)
+    place = join(ev.where, "madvise")
+    proc = live.get(action.process)
+    if proc is None:
+        return join(place, "process"), not_running(action.process, when)
+    if action.region >= len(proc.regions):
+        return join(place, "region"), f"process {action.process} has {len(proc.regions)} region(s), no region {action.region}"
+    return None
+
+
+def resolve_live_event(ev: Event, host: HostSpec, ids: ProcessIds, live: dict[int, ProcessSpec]) -> Event:
+    """An event given to a running simulation, checked against its ``live`` processes (by id) and
+    ``ids`` in use, with defaults filled in (a new process's id, a rewrite's page count)."""
+    action = ev.action
+    if isinstance(action, StartProcess):
+        p = action.process
+        if p.id < 0:
+            action = StartProcess(replace(p, id=ids.lowest_free(), where="start"))
+        elif p.id in ids:
+            raise SimulationError(f"event: start.id: id {p.id} is already used by another process of this simulation")
+        problem = pid_error(host, action.process.id)
+        if problem:
+            raise SimulationError(f"event: start.id: {problem}")
+        located = node_error(host, action.process)
+        if located:
+            raise SimulationError(f"event: {located[0]}: {located[1]}")
+    elif isinstance(action, ExitProcess):
+        if action.id not in live:
+            raise SimulationError(f"event: exit: {not_running(action.id)}")
+    elif isinstance(action, (Rewrite, Touch)):
+        resolved, place, message = resolve_page_range(Event(ev.at, action, ""), live, "")
+        if resolved is None:
+            raise SimulationError(f"event: {place}: {message}")
+        return resolved
+    elif isinstance(action, Madvise):
+        located = region_error(Event(ev.at, action, ""), live, "")
+        if located:
+            raise SimulationError(f"event: {located[0]}: {located[1]}")
+    return Event(ev.at, action, ev.where)
+
+
 def _entries(processes: list[ProcessSpec], events: list[Event]) -> list[Event]:
     """Every start, exit and event, sorted: by time, then exits, starts of ``processes``, ``events``."""
     def exit_of(p: ProcessSpec) -> Event:
@@ -188,6 +245,9 @@ def build_timeline(c: Checker, host: HostSpec, processes: list[ProcessSpec], eve
         action, at = ev.action, ev.at
         if isinstance(action, StartProcess):
             p = action.process
+            problem = node_error(host, p)
+            if problem:
+                raise c.fail(*problem)
             live[p.id] = p
             resident += p.resident_pages_at_start
             if resident > guest_budget_pages(host):
@@ -203,5 +263,9 @@ def build_timeline(c: Checker, host: HostSpec, processes: list[ProcessSpec], eve
             if resolved is None:
                 raise c.fail(place, message)
             ev = resolved
+        elif isinstance(action, Madvise):
+            problem = region_error(ev, live, f" at {format_duration(at)}")
+            if problem:
+                raise c.fail(*problem)
         timeline.append(ev)
     return timeline
