@@ -42,7 +42,7 @@ _DEBUG_LINE = re.compile(r"^.*?\d{4}: (.*)$")
 
 def _memory_backed_dir() -> str | None:
     """/dev/shm when it is a writable tmpfs: replacing files there costs microseconds, not milliseconds."""
-    from sysfs_emu.runner import filesystem_type
+    from sysfs_emu.rootlock import filesystem_type
 
     shm = "/dev/shm"
     if os.path.isdir(shm) and os.access(shm, os.W_OK) and filesystem_type(shm) == "tmpfs":

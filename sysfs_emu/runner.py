@@ -1,4 +1,4 @@
-"""Serving a Simulation as a live tree: the lock, the tick loop, and control events.
+"""Serving a Simulation as a live tree: the tick loop and control events (the lock: rootlock.py).
 
 ``<root>/.sysfs-emu/`` holds what belongs to the emulator itself:
 
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -23,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sysfs_emu.errors import EmuError, OnceLog, ServeError, TreeError
-from sysfs_emu.files import decimal, read_regular, replace_file
+from sysfs_emu.files import read_regular, replace_file
+from sysfs_emu.rootlock import RootLock, filesystem_type, holder_pid, state_dir
 from sysfs_emu.scenario import parse_yaml
-from sysfs_emu.tree import STATE_DIR, Tree
+from sysfs_emu.tree import Tree
 
 if TYPE_CHECKING:
     from sysfs_emu.simulation import Simulation
@@ -35,120 +35,6 @@ log = logging.getLogger(__name__)
 TICK = 0.1  # wall seconds between two looks at the tree
 MAX_LAG = 2.0  # wall seconds the simulation may fall behind before it stops catching up
 MIN_STEP = 0.001  # simulated seconds: the least a tick advances
-
-
-def _state_dir(root: Path) -> Path:
-    return root / STATE_DIR
-
-
-class RootLock:
-    """An exclusive flock on ``<root>/.sysfs-emu/lock``: one sysfs-emu per root."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.path = _state_dir(root) / "lock"
-        self._fd: int | None = None
-        self.created_root = False
-        self.created_state_dir = False
-
-    def acquire(self) -> None:
-        root = self.root
-        if os.path.lexists(root) and not root.is_dir():
-            raise ServeError(f"{root} is not a directory")
-        try:
-            if not root.exists():
-                root.mkdir(parents=True)
-                self.created_root = True
-            state = _state_dir(root)
-            if not state.is_dir():
-                state.mkdir()
-                self.created_state_dir = True
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        except PermissionError:
-            raise ServeError(f"{root} is not writable (permission denied)") from None
-        except OSError as exc:
-            raise ServeError(f"cannot use {root}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ServeError(f"{root} is already served by another sysfs-emu (pid {other})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def verify(self) -> bool:
-        """Lock ``lock`` again if it was removed or replaced under us; False when another sysfs-emu took it."""
-        try:
-            if self._same_file(os.stat(self.path, follow_symlinks=False)):
-                return True
-        except FileNotFoundError:
-            pass
-        old, self._fd = self._fd, None
-        try:
-            self.acquire()
-        except ServeError:
-            self._fd = old
-            return False
-        if old is not None:
-            os.close(old)
-        log.warning("%s was removed or replaced by another program; locked again", self.path)
-        return True
-
-    def _same_file(self, st: os.stat_result) -> bool:
-        mine = os.fstat(self._fd)
-        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-    def release(self, remove: bool = False) -> None:
-        if self._fd is None:
-            return
-        if remove:
-            try:
-                if self._same_file(os.stat(self.path, follow_symlinks=False)):  # never another's
-                    os.unlink(self.path)
-            except OSError:
-                pass
-        os.close(self._fd)
-        self._fd = None
-
-
-def filesystem_type(path: str | os.PathLike) -> str | None:
-    """The type of the file system holding ``path`` (from /proc/self/mounts), or None."""
-    target = os.fsencode(os.path.realpath(path))
-    best, kind = b"", None
-    try:
-        with open("/proc/self/mounts", "rb") as f:  # bytes: a mount point need not be UTF-8
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mnt = parts[1].replace(b"\\040", b" ")
-        inside = target == mnt or target.startswith(mnt.rstrip(b"/") + b"/")
-        if inside and len(mnt) >= len(best):
-            best, kind = mnt, parts[2].decode("ascii", errors="replace")
-    return kind
-
-
-def holder_pid(root: Path) -> int | None:
-    """The pid of the sysfs-emu serving ``root``, or None when none does."""
-    path = _state_dir(root) / "lock"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = decimal(os.pread(fd, 32, 0))
-            return pid if pid is not None and pid > 0 else None
-        return None
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -169,7 +55,7 @@ class Server:
         self.root = Path(self.root)
         self.tree = Tree(self.sim, self.root)
         self.lock = RootLock(self.root)
-        self.events_dir = _state_dir(self.root) / "events"
+        self.events_dir = state_dir(self.root) / "events"
         self.tree.scratch_dirs.append(self.events_dir)
         self.achieved_speed: float | None = None
         self._problems = OnceLog(log)
@@ -184,7 +70,7 @@ class Server:
         self.lock.acquire()
         try:
             # state.json appears once the tree is ready; an earlier run's must not say so.
-            (_state_dir(self.root) / "state.json").unlink(missing_ok=True)
+            (state_dir(self.root) / "state.json").unlink(missing_ok=True)
             try:
                 self.events_dir.mkdir(exist_ok=True)
                 self.tree.create()
@@ -352,7 +238,7 @@ class Server:
             "page_size": self.sim.page_size,
             "cost_origin": self.sim.costs.origin,
         }
-        path = _state_dir(self.root) / "state.json"
+        path = state_dir(self.root) / "state.json"
         try:
             replace_file(path, json.dumps(state).encode(), tmp=path.with_name("state.json.tmp"))
         except OSError as exc:  # e.g. a full file system: the tree goes on, said once
@@ -362,7 +248,7 @@ class Server:
             self._problems.ok("state", f"{path} is written again")
 
     def _remove_own_files(self) -> None:
-        state = _state_dir(self.root)
+        state = state_dir(self.root)
         for name in ("state.json", "state.json.tmp"):
             try:
                 os.unlink(state / name)
@@ -380,7 +266,7 @@ class Server:
     def _remove_own_dirs(self) -> None:
         if self.lock.created_state_dir:
             try:
-                _state_dir(self.root).rmdir()
+                state_dir(self.root).rmdir()
             except OSError:
                 pass
         if self.lock.created_root:
@@ -395,7 +281,7 @@ def send_event(root: Path, text: str, timeout: float = 10.0) -> str:
     root = Path(root)
     if holder_pid(root) is None:
         raise ServeError(f"no sysfs-emu is serving {root}")
-    events = _state_dir(root) / "events"
+    events = state_dir(root) / "events"
     name = f"{time.time_ns()}-{os.getpid()}"
     replace_file(events / f"{name}.yaml", text.encode(), tmp=events / f".{name}.tmp")
     result = events / f"{name}.result"
@@ -415,7 +301,7 @@ def send_event(root: Path, text: str, timeout: float = 10.0) -> str:
 def read_state(root: Path) -> dict | None:
     """The served simulation's state (time, speed, pid), or None when none is recorded."""
     try:
-        state = json.loads(read_regular(_state_dir(Path(root)) / "state.json"))
+        state = json.loads(read_regular(state_dir(Path(root)) / "state.json"))
     except (OSError, ValueError, RecursionError):
         return None
     return state if isinstance(state, dict) else None

@@ -16,7 +16,8 @@ from sysfs_emu.errors import SnapshotError
 from sysfs_emu.files import decimal, is_pid_name, read_regular
 from sysfs_emu.kernel import saved_bytes
 from sysfs_emu.pagearrays import PAGE_SIZE
-from sysfs_emu.runner import holder_pid, read_state
+from sysfs_emu.rootlock import holder_pid
+from sysfs_emu.runner import read_state
 from sysfs_emu.tree import KSM_DIR
 from sysfs_emu.units import format_bytes, format_clock
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sysfs_emu import Simulation
-from sysfs_emu.runner import filesystem_type
+from sysfs_emu.rootlock import filesystem_type
 from sysfs_emu.tree import KSM_ATTRS, KSM_DIR, PROC_FILES, Tree, TreeError
 from tests.emutree import SYSFS_EMU, cli, read, served, small_scenario, stop, wait_for
 
