@@ -3,11 +3,12 @@
 
 Each scenario runs twice from the same start, once per policy, through the daemon's own
 cycle (ksmtuned_py.cycle.Cycle over a SimulationHost, one decision every
-KSM_MONITOR_INTERVAL of simulated time), and prints per scenario:
+KSM_MONITOR_INTERVAL of simulated time and at every guest start and stop), and prints per scenario:
 
-- the time-averaged saving: the mean of (pages_sharing + ksm_zero_pages) x page size over
-  the cycles (one sample right after each decision, the same instants for both policies,
-  from the first decision to the end), and the same for general_profit;
+- the time-averaged saving: (pages_sharing + ksm_zero_pages) x page size right after each
+  decision, each held until the next one (the same instants for both policies: every
+  KSM_MONITOR_INTERVAL and whenever a guest starts or stops, as the libvirt hook retunes),
+  from the first decision to the end; and the same for general_profit;
 - ksmd's CPU time over the same period (from the first decision: before it ksmd runs as
   the scenario set it, whatever the policy), as the simulated ksmd accounts it (its cost
   model, measured on Linux 6.18);
@@ -63,19 +64,25 @@ def run(path: Path, policy: str, duration: float, environ: dict[str, str]) -> Ru
     loop = Simulate(sim, config)
     t0 = time.monotonic()
     cpu0 = None
-    saved = profit = 0.0
-    n = 0
-    last = 0
-    while sim.now + loop.interval <= duration + 1e-9:
-        loop.cycle()
+    samples: list[tuple[float, int, int]] = []  # (time, saved bytes, general_profit) right after each cycle
+    for _row in loop.rows(duration):
         if cpu0 is None:  # the period starts with the first decision: before it, ksmd ran as the scenario set it
             cpu0 = sim.ksmd.cpu_time
         c = sim.kernel.counters()
-        last = (c["pages_sharing"] + c["ksm_zero_pages"]) * sim.page_size
-        saved += last
-        profit += c["general_profit"]
-        n += 1
-    return Run(saved / max(n, 1), profit / max(n, 1), sim.ksmd.cpu_time - (cpu0 or 0.0), last, n,
+        samples.append((sim.now, (c["pages_sharing"] + c["ksm_zero_pages"]) * sim.page_size, c["general_profit"]))
+    cpu = sim.ksmd.cpu_time - (cpu0 or 0.0)
+    if sim.now < duration:  # the last cycle's knobs hold to the end of the period
+        sim.advance(duration - sim.now)
+        cpu = sim.ksmd.cpu_time - (cpu0 or 0.0)
+    # Time-weighted: each sample holds until the next cycle (cycles come every interval and when a guest
+    # starts or stops, as the libvirt hook's retune makes them), the last one until the end.
+    saved = profit = 0.0
+    span = 0.0
+    for i, (t, s, p) in enumerate(samples):
+        dt = (samples[i + 1][0] if i + 1 < len(samples) else duration) - t
+        saved, profit, span = saved + s * dt, profit + p * dt, span + dt
+    last = samples[-1][1] if samples else 0
+    return Run(saved / span if span else 0.0, profit / span if span else 0.0, cpu, last, len(samples),
                time.monotonic() - t0)
 
 

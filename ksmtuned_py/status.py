@@ -260,7 +260,7 @@ def render_text(s: dict) -> str:
     lines = [*_ksm_lines(s), *_memory_lines(s), *_insight_lines(s),
              *_field("next cycle", f"{what}, because {n['reason']}"),
              *_field("npages", f"{n['from_npages']} now, from {n['npages_from']}"),
-             *_field("policy", n["policy"]),
+             *([] if n["policy"] == policies.DEFAULT else _field("policy", n["policy"])),
              *_field("compat", f"{s['compat']['mode']} ({s['compat']['why']})"),
              *_field("daemon", _daemon_text(s["daemon"]))]
     return "\n".join(lines) + "\n"

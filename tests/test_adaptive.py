@@ -66,6 +66,18 @@ def test_it_is_in_the_registry_and_chosen_by_ksm_policy():
         configmod.load(os.devnull, environ={"KSM_MAX_CPU": "101"})
 
 
+def test_a_spec_gives_its_cpu_budget():
+    cfg = configmod.load(os.devnull, environ={"KSM_MAX_CPU": "35"})
+    chosen = policies.from_spec("adaptive:max_cpu=5", cfg)
+    assert isinstance(chosen, AdaptivePolicy) and (chosen.max_cpu, chosen.spec) == (5, "adaptive:max_cpu=5")
+    plain = policies.from_spec("adaptive", cfg)
+    assert (plain.max_cpu, plain.spec) == (35, "adaptive")  # KSM_MAX_CPU
+    with pytest.raises(policies.PolicySpecError, match="max_cpu is a percentage of one CPU, 1 to 100, not 0"):
+        policies.from_spec("adaptive:max_cpu=0", cfg)
+    with pytest.raises(policies.PolicySpecError, match="policy adaptive takes max_cpu, not 'pages_to_scan'"):
+        policies.from_spec("adaptive:pages_to_scan=5", cfg)
+
+
 def test_the_gate_is_ksmtuneds():
     """KSM stops exactly when ksmtuned's rule stops it, with its reason."""
     host = Host()
@@ -216,9 +228,8 @@ def test_on_the_demo_host_it_saves_as_much_as_ksmtuned_with_far_less_cpu():
         sim = Simulation.from_yaml(os.path.join(os.path.dirname(__file__), "..", "sysfs_emu", "scenarios", "demo.yaml"))
         loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": name}))
         saved = []
-        while sim.now < 3 * 3600:
-            report = loop.cycle()
-            saved.append(report.pages_sharing + report.ksm_zero_pages)
+        for row in loop.rows(3 * 3600):
+            saved.append(row.report.pages_sharing + row.report.ksm_zero_pages)
         results[name] = (sum(saved) / len(saved), sim.ksmd.cpu_time)
     (k_saved, k_cpu), (a_saved, a_cpu) = results["ksmtuned"], results["adaptive"]
     assert a_saved >= 0.95 * k_saved

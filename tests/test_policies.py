@@ -39,7 +39,7 @@ def _recorded_cycles(policy_spec: str, cycles: int, ksm: dict | None = None):
 
 
 def test_the_registry_holds_every_policy_under_its_name():
-    assert list(policies.POLICIES) == ["ksmtuned", "always", "off", "advisor"]
+    assert list(policies.POLICIES) == ["ksmtuned", "adaptive", "always", "off", "advisor"]
     for name, cls in policies.POLICIES.items():
         assert cls.name == name
         policy = policies.from_spec(name, DEFAULTS)
@@ -95,7 +95,7 @@ def test_a_fixed_policy_comes_back_from_its_published_state():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("sometimes", "no policy 'sometimes' (one of: ksmtuned, always, off, advisor)"),
+    ("sometimes", "no policy 'sometimes' (one of: ksmtuned, adaptive, always, off, advisor)"),
     ("always:pages=5", "policy always takes pages_to_scan, sleep_millisecs, not 'pages'"),
     ("off:sleep_millisecs=5", "policy off takes no parameters, not 'sleep_millisecs'"),
     ("ksmtuned:pages_to_scan=5", "policy ksmtuned takes no parameters, not 'pages_to_scan'"),
