@@ -111,13 +111,13 @@ def start_processes(count: int) -> list[subprocess.Popen]:
 def scan_alone(repeat: int) -> list[str]:
     """ksmtuned-py's guest scan in this process: the first (cold) scan, then with the cache warm."""
     try:
-        from ksmtuned_py import readings
+        from ksmtuned_py import guestscan
     except ImportError as e:
         return [f"(guest scan alone not measured: {e})"]
     from ksmtuned_py.daemon import raise_open_files_limit
 
     raise_open_files_limit()  # as the daemon does: a comm file kept open per process
-    scanner = readings.GuestScanner("/")
+    scanner = guestscan.GuestScanner("/")
     t0 = time.process_time()
     scanner.scan()
     first = time.process_time() - t0

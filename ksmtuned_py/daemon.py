@@ -23,7 +23,8 @@ from ksmtuned_py.knobs import require_ksm
 from ksmtuned_py.ksmlock import KsmLock
 from ksmtuned_py.notices import Notices
 from ksmtuned_py.pidfile import Pidfile, StateFile, state_path
-from ksmtuned_py.readings import GuestScanner, ReadingError
+from ksmtuned_py.guestscan import GuestScanner
+from ksmtuned_py.readings import ReadingError
 from ksmtuned_py.report import CycleReport, report_dict
 from ksmtuned_py.service import Notifier
 

@@ -8,8 +8,8 @@ import os
 from ksmtuned_py import config as configmod
 from ksmtuned_py import procinfo
 from ksmtuned_py.knobs import KsmState, ksm_dir, read_ksm_state, write_knob
-from ksmtuned_py.readings import (PAGE_SIZE, GuestScanner, MemInfo, Readings, awk_sum_kb, read_host,
-                                  read_meminfo)
+from ksmtuned_py.guestscan import GuestScanner
+from ksmtuned_py.readings import PAGE_SIZE, MemInfo, Readings, awk_sum_kb, read_host, read_meminfo
 
 
 class FileHost:

@@ -4,7 +4,7 @@ breaks, a guest's name and its KSM numbers, a process's memory mappings.
 Small readers of single /proc files below a root, each returning None (or an empty result)
 when the file is missing or not what Linux writes: a kernel without the file, a tree that
 does not serve it, a process that exited.  Reads are one ``read(2)`` of small files, as
-readings.py does for every process, because the daemon runs them every cycle.
+guestscan.py does for every process, because the daemon runs them every cycle.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def test_guests_debians_script_misses_are_counted(tmp_path):
     -accel kvm hide a guest from it; ksmtuned-py goes by the process name and counts it."""
     if shutil.which("pgrep") is None:
         pytest.skip("pgrep not found")
-    from ksmtuned_py.readings import GuestScanner
+    from ksmtuned_py.guestscan import GuestScanner
     from tests.guests import stand_in_guests
 
     specs = [dict(comm="qemu-system-x86", argv0="/usr/bin/qemu-system-x86_64", resident_kib=1024,

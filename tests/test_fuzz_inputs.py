@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from ksmtuned_py.config import KEYS, load
 from ksmtuned_py.config_syntax import ConfigError, parse_text
-from ksmtuned_py.readings import GuestScanner, ReadingError, read_meminfo
+from ksmtuned_py.guestscan import GuestScanner
+from ksmtuned_py.readings import ReadingError, read_meminfo
 from sysfs_emu import Simulation
 from sysfs_emu.errors import ScenarioError
 from sysfs_emu.kernel import Kernel

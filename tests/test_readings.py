@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ksmtuned_py.guestscan import GuestScanner
 from ksmtuned_py.readings import (
-    GuestScanner,
     MemInfo,
     ReadingError,
     parse_stat,
@@ -348,7 +348,7 @@ def test_an_unlistable_proc_is_logged_once_per_change(tmp_path, caplog):
     root = tmp_path / "root"
     root.mkdir()
     scanner = GuestScanner(str(root))
-    with caplog.at_level("INFO", logger="ksmtuned_py.readings"):
+    with caplog.at_level("INFO", logger="ksmtuned_py.guestscan"):
         assert scanner.scan() == [] and scanner.scan() == []  # no proc directory
         (root / "proc").mkdir()
         assert scanner.scan() == []
