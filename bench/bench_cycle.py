@@ -114,7 +114,7 @@ def scan_alone(repeat: int) -> list[str]:
         from ksmtuned_py import guestscan
     except ImportError as e:
         return [f"(guest scan alone not measured: {e})"]
-    from ksmtuned_py.daemon import raise_open_files_limit
+    from ksmtuned_py.guestscan import raise_open_files_limit
 
     raise_open_files_limit()  # as the daemon does: a comm file kept open per process
     scanner = guestscan.GuestScanner("/")

@@ -23,7 +23,7 @@ from ksmtuned_py.knobs import require_ksm
 from ksmtuned_py.ksmlock import KsmLock
 from ksmtuned_py.notices import Notices
 from ksmtuned_py.pidfile import Pidfile, StateFile, state_path
-from ksmtuned_py.guestscan import GuestScanner
+from ksmtuned_py.guestscan import GuestScanner, raise_open_files_limit
 from ksmtuned_py.readings import ReadingError
 from ksmtuned_py.report import CycleReport, report_dict
 from ksmtuned_py.service import Notifier
@@ -36,23 +36,6 @@ _HANDLED = (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 def _ignore(signum, frame) -> None:
     """Empty handler: the wakeup fd carries the signal to the main loop."""
-
-
-def raise_open_files_limit(wanted: int = 1 << 16) -> None:
-    """Let the guest scan keep a comm file open per process: the soft open-files limit up to the hard one.
-
-    (systemd starts services with a soft limit of 1024; the scan reads processes beyond
-    what it may keep open the slower way, so a limit that cannot be raised costs only time.)
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (OSError, ValueError) as e:
-            log.debug("cannot raise the open-files limit to %d: %s", target, e)
 
 
 def config_listeners(config: configmod.Config) -> list[CycleListener]:

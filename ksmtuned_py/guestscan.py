@@ -307,3 +307,20 @@ def _open_files_budget() -> int:
     if soft == resource.RLIM_INFINITY:
         return 1 << 16
     return max(0, soft - 256)
+
+
+def raise_open_files_limit(wanted: int = 1 << 16) -> None:
+    """Let the guest scan keep a comm file open per process: the soft open-files limit up to the hard one.
+
+    (systemd starts services with a soft limit of 1024; the scan reads processes beyond
+    what it may keep open the slower way, so a limit that cannot be raised costs only time.)
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as e:
+            log.debug("cannot raise the open-files limit to %d: %s", target, e)

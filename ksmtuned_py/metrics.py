@@ -314,14 +314,14 @@ def sample_from_status(snap: dict) -> Sample:
         free_kb=mem["free_kb"],
         guests=len(snap["guests"]),
         info={"version": __version__},
-        policy=nxt.get("policy"),
+        policy=snap["next"].get("policy"),
         ksmd_cpu_seconds=snap["ksmd"]["cpu_seconds"],
         ksmd_cpu_budget=None if snap["ksmd"].get("cpu_budget_percent") is None
         else snap["ksmd"]["cpu_budget_percent"] / 100,
         cow_ksm=snap["cow_ksm"]["total"],
         unmerge_need_bytes=snap["unmerge"]["need_bytes"],
         unmerge_room_bytes=snap["unmerge"]["room_bytes"],
-        guest_list=snap["guests"],
+        guest_list=[{**g, "kb": g["committed_kb"]} for g in snap["guests"]],  # status calls the size committed_kb
     )
     last = snap["daemon"].get("last_decision")
     if isinstance(last, dict) and last.get("action"):

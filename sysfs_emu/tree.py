@@ -9,7 +9,7 @@
 2. every file whose text changed is replaced atomically (written under the state
    directory, then renamed into place), so a reader never sees half a value;
 3. ``proc/PID`` directories appear (built aside, then renamed in whole) for new
-   processes and go away for exited ones.
+   processes and go away for exited ones (``procdirs.py``, a part of the tree).
 
 Everything created is listed in a manifest under ``.sysfs-emu/`` so that a later
 run (or ``--clean``) removes exactly what sysfs-emu made and nothing else.
@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sysfs_emu import procfs, procstats
+from sysfs_emu import procfs
 from sysfs_emu.errors import OnceLog, TreeError, errno_text
 from sysfs_emu.files import NotRegularFile, is_pid_name, kind_of, read_regular, read_regular_stat, replace_file
 from sysfs_emu.kernel import ATTRS
+from sysfs_emu.procdirs import PROC_FILES, ProcDirs, _Written  # noqa: F401 (PROC_FILES: the tree's files, for tests)
 
 if TYPE_CHECKING:
     from sysfs_emu.simulation import Simulation
@@ -43,38 +44,9 @@ STATE_DIR = ".sysfs-emu"
 # The files of /sys/kernel/mm/ksm on Linux 6.18 and whether each can be written (0644) or not (0444).
 KSM_ATTRS: dict[str, bool] = {attr.name: not attr.counter for attr in ATTRS}
 
-PROC_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat", "ksm_merging_pages", "smaps_rollup", "smaps")
 HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg", "vmstat")
-KSMD_FILES = ("comm", "cmdline", "stat", "statm", "status", "ksm_stat")  # the ksmd kernel thread's
 # Directories the tree needs, parents first.
 BASE_DIRS = ("proc", "sys", "sys/kernel", "sys/kernel/mm", KSM_DIR)
-
-
-@dataclass(frozen=True)
-class _ProcView:
-    """One process's numbers, read once per refresh (each read is a pass over its pages)."""
-
-    pid: int
-    name: str
-    cmdline: tuple[str, ...]
-    start_time: float
-    rss_pages: int
-    vsz_pages: int
-    page_size: int
-    ksm_stat_text: str
-    ksm_merging_pages: int
-    rollup: procfs.Rollup
-    vmas: tuple[procfs.Vma, ...]
-
-    @classmethod
-    def of(cls, proc, memory) -> "_ProcView":
-        n = procstats.numbers(memory, proc.pid)
-        return cls(
-            pid=proc.pid, name=proc.name, cmdline=tuple(proc.cmdline), start_time=proc.start_time,
-            rss_pages=int(n.rss_pages), vsz_pages=int(proc.vsz_pages), page_size=proc.page_size,
-            ksm_stat_text=n.ksm_stat_text, ksm_merging_pages=int(n.ksm_merging_pages), rollup=n.rollup,
-            vmas=n.vmas,
-        )
 
 
 def _shown(data: bytes, limit: int = 40) -> str:
@@ -83,16 +55,6 @@ def _shown(data: bytes, limit: int = 40) -> str:
     if len(data) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(data)} bytes)"
-
-
-@dataclass
-class _Written:
-    """What this tree last put in a file, and the file's identity right after."""
-
-    data: bytes
-    mode: int
-    ino: int = 0
-    mtime_ns: int = 0
 
 
 @dataclass
@@ -137,7 +99,7 @@ def removed_top(root: Path, path: Path) -> Path:
     return path
 
 
-class Tree:
+class Tree(ProcDirs):
     """The files of one simulated host under ``root``."""
 
     def __init__(self, sim: "Simulation", root: str | os.PathLike, owner: procfs.Owner | None = None):
@@ -365,41 +327,6 @@ class Tree:
         for fname, data in self._ksmd_texts().items():
             self._put(f"proc/{self.ksmd_pid}/{fname}", data, 0o444)
 
-    def _refresh_processes(self, force: bool = False) -> None:
-        """New and exited processes at once; the others' numbers when memory changed.
-
-        Per-process numbers cost a pass over the process's pages, so they are
-        recomputed only when the memory model's totals moved, and at most about
-        every four times as long as the last recomputation took (under a fifth
-        of the time on a big host while ksmd merges).
-        """
-        live = {proc.pid: proc for proc in self.sim.processes}
-        changed = False
-        for pid in [p for p in self._pids if p not in live or self._pids[p] != live[p].start_time]:
-            self._remove_pid_dir(pid)
-            changed = True
-        for pid in [p for p in self._pids if not (self.root / "proc" / str(p)).is_dir()]:
-            log.warning("%s was removed by another program; recreating it", self.root / "proc" / str(pid))
-            self._forget_pid(pid)
-        for pid, proc in live.items():
-            if pid not in self._pids:
-                changed |= self._add_pid_dir(proc, self._proc_texts(self._view(proc)))
-        if changed or self._manifest_unsaved:
-            self.manifest.pids = sorted([*self._pids, self.ksmd_pid])
-            self._save_manifest()
-        key = self._memory_key()
-        now = time.monotonic()
-        if not force and key == self._proc_key:
-            return
-        if not force and now < self._next_proc_refresh:
-            return
-        for pid, proc in live.items():
-            if pid in self._pids:
-                for fname, data in self._proc_texts(self._view(proc)).items():
-                    self._put(f"proc/{pid}/{fname}", data, 0o444)
-        self._proc_key = key
-        self._next_proc_refresh = now + 4 * (time.monotonic() - now)
-
     def _save_manifest(self) -> None:
         """Save the manifest; on failure (a full file system) say so once and try again next time."""
         try:
@@ -411,104 +338,6 @@ class Tree:
             return
         self._manifest_unsaved = False
         self._problems.ok("manifest", f"{self.manifest.path} is written again")
-
-    def _memory_key(self) -> tuple:
-        """A value that moves whenever a process's resident or KSM numbers can have changed."""
-        return self.sim.state_key(), tuple(sorted(self._pids.items()))
-
-    def _view(self, proc) -> _ProcView:
-        return _ProcView.of(proc, self.sim.memory)
-
-    def _proc_texts(self, proc: "_ProcView") -> dict[str, bytes]:
-        hwm = max(self._hwm.get(proc.pid, 0), proc.rss_pages)
-        self._hwm[proc.pid] = hwm
-        return {
-            "comm": procfs.comm_text(proc.name).encode(),
-            "cmdline": procfs.cmdline_bytes(list(proc.cmdline)),
-            "stat": procfs.stat_text(proc).encode(),
-            "statm": procfs.statm_text(proc).encode(),
-            "status": procfs.status_text(proc, self.owner, hwm).encode(),
-            "ksm_stat": proc.ksm_stat_text.encode(),
-            "ksm_merging_pages": f"{proc.ksm_merging_pages}\n".encode(),
-            "smaps_rollup": procfs.smaps_rollup_text(proc.rollup, proc.vsz_pages, proc.page_size).encode(),
-            "smaps": procfs.smaps_text(proc.vmas).encode(),
-        }
-
-    def _ksmd_texts(self) -> dict[str, bytes]:
-        """The ksmd kernel thread's files: its CPU time as the simulated ksmd accounts it."""
-        pid, cpu = self.ksmd_pid, self.sim.ksmd.cpu_time
-        return {"comm": b"ksmd\n", "cmdline": b"", "stat": procfs.kthread_stat_text(pid, "ksmd", cpu).encode(),
-                "statm": b"0 0 0 0 0 0 0\n", "status": procfs.kthread_status_text(pid, "ksmd").encode(),
-                "ksm_stat": b""}
-
-    def _add_ksmd_dir(self) -> None:
-        """``proc/PID`` of ksmd, built aside and renamed into place like a process's."""
-        target = self.root / "proc" / str(self.ksmd_pid)
-        if os.path.lexists(target):
-            raise TreeError(f"{target} exists and was not made by sysfs-emu; use an empty directory")
-        build = self.tmp_dir / "new-ksmd"
-        shutil.rmtree(build, ignore_errors=True)
-        build.mkdir()
-        texts = self._ksmd_texts()
-        for fname, data in texts.items():
-            (build / fname).write_bytes(data)
-            os.chmod(build / fname, 0o444)
-        os.chmod(build, 0o555)
-        os.rename(build, target)
-        for fname, data in texts.items():
-            st = os.stat(target / fname)
-            self._written[f"proc/{self.ksmd_pid}/{fname}"] = _Written(data, 0o444, st.st_ino, st.st_mtime_ns)
-        self.manifest.pids = [self.ksmd_pid]
-
-    def _add_pid_dir(self, proc, texts: dict[str, bytes]) -> bool:
-        """Build ``proc/PID`` aside and rename it into place, so it appears complete."""
-        target = self.root / "proc" / str(proc.pid)
-        if os.path.lexists(target):
-            self._problems.fail(("pid", proc.pid, proc.start_time), f"{target} exists and was not made by sysfs-emu; "
-                                f"process {proc.name} (pid {proc.pid}) is not shown")
-            return False
-        build = self.tmp_dir / f"new-{proc.pid}"
-        try:
-            shutil.rmtree(build, ignore_errors=True)
-            build.mkdir()
-            for fname, data in texts.items():
-                path = build / fname
-                path.write_bytes(data)
-                os.chmod(path, 0o444)
-            os.chmod(build, 0o755)
-            os.rename(build, target)
-        except OSError as exc:
-            shutil.rmtree(build, ignore_errors=True)
-            if not self._dir_gone(target):
-                self._problems.fail(("pid", proc.pid, proc.start_time), f"cannot make {target}: {exc.strerror}; "
-                                    f"process {proc.name} (pid {proc.pid}) is not shown")
-            return False
-        self._problems.ok(("pid", proc.pid, proc.start_time), f"{target} is free again; process {proc.name} (pid {proc.pid}) is shown")
-        for fname, data in texts.items():
-            st = os.stat(target / fname)
-            self._written[f"proc/{proc.pid}/{fname}"] = _Written(data, 0o444, st.st_ino, st.st_mtime_ns)
-        self._pids[proc.pid] = proc.start_time
-        return True
-
-    def _forget_pid(self, pid: int) -> None:
-        """Forget what was written for ``pid``, so that its directory is made afresh."""
-        self._pids.pop(pid, None)
-        for fname in (*PROC_FILES, *KSMD_FILES):
-            self._written.pop(f"proc/{pid}/{fname}", None)
-
-    def _remove_pid_dir(self, pid: int) -> None:
-        target = self.root / "proc" / str(pid)
-        self._forget_pid(pid)
-        self._hwm.pop(pid, None)
-        if not target.is_dir() or target.is_symlink():
-            return
-        gone = self.tmp_dir / f"gone-{pid}-{self._next_seq()}"
-        try:
-            os.rename(target, gone)
-        except OSError as exc:
-            log.warning("cannot remove %s: %s", target, exc)
-            return
-        shutil.rmtree(gone, ignore_errors=True)
 
     # --- files --------------------------------------------------------------------------
 
