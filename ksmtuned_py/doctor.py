@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from ksmtuned_py import config as configmod
 from ksmtuned_py import procinfo
-from ksmtuned_py.knobs import ksm_dir, read_knob
+from ksmtuned_py.knobs import check_root, ksm_dir, read_knob
 from ksmtuned_py.report import human_bytes
 
 WARNING, INFO = "warning", "info"
@@ -75,6 +75,7 @@ def survey(cfg: configmod.Config, root: str = "/") -> Host:
     """Read the host once for every check."""
     from ksmtuned_py.status import collect
 
+    check_root(root)  # a mistyped --root is an error, not a kernel without KSM
     host = Host(root, cfg, os.path.isdir(ksm_dir(root)))
     if host.has_ksm:
         host.status = collect(cfg, root)

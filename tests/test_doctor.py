@@ -132,6 +132,11 @@ def test_no_ksm(tmp_path, conf):
     (tmp_path / "bare/proc/meminfo").write_text("MemTotal: 1000 kB\nMemFree: 500 kB\nBuffers: 0 kB\nCached: 0 kB\n")
     found = doctor(tmp_path / "bare", conf)
     assert ids(found) == ["no-ksm"] and "CONFIG_KSM" in found[0]["evidence"]
+    # A root that is not there is a mistyped --root, said as every command says it, not "no KSM".
+    r = subprocess.run([KSMTUNED_PY, "--root", str(tmp_path / "nowhere"), "--config", str(conf), "doctor"],
+                       capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout) == (66, "")
+    assert r.stderr == f"ksmtuned-py: the root directory {tmp_path / 'nowhere'} does not exist (--root)\n"
 
 
 def test_stopped_by_the_rule_with_the_setting_that_would_start_it(tmp_path, conf):
