@@ -3,7 +3,8 @@
 ``ksmtuned-py`` and ``ksmtuned-py run``, with ``--root`` and ``--config`` before or after
 ``run``, start the daemon directly; every other command line (another command, ``--help``,
 ``--version``, a mistake) goes to the click application in ``cli.py``, which also
-understands these.  The daemon runs for months, and click with its dependencies is about
+understands these; and so does every command line while the shell completion asks
+(``_KSMTUNED_PY_COMPLETE``), which completing ``ksmtuned-py <TAB>`` sends without arguments.  The daemon runs for months, and click with its dependencies is about
 2 MB of its resident memory that it would never use again after parsing two options.
 """
 
@@ -41,8 +42,11 @@ def daemon_arguments(args: list[str]) -> dict | None:
     return values
 
 
+COMPLETION = "_KSMTUNED_PY_COMPLETE"  # set by the shell completion: click answers, nothing runs
+
+
 def main() -> None:
-    values = daemon_arguments(sys.argv[1:])
+    values = None if os.environ.get(COMPLETION) else daemon_arguments(sys.argv[1:])
     if values is None:
         from ksmtuned_py.cli import main as cli_main
 

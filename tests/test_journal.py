@@ -86,6 +86,21 @@ def test_only_command_lines_that_start_the_daemon_skip_click(args, wanted):
     assert daemon_arguments(args) == wanted
 
 
+def test_the_shell_completion_asking_never_starts_the_daemon():
+    """Completing `ksmtuned-py <TAB>` runs the program with no arguments: click answers, no daemon starts.
+
+    (Were the daemon started, the probe's stand-in for it says so and stops, instead of a real
+    daemon tuning this machine's KSM.)
+    """
+    probe = ("import sys\nfrom ksmtuned_py import daemon, entry\n"
+             "class NoDaemon:\n    def __init__(self, *a):\n        print('a daemon started'); raise SystemExit(9)\n"
+             "daemon.Daemon = NoDaemon\nsys.argv = ['ksmtuned-py']\nentry.main()\n")
+    got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COMP_WORDS": "ksmtuned-py ch", "COMP_CWORD": "1",
+                              "_KSMTUNED_PY_COMPLETE": "bash_complete"})
+    assert (got.returncode, got.stdout, got.stderr) == (0, "plain,check-config\n", "")
+
+
 def test_the_daemon_starts_without_click_and_says_a_config_error_as_click_would(tmp_path):
     conf = tmp_path / "ksmtuned.conf"
     conf.write_text("KSM_NPAGES_MAX=$(reboot)\n")
