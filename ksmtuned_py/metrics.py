@@ -66,7 +66,7 @@ class Sample:
     cow_ksm: int | None = None  # since boot
     unmerge_need_bytes: int | None = None
     unmerge_room_bytes: int | None = None
-    guest_list: list[dict] = field(default_factory=list)  # {"name", "kb", "ksm_merging_pages", ...}
+    guest_list: list[dict] = field(default_factory=list)  # {"name", "committed_kb", "ksm_merging_pages", ...}
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _insight_families(s: Sample) -> list[tuple[_Family, list[tuple[dict[str, str
 
 #: One series per guest, labelled with its name: (metric, type, help, the guest's key, scale).
 GUEST_METRICS = (
-    ("ksmtuned_guest_resident_bytes", "gauge", "A guest's resident (or proportional) memory, as counted.", "kb", KIB),
+    ("ksmtuned_guest_resident_bytes", "gauge", "A guest's resident (or proportional) memory, as counted.", "committed_kb", KIB),
     ("ksmtuned_guest_ksm_merging_pages", "gauge", "A guest's pages merged by KSM (ksm_merging_pages).",
      "ksm_merging_pages", 1),
     ("ksmtuned_guest_ksm_profit_bytes", "gauge",
@@ -321,7 +321,7 @@ def sample_from_status(snap: dict) -> Sample:
         cow_ksm=snap["cow_ksm"]["total"],
         unmerge_need_bytes=snap["unmerge"]["need_bytes"],
         unmerge_room_bytes=snap["unmerge"]["room_bytes"],
-        guest_list=[{**g, "kb": g["committed_kb"]} for g in snap["guests"]],  # status calls the size committed_kb
+        guest_list=snap["guests"],
     )
     last = snap["daemon"].get("last_decision")
     if isinstance(last, dict) and last.get("action"):

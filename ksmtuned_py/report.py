@@ -12,7 +12,7 @@ class GuestReport:
     pid: int
     name: str  # libvirt's -name guest=, Proxmox VE's -id, else the pid
     comm: str
-    kb: int  # resident (or proportional) size, kB
+    committed_kb: int  # resident (or proportional) size: what it adds to committed_kb
     ksm_merging_pages: int | None = None
     ksm_process_profit: int | None = None  # bytes, can be negative
     ksm_rmap_items: int | None = None

@@ -93,7 +93,7 @@ def collect(cfg: configmod.Config, root: str = "/") -> dict:
             "memory_metric": cfg.memory_metric,
             "thres_kb": dec.thres_kb,
         },
-        "guests": [{"pid": g.pid, "comm": g.comm, "committed_kb": g.kb, **guest_ksm(g)}
+        "guests": [{"pid": g.pid, "comm": g.comm, "committed_kb": g.committed_kb, **guest_ksm(g)}
                    for g in guest_reports(readings.guests)],
         "next": {
             "action": dec.action,

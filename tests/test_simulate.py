@@ -309,7 +309,7 @@ def test_without_matplotlib_everything_but_the_picture_is_written(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--policy", "sometimes"], "--policy sometimes: no policy 'sometimes' (one of: ksmtuned, always, off, advisor)"),
+    (["--policy", "sometimes"], "--policy sometimes: no policy 'sometimes' (one of: ksmtuned, adaptive, always, off, advisor)"),
     (["--policy", "always", "--policy", "always"], "the same run twice: always"),
     (["--duration", "0"], "--duration must be more than 0, got 0"),
     (["--every", "0s"], "--every must be more than 0, got 0s"),
