@@ -42,6 +42,10 @@ class SimulationError(ScenarioError):
     """The simulation cannot do what was asked (a refused event, a goal ksmd cannot reach, out of memory)."""
 
 
+class MemoryError_(EmuError, ValueError):
+    """A request the simulated memory cannot honour (bad pid, region, contents)."""
+
+
 class TreeError(EmuError):
     """The file tree cannot be created under this root; the message says why."""
 

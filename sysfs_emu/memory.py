@@ -39,20 +39,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sysfs_emu import procstats
+from sysfs_emu.errors import MemoryError_
 from sysfs_emu.ksmpages import KsmPages
+from sysfs_emu.memviews import ProcessViews
 from sysfs_emu.numa import NodeContents, NodePlacement
 from sysfs_emu.pagearrays import (
     HUGE_PAGES, LARGE, MAPPED, NO_NODE, NODE_ARRAYS, NODE_HALVES, PAGE_ARRAYS, ZERO, Growable,
-    keep_temporaries_on_heap, resident,
+    keep_temporaries_on_heap,
 )
 from sysfs_emu.pagearrays import PAGE_SIZE, RMAP_ITEM_SIZE, checksum  # noqa: F401  (named here for importers)
-from sysfs_emu.procstats import ProcessStats
 from sysfs_emu.thp import HugePages
-
-
-class MemoryError_(ValueError):
-    """A request the simulated memory cannot honour (bad pid, region, contents)."""
 
 
 @dataclass
@@ -84,7 +80,7 @@ class Process:
     in_ksm: bool = False  # has an mm slot on ksmd's list (MMF_VM_MERGEABLE)
 
 
-class Memory(HugePages, KsmPages, NodePlacement):
+class Memory(HugePages, KsmPages, NodePlacement, ProcessViews):
     """All simulated processes and their pages (ksmd's operations in :mod:`sysfs_emu.ksmpages`,
     huge pages in :mod:`sysfs_emu.thp`, NUMA placement in :mod:`sysfs_emu.numa`)."""
 
@@ -371,31 +367,6 @@ class Memory(HugePages, KsmPages, NodePlacement):
                 self.pages.rnode[region.start : region.stop] = NO_NODE
                 self.pages.kpage[region.start : region.stop] = NO_NODE
         del self.processes[pid]
-
-    # ---- views -------------------------------------------------------------
-
-    def process_slots(self, pid: int) -> np.ndarray:
-        proc = self.processes.get(pid)
-        if proc is None:
-            raise MemoryError_(f"no process {pid}")
-        parts = [np.arange(self.regions[r].start, self.regions[r].stop) for r in proc.regions]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def process_pages(self, pid: int) -> procstats.ProcessPages:
-        """A running process's page counts (RSS, rmap items, merged pages...), in one pass over its regions."""
-        return procstats.count_pages(self, self._process(pid))
-
-    def process_stats(self, pid: int) -> ProcessStats:
-        """The numbers of /proc/PID/ksm_stat of a running process."""
-        return self.process_pages(pid).stats()
-
-    def rss_pages(self, pid: int) -> int:
-        """Resident pages: every mapped page, merged or not; KSM zero pages are not counted."""
-        proc = self.processes.get(pid)
-        if proc is None:
-            raise MemoryError_(f"no process {pid}")
-        flags = self.pages.flags
-        return sum(int(resident(flags[self.regions[r].start : self.regions[r].stop]).sum()) for r in proc.regions)
 
     def physical_pages(self) -> int:
         """Pages of RAM in use by all processes: a KSM page counts once, the zero page not at all."""

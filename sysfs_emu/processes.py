@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sysfs_emu import procfs, procstats
-from sysfs_emu.memory import PAGE_SIZE, Memory, ProcessStats
+from sysfs_emu.memory import PAGE_SIZE, Memory
+from sysfs_emu.procstats import ProcessStats
 from sysfs_emu.scenario import ProcessSpec
 
 __all__ = ["LiveProcess", "SimProcess"]

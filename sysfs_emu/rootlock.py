@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from sysfs_emu.errors import ServeError
-from sysfs_emu.files import decimal, read_regular
+from sysfs_emu.files import decimal
 from sysfs_emu.tree import STATE_DIR
 
 log = logging.getLogger(__name__)
