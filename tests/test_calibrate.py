@@ -40,7 +40,9 @@ def test_calibrate_writes_a_profile_that_simulate_takes(tmp_path):
     assert [line.split()[0] for line in lines[1:-1]] == list(costs.COSTS)
     model = costs.load(out)
     assert model.origin.startswith(f"calibrated profile {out} (calibrated on ")
-    assert all(0 < getattr(model, name) < 1e-3 for name in costs.COSTS), model
+    # a cost no experiment measured is the reference's (positive); a huge page's split took
+    # 0.7-1.0 ms on the shared development machine, so the bound is what no machine takes
+    assert all(0 < getattr(model, name) < 1e-2 for name in costs.COSTS), model
     data = json.loads(out.read_text())
     assert set(data["measured"]["cpu_seconds_per_scan"]) >= {"4000 unique pages", "2 x 4096 shared pages"}
     with realksm.real_ksm():  # once the lock is free again, KSM is stopped
