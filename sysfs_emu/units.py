@@ -66,9 +66,9 @@ _TIME_UNITS: dict[str, Fraction] = {
     "d": Fraction(86400),
 }
 
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_SIZE_RE = re.compile(rf"\s*({_NUMBER})\s*([A-Za-z]*)\s*")
-_TIME_PART_RE = re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h|d)")
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # ASCII digits only: int() would take "١٠" too
+_SIZE_RE = re.compile(rf"\s*({_NUMBER})\s*([A-Za-z]*)\s*", re.ASCII)
+_TIME_PART_RE = re.compile(rf"\s*({_NUMBER})\s*(ms|s|m|h|d)", re.ASCII)
 
 
 def _is_number(value: object) -> bool:

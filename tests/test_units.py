@@ -61,6 +61,7 @@ def test_sizes(text, expected):
         (None, "a size is a number of bytes or a string like '8GiB', got None"),
         ([1], "a size is a number of bytes or a string like '8GiB', got [1]"),
         (float("nan"), "not a size: nan"),
+        ("\u0663GiB", "not a size: '\u0663GiB' (write e.g. 4096, '512MiB', '8GiB')"),  # Arabic-Indic three
     ],
 )
 def test_bad_sizes(value, message):
@@ -109,6 +110,8 @@ _DURATION_HINT = "(write seconds, or e.g. '250ms', '30s', '5m', '2h', '1d', '1h3
         (True, "a duration is a number of seconds or a string like '30s', got True"),
         ({"s": 1}, "a duration is a number of seconds or a string like '30s', got {'s': 1}"),
         (float("inf"), "not a duration: inf"),
+        ("\u0661\u0660s", f"not a duration: '\u0661\u0660s' {_DURATION_HINT}"),  # Arabic-Indic digits: not ours
+        ("1\u00b2s", f"not a duration: '1\u00b2s' {_DURATION_HINT}"),  # a superscript two passes isdigit()
     ],
 )
 def test_bad_durations(value, message):
