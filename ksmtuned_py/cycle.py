@@ -91,6 +91,9 @@ class Policy(Protocol):
     def summary(self) -> str:
         """What the policy works with, for the ready status: ``total ... kB, thres ... kB, sleep ...ms``."""
 
+    def describe(self) -> str:
+        """What the policy does, in words, for simulate's plan ("ksmtuned's rule")."""
+
     def decide(self, readings: Readings) -> Decision:
         """This cycle's decision; it may change the policy's state (ksmtuned's npages)."""
 

@@ -67,6 +67,10 @@ class KsmtunedPolicy:
     def spec(self) -> str:
         return self.name
 
+    def describe(self) -> str:
+        """What the policy does, in words (simulate's plan)."""
+        return "ksmtuned's rule"
+
     @classmethod
     def from_state(cls, state: dict) -> "KsmtunedPolicy":
         """The policy a daemon published; KeyError, TypeError or ValueError when the state is not one."""

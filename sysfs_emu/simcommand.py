@@ -36,8 +36,7 @@ def describe_plan(plan: RunPlan) -> str:
     """One line: the run and what its policy does with which settings."""
     policy = policies.from_spec(plan.policy_spec, plan.config)
     if policy.uses_config:
-        rule = policy.describe() if hasattr(policy, "describe") else "ksmtuned's rule"
-        what = f"{rule}, with the settings of {plan.config_label}"
+        what = f"{policy.describe()}, with the settings of {plan.config_label}"
     else:
         what = f"{policy.describe()} (a cycle every {float(plan.config.monitor_interval):g} s)"
     return f"  {plan.name}: {what}"
