@@ -38,6 +38,7 @@ import pytest
 
 from tests import nsharness, twins
 from tests.guests import rss_kib
+from tests.svc_daemon import FakeHost
 
 REPO = Path(__file__).resolve().parent.parent
 DAEMON = Path(sys.executable).parent / "ksmtuned-py"
@@ -103,26 +104,8 @@ def start_lines(total: int, sleep_msec: int, metric: str | None) -> list[str]:
 
 
 @dataclass
-class Host:
+class Host(FakeHost):
     """A --root tree: the real processes (each /proc/PID linked in), a chosen meminfo, KSM files."""
-
-    base: Path
-
-    @property
-    def root(self) -> Path:
-        return self.base / "root"
-
-    @property
-    def ksm(self) -> Path:
-        return self.root / "sys/kernel/mm/ksm"
-
-    @property
-    def log(self) -> Path:
-        return self.base / "ksmtuned.log"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.base / "ksmtune.pid"
 
     def prepare(self, total: int, free: int, config: str, pve: bool) -> Path:
         shutil.rmtree(self.base, ignore_errors=True)
@@ -137,13 +120,13 @@ class Host:
             if entry.isdigit():
                 (self.root / "proc" / entry).symlink_to(f"/proc/{entry}")
         conf = self.base / "ksmtuned.conf"
-        conf.write_text(f"KSM_MONITOR_INTERVAL=3600\nDEBUG=1\nLOGFILE={self.log}\nPIDFILE={self.pidfile}\n"
+        conf.write_text(f"KSM_MONITOR_INTERVAL=3600\nDEBUG=1\nLOGFILE={self.logfile}\nPIDFILE={self.pidfile}\n"
                         + config)
         return conf
 
     def lines(self) -> list[str]:
         try:
-            text = self.log.read_text()
+            text = self.logfile.read_text()
         except FileNotFoundError:
             return []
         return [line.partition(": ")[2] for line in text[:text.rfind("\n") + 1].splitlines()]
