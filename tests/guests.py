@@ -33,6 +33,19 @@ while True:
 """
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM ``proc`` (SIGKILL after 5 s), reap it and close its stdout."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
 @dataclass
 class StandInGuest:
     process: subprocess.Popen
@@ -44,15 +57,7 @@ class StandInGuest:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
+        stop_process(self.process)
 
 
 def start_guest(

@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.guests import stop_process
+
 SOURCE = Path(__file__).with_name("standin_guest.c")
 
 
@@ -44,15 +46,7 @@ class Twins:
 
     def stop(self) -> None:
         """SIGTERM the first copy (the others die with it), and reap it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
+        stop_process(self.process)
 
 
 def start(binary: Path, name: str, shared_kib: int, private_kib: int, copies: int = 2) -> Twins:
