@@ -16,8 +16,9 @@ real): MemTotal = the guests' RSS / 0.9, and free memory = 5 % of that plus what
 has merged, so the rule starts KSM and boosts while memory is short, then decays once
 merging has freed enough, as on a host full of guests.
 
-Prints, per policy, the time-averaged saving (the mean of (pages_sharing +
-ksm_zero_pages) x page size right after each decision) and ksmd's CPU time over the
+Prints, per policy, the time-averaged saving ((pages_sharing + ksm_zero_pages) x page
+size right after each decision, holding until the next: decisions come every
+--interval, sooner when the policy asks, as in the daemon) and ksmd's CPU time over the
 same period, and the ratios.  Needs root and KSM.  Usage:
     .venv/bin/python bench/bench_real_policies.py [--interval 20] [--duration 900] [--guests 4] [--rounds 1]
 """
@@ -37,8 +38,10 @@ sys.path.insert(0, str(REPO))
 from ksmtuned_py import config as configmod  # noqa: E402
 from ksmtuned_py import policies, procinfo  # noqa: E402
 from ksmtuned_py.cycle import Cycle  # noqa: E402
+from ksmtuned_py.daemon import next_wait  # noqa: E402
 from ksmtuned_py.filehost import FileHost  # noqa: E402
 from ksmtuned_py.readings import MemInfo, Readings  # noqa: E402
+from sysfs_emu.simsummary import time_average  # noqa: E402
 from tests import realksm  # noqa: E402
 from tests.ksm_guests import ksm_guests  # noqa: E402
 
@@ -89,10 +92,13 @@ def run_policy(name: str, args) -> dict:
         first = cycle.run()
         ksmd = host.scanner.ksmd_pid
         cpu0, sched0, t0 = first.ksmd_cpu_seconds, ksmd_schedstat_s(ksmd), time.monotonic()
-        saved, levels = [], {}
+        times, saved, levels = [t0], [(first.pages_sharing or 0) + (first.ksm_zero_pages or 0)], {}
+        next_at = t0 + next_wait(args.interval, first)  # as the daemon: sooner when the policy asks
         while time.monotonic() - t0 < args.duration:
-            time.sleep(max(0.0, args.interval - (time.monotonic() - t0) % args.interval))
+            time.sleep(max(0.0, next_at - time.monotonic()))
             report = cycle.run()
+            next_at = time.monotonic() + next_wait(args.interval, report)
+            times.append(time.monotonic())
             saved.append((report.pages_sharing or 0) + (report.ksm_zero_pages or 0))
             if args.trace:
                 print(f"    {time.monotonic() - t0:6.0f} s {report.level or 'stop':<8} pages_to_scan {report.pages_to_scan} "
@@ -103,7 +109,7 @@ def run_policy(name: str, args) -> dict:
         sched = ksmd_schedstat_s(ksmd) - sched0
         host.scanner.close()
     realksm.unmerge_all()
-    return {"policy": name, "avg_saved_bytes": sum(saved) / len(saved) * PAGE, "final_saved_bytes": saved[-1] * PAGE,
+    return {"policy": name, "avg_saved_bytes": time_average(times, saved) * PAGE, "final_saved_bytes": saved[-1] * PAGE,
             "ksmd_cpu_s": cpu, "ksmd_schedstat_s": sched, "cycles": len(saved), "levels": levels}
 
 

@@ -11,7 +11,12 @@ time comes in the readings), so the same readings always give the same decision.
   before those scans are done (or while the gate interrupted them) joins the burst.
 - **Catch-up.** When a guest starts (the libvirt hook's retune, or the scan seeing a new
   guest) or the guests' memory grows, two full scans at that rate but within
-  ``CATCH_UP_CPU`` of a CPU: a new guest is a small part of what a full scan visits.
+  ``CATCH_UP_CPU`` of a CPU: a new guest is a small part of what a full scan visits.  Then
+  on into the next pass as far as the new guests' memory: mm/ksm.c puts a new process just
+  behind the cursor, so its second visit comes that far into the pass after the two.
+- **Sooner decisions.** ksmd can only be stopped at a decision: while a burst or catch-up
+  scans, the next one comes after ``RECHECK_SHARE`` of the interval (the daemon and
+  simulate honour ``Decision.next_cycle_s``), so its scans go on at most that long once done.
 - **Steady.** Once a full scan adds no savings, it backs off: a full scan takes
   ``IDLE_SCAN_S[0]``, twice as long after each quiet interval, up to ``IDLE_SCAN_S[1]``.
   That slow scan is the probe for new duplicates: when it merges pages again, it goes back
@@ -31,12 +36,13 @@ count as what scanning found.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 
 from ksmtuned_py import config as configmod
 from ksmtuned_py.cycle import Decision
 from ksmtuned_py.decision import START, STOP, Params, Tuner, Tuning
+from ksmtuned_py.ksmdpace import (Interval, batch, guest_pages, interval, merged_pages, resume_into, track_passes,
+                                  volatile_share)
 from ksmtuned_py.readings import MemInfo, Readings
 
 BURST, CATCH_UP, STEADY, ADVISOR = "burst", "catch-up", "steady", "advisor"
@@ -46,14 +52,14 @@ BURST_SCAN_S = 5.0  # ... and at least this long
 IDLE_SCAN_S = (900.0, 8 * 3600.0)  # a full scan once scans stop paying: from, doubling up to
 BURST_SCANS = 2  # full scans a burst makes at least
 UNMERGED_PAGE_COST_S = 12e-6  # CPU per page not merged yet, before ksmd's own cost is measured
-TICK_S = 0.004  # ksmd's batch period is its sleep plus about one tick
 MIN_GAIN_PAGES = 256  # 1 MiB merged in an interval: scanning paid
 REBURST_SHARE = 1000  # ... and 1/1000 of what is merged
 TAIL_YIELD = 0.01  # after its scans, a burst goes on while 1 page in 100 scanned merged ...
 TAIL_VOLATILE = 0.05  # ... and 5 % of the pages KSM tracks change between scans (they may merge yet)
 GROWTH = 0.02  # the guests' memory grew by 2 %: new pages to scan
-MAX_SLEEP_MS = 60_000
 CATCH_UP_CPU = 0.05  # a catch-up scans with at most this share of one CPU
+RECHECK_SHARE = 1 / 6  # while a burst or catch-up scans, the next decision after 1/6 of the interval ...
+RECHECK_MIN_S = 5.0  # ... or this, if longer: its scans go on at most that long after they are done
 COW_QUIET = 2  # copy-on-write breaks bring the steady scan back to at most 4 x IDLE_SCAN_S[0]
 
 
@@ -74,86 +80,14 @@ class Memo:
     pending: str = BURST  # which of them
     quiet: int = 0  # intervals in a row without gain (the steady scan slows with each)
     page_cost_s: float | None = None  # ksmd's CPU seconds per page scanned, as last measured
+    # Where ksmd's cursor is: pages_scanned at the first decision after its last pass ended, and
+    # the pages of the pass before (None until seen).  A new guest's memory goes in just behind
+    # the cursor (mm/ksm.c's ksm_enter), so its second visit comes that far into the pass after next.
+    wrap_scanned: int | None = None
+    pass_pages: int | None = None
+    resume_into: int = 0  # pages into the pass after the burst's or catch-up's full scans where it ends
+    resume_pages: int | None = None  # pages_scanned at which it ends, once its full scans are done
     started: bool = False  # KSM ran under this policy (a restart after the gate closed is no new start)
-
-
-@dataclass(frozen=True)
-class Interval:
-    """What the last interval cost and returned."""
-
-    seconds: float
-    cpu_s: float | None  # ksmd's CPU time in it
-    scanned: int
-    full_scans: int
-    gain: int  # pages merged in it (net change plus copy-on-write breaks)
-    cow: int  # copy-on-write breaks in it
-
-    @property
-    def cpu_share(self) -> float | None:
-        """ksmd's CPU use as a share of one CPU."""
-        return None if self.cpu_s is None or self.seconds <= 0 else self.cpu_s / self.seconds
-
-
-def merged_pages(readings: Readings) -> int | None:
-    counters = readings.ksm.counters
-    if "pages_sharing" not in counters:
-        return None
-    return counters["pages_sharing"] + counters.get("ksm_zero_pages", 0)
-
-
-def _delta(now: float | int | None, before: float | int | None) -> float | int:
-    return 0 if now is None or before is None or now < before else now - before
-
-
-def interval(memo: Memo, readings: Readings) -> Interval | None:
-    """The interval since the last cycle, None on the first cycle."""
-    if memo.time is None or readings.time <= memo.time:
-        return None
-    c = readings.ksm.counters
-    cow = _delta(readings.cow_ksm, memo.cow)
-    merged = merged_pages(readings)
-    net = 0 if merged is None or memo.merged is None else merged - memo.merged
-    cpu = None if readings.ksmd_cpu_seconds is None or memo.cpu_s is None else \
-        max(0.0, readings.ksmd_cpu_seconds - memo.cpu_s)
-    return Interval(readings.time - memo.time, cpu, int(_delta(c.get("pages_scanned"), memo.scanned)),
-                    int(_delta(c.get("full_scans"), memo.full_scans)), max(0, net + cow), int(cow))
-
-
-def volatile_share(readings: Readings) -> float:
-    """pages_volatile as a share of the pages KSM tracks."""
-    c = readings.ksm.counters
-    items = sum(c.get(k, 0) for k in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile"))
-    return c.get("pages_volatile", 0) / items if items else 0.0
-
-
-def guest_pages(readings: Readings, page_size: int = 4096) -> int:
-    """What a full scan visits, at most: the guests' resident pages (or KSM's rmap items, if more)."""
-    c = readings.ksm.counters
-    items = sum(c.get(k, 0) for k in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile"))
-    return max(readings.committed_kb * 1024 // page_size, items, 1)
-
-
-def batch(rate: float, base_sleep_ms: int, min_pages: int) -> tuple[int, int]:
-    """(pages_to_scan, sleep_millisecs) that scan about ``rate`` pages a second.
-
-    At ksmtuned's sleep while that gives at least ``min_pages`` a batch; slower, batches of
-    ``min_pages`` further apart.  Rounded to two significant digits, so a rate that hardly
-    moves writes the same values.
-    """
-    period = base_sleep_ms / 1000 + TICK_S
-    pages = rate * period
-    if pages >= min_pages:
-        return _round2(pages), base_sleep_ms
-    sleep_s = max(base_sleep_ms / 1000, min_pages / max(rate, 1e-9) - TICK_S)
-    return min_pages, _round2(min(MAX_SLEEP_MS, sleep_s * 1000))
-
-
-def _round2(x: float) -> int:
-    """``x`` to two significant digits, at least 1."""
-    if x < 1:
-        return 1
-    digits = int(math.floor(math.log10(x))) - 1
-    return int(round(x / 10 ** digits) * 10 ** digits) if digits > 0 else int(round(x))
 
 
 class AdaptivePolicy:
@@ -239,6 +173,7 @@ class AdaptivePolicy:
             why = ("advisor: the kernel's scan-time advisor sets pages_to_scan (within its advisor_max_cpu); "
                    f"sleep {self.tuner.tuning.sleep} ms as ksmtuned's")
             return self._decision(START, why, readings, last, ADVISOR, sleep_ms=self.tuner.tuning.sleep)
+        track_passes(self.memo, readings)
         mode, why = self._mode(self.memo, readings, last)
         rate, limit = self._rate(mode, readings, last)
         npages, sleep_ms = batch(rate, self.tuner.tuning.sleep, max(1, self.params.npages_min))
@@ -247,6 +182,12 @@ class AdaptivePolicy:
         reason = (f"{why}; pages_to_scan {npages}, sleep {sleep_ms} ms: about {rate:.0f} pages/s, "
                   f"a full scan in {_duration(guest_pages(readings) / rate)}{limit}")
         return self._decision(START, reason, readings, last, mode, npages, sleep_ms)
+
+    def _next_cycle_s(self, level: str | None) -> float | None:
+        """Sooner than the interval while a burst or catch-up scans (ksmd can only be stopped at a decision)."""
+        if level not in (BURST, CATCH_UP):
+            return None
+        return min(self.interval_s, max(RECHECK_MIN_S, self.interval_s * RECHECK_SHARE))
 
     def _decision(self, action: str, reason: str, readings: Readings, last: Interval | None, level: str | None,
                   npages: int | None = None, sleep_ms: int | None = None) -> Decision:
@@ -263,7 +204,7 @@ class AdaptivePolicy:
                             debug_before=before, debug_after=(f"adaptive: stop ksm: {reason}",))
         shown = "" if npages is None else f"{npages}"
         return Decision(START, reason, t.total, npages=npages, sleep_ms=sleep_ms, level=level, thres_kb=t.thres,
-                        debug_before=before,
+                        next_cycle_s=self._next_cycle_s(level), debug_before=before,
                         debug_after=(f"adaptive: {reason}", f"KSMCTL start {shown or 'advisor'} {sleep_ms}"))
 
     def _mode(self, memo: Memo, readings: Readings, last: Interval | None) -> tuple[str, str]:
@@ -275,11 +216,21 @@ class AdaptivePolicy:
             mode = BURST if trigger == STARTS or bursting else CATCH_UP
             memo.scans_left, memo.quiet, memo.committed_kb, memo.pending = \
                 BURST_SCANS, 0, readings.committed_kb, mode
+            memo.resume_into, memo.resume_pages = resume_into(memo, readings, new_guests=trigger != STARTS), None
             return mode, f"{mode}: {trigger}"
         gain = 0 if last is None else last.gain
+        was_left = memo.scans_left
         memo.scans_left = max(0, memo.scans_left - (0 if last is None else last.full_scans))
         if memo.scans_left > 0:  # (also scans the gate interrupted)
             return memo.pending, f"{memo.pending}: {memo.scans_left} more full scan{'s' if memo.scans_left > 1 else ''}"
+        if was_left and memo.resume_into and memo.wrap_scanned is not None:
+            memo.resume_pages = memo.wrap_scanned + memo.resume_into  # its full scans just ended
+        scanned = readings.ksm.counters.get("pages_scanned")
+        if memo.mode in (BURST, CATCH_UP) and memo.resume_pages is not None and scanned is not None:
+            if scanned < memo.resume_pages:
+                return memo.mode, (f"{memo.mode}: its full scans are done; {memo.resume_pages - scanned} more "
+                                   "pages, to the guests that started behind ksmd's cursor")
+            memo.resume_pages = None
         if memo.mode in (BURST, CATCH_UP):
             if last is not None and last.scanned and gain / last.scanned >= TAIL_YIELD and \
                     volatile_share(readings) >= TAIL_VOLATILE:

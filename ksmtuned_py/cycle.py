@@ -52,6 +52,9 @@ class Decision:
     advisor_mode: str | None = None  # advisor_mode written first on START when it differs (None: left as it is)
     debug_before: tuple[str, ...] = ()  # the reference's DEBUG lines before the writes
     debug_after: tuple[str, ...] = ()  # and after them
+    # The next cycle this many seconds after this one, when sooner than KSM_MONITOR_INTERVAL
+    # (adaptive, while ksmd is near the end of a burst's scans); None: after the interval.
+    next_cycle_s: float | None = None
 
 
 class Host(Protocol):
@@ -262,6 +265,7 @@ def make_report(readings: Readings, decision: Decision, writes: Writes, after: K
         unmerge_room_bytes=room,
         per_guest=guest_reports(readings.guests),
         knobs_changed=knobs_changed,
+        next_cycle_s=decision.next_cycle_s,
     )
 
 

@@ -38,6 +38,13 @@ def _ignore(signum, frame) -> None:
     """Empty handler: the wakeup fd carries the signal to the main loop."""
 
 
+def next_wait(interval: float, report: CycleReport | None) -> float:
+    """Seconds to the next cycle: the interval, or the sooner cycle the last decision asked for."""
+    if report is None or report.next_cycle_s is None:
+        return interval
+    return min(interval, max(1.0, report.next_cycle_s))
+
+
 def config_listeners(config: configmod.Config) -> list[CycleListener]:
     """Cycle listeners the configuration asks for (rebuilt on every reload).
 
@@ -379,9 +386,11 @@ class Daemon:
             if cycle_now or time.monotonic() >= next_cycle:
                 if not self._may_tune():
                     return 1
+                report = None
                 try:
-                    self.cycle()
+                    report = self.cycle()
                 except Exception:  # keep running; the next cycle may succeed
                     log.exception("cycle failed")
-                # Like the reference, the next interval starts when the cycle ends.
-                next_cycle = time.monotonic() + self.config.monitor_interval
+                # Like the reference, the next interval starts when the cycle ends (sooner
+                # when the policy asks: adaptive near the end of a burst's scans).
+                next_cycle = time.monotonic() + next_wait(self.config.monitor_interval, report)

@@ -65,6 +65,7 @@ class CycleReport:
     per_guest: tuple[GuestReport, ...] = ()
     # Knobs that changed since the last cycle wrote them, not by this cycle: "name old -> new"
     knobs_changed: tuple[str, ...] = ()
+    next_cycle_s: float | None = None  # the policy asked for the next cycle this soon (None: after the interval)
 
     @property
     def unmerge_risk(self) -> bool | None:

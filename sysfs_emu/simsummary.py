@@ -4,7 +4,9 @@ Every figure is read off the run's cycles (what the daemon itself would have see
 so it can be checked against ``timeline.csv``:
 
 - ``saved_bytes_end``: the saving (``pages_sharing`` x page size) at the last cycle;
-  ``saved_bytes_avg`` the mean over the cycles, ``saved_bytes_peak`` the largest,
+  ``saved_bytes_avg`` its mean over time from the first cycle to the run's end (each
+  cycle's saving holds until the next cycle, which comes sooner while a policy asks so,
+  the last one to the end), ``saved_bytes_peak`` the largest,
   first seen at ``saved_peak_at_s``;
 - ``time_to_100mib_s``: the first cycle that saw at least 100 MiB saved (None: never),
   ``time_to_90pct_s`` the first that saw 90 % of the end's saving (None when it is 0);
@@ -29,10 +31,24 @@ def first_time(rows: Sequence, at_least: float) -> float | None:
     return next((r.time_s for r in rows if r.saved_bytes >= at_least), None)
 
 
-def summarize(rows: Sequence, settings: dict, cost_origin: str) -> dict:
-    """The figures of one run (see the module's doc) from its rows, which must not be empty."""
+def time_average(times: Sequence[float], values: Sequence[float]) -> float:
+    """The mean over time of a value read at ``times``: each reading holds until the next one."""
+    span = times[-1] - times[0]
+    if span <= 0:
+        return sum(values) / len(values)
+    return sum(v * (b - a) for v, a, b in zip(values, times, times[1:])) / span
+
+
+def summarize(rows: Sequence, settings: dict, cost_origin: str, end_s: float | None = None) -> dict:
+    """The figures of one run (see the module's doc) from its rows, which must not be empty;
+    ``end_s``: when the run ended (default: at its last cycle)."""
     last = rows[-1]
     saved = [r.saved_bytes for r in rows]
+    times = [r.time_s for r in rows]
+    if end_s is not None and end_s > last.time_s:
+        times, held = [*times, end_s], [*saved, saved[-1]]
+    else:
+        held = saved
     peak = max(saved)
     end = last.saved_bytes
     return {
@@ -40,7 +56,7 @@ def summarize(rows: Sequence, settings: dict, cost_origin: str) -> dict:
         "cycles": len(rows),
         "end_s": last.time_s,
         "saved_bytes_end": end,
-        "saved_bytes_avg": round(sum(saved) / len(saved)),
+        "saved_bytes_avg": round(time_average(times, held)),
         "saved_bytes_peak": peak,
         "saved_peak_at_s": first_time(rows, peak) if peak else None,
         "time_to_100mib_s": first_time(rows, FIRST_SAVING_BYTES),

@@ -26,6 +26,7 @@ from sysfs_emu.scenario import ExitProcess, StartProcess
 INTERVAL = "interval"
 GUEST_STARTED = "guest started"
 GUEST_STOPPED = "guest stopped"
+SOONER = "the policy asked sooner"  # for its next cycle, before the interval ends
 _EPSILON = 1e-9  # a cycle due "at" the end of a run still runs despite float sums
 
 
@@ -77,6 +78,7 @@ class Simulate:
         self.tuning_cycle = Cycle(host, self.policy)
         self.advisor_noted = False  # the kernel's advisor set pages_to_scan in some cycle
         self.next_interval = sim.now + self.interval  # the daemon's first cycle comes an interval after its start
+        self.next_cause = INTERVAL
 
     def next_cycle(self) -> tuple[float, str]:
         """When the next cycle comes and why: the interval's end, or a guest starting or stopping before it."""
@@ -86,7 +88,7 @@ class Simulate:
             cause = self._guest_change(ev)
             if cause is not None:
                 return ev.at, cause
-        return self.next_interval, INTERVAL
+        return self.next_interval, self.next_cause
 
     def _guest_change(self, ev) -> str | None:
         """GUEST_STARTED or GUEST_STOPPED when the event starts or stops a process the tuner counts as a guest."""
@@ -107,7 +109,10 @@ class Simulate:
         at, cause = self.next_cycle()
         self.sim.advance(max(at - self.sim.now, 0.0))
         report = self.tuning_cycle.run()
-        self.next_interval = self.sim.now + self.interval  # like the daemon: the interval starts again
+        # Like the daemon: the interval starts again (or the policy's sooner cycle).
+        self.next_interval, self.next_cause = self.sim.now + self.interval, INTERVAL
+        if report.next_cycle_s is not None and report.next_cycle_s < self.interval:
+            self.next_interval, self.next_cause = self.sim.now + report.next_cycle_s, SOONER
         self.advisor_noted = self.advisor_noted or report.advisor_active
         counters = self.sim.ksmd.counters()
         return Row(self.name, cause, report, counters["pages_shared"], counters["full_scans"],

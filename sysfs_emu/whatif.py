@@ -109,7 +109,8 @@ def run_one(scenario, plan: RunPlan, duration: float, on_cycle=None, costs=None)
         rows.append(row)
         if on_cycle is not None:
             on_cycle(row)
-    summary = summarize(rows, settings_of(plan, scenario, policy), sim.ksmd.cost.origin) if rows else None
+    summary = summarize(rows, settings_of(plan, scenario, policy), sim.ksmd.cost.origin,
+                        end_s=duration) if rows else None
     result = RunResult(plan, rows, summary, run.advisor_noted)
     del sim, run
     gc.collect()  # the next run builds its own host: do not hold two at once

@@ -15,7 +15,8 @@ from ksmtuned_py.knobs import KsmState
 from ksmtuned_py.readings import Guest, MemInfo, Readings
 from ksmtuned_py.simhost import SimulationHost
 from sysfs_emu import Simulation
-from sysfs_emu.simulate import Simulate
+from sysfs_emu.simsummary import time_average
+from sysfs_emu.simulate import SOONER, Simulate
 
 TOTAL = 16 * 1024 * 1024  # kB
 MEMINFO = MemInfo(total=TOTAL, free=1_000_000, buffers=10_000, cached=100_000, available=1_200_000)
@@ -124,6 +125,16 @@ def test_a_new_guest_starts_a_catch_up_and_merges_found_by_the_steady_scan_quick
     d = p.decide(host.readings())
     assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: guest 2000 started")
     host.advance(scanned=3_000_000, scans=2, cpu=6.0)
+    # Its memory went in just behind ksmd's cursor, which was at the start of a pass (a pass
+    # had just ended): after the two full scans, its own 2,500 pages and a margin of 2 % of a
+    # 3,000,000-page pass remain to its second visit.
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[:2]) == (CATCH_UP, ["catch-up: its full scans are done",
+                                                             " 62500 more pages, to the guests that started "
+                                                             "behind ksmd's cursor"])
+    host.advance(scanned=62_499, cpu=0.1)
+    assert p.decide(host.readings()).level == CATCH_UP
+    host.advance(scanned=1, cpu=0.0)
     assert p.decide(host.readings()).level == STEADY
     for _ in range(4):  # quiet intervals: the steady scan slows down
         host.advance(scanned=30_000, cpu=0.1)
@@ -148,6 +159,41 @@ def test_a_guest_that_starts_during_the_burst_joins_it():
     assert d.npages / (d.sleep_ms + 4) >= first.npages / (first.sleep_ms + 4)  # not a catch-up's 5 % of a CPU
     host.advance(scanned=3_000_000, scans=1, cpu=3.0)
     assert p.decide(host.readings()).reason.startswith("burst: 1 more full scan")
+
+
+def test_it_decides_again_sooner_while_a_burst_or_catch_up_scans():
+    """ksmd can only be stopped at a decision: while its scans are due to end, the next one comes sooner."""
+    host, p = Host(), AdaptivePolicy(Params(), 20, interval_s=60.0)
+    first = p.decide(host.readings())
+    assert (first.level, first.next_cycle_s) == (BURST, 10.0)  # a sixth of the interval
+    host.advance(scanned=6_000_000, scans=2, merged=1_000_000, cpu=10.0)
+    steady = p.decide(host.readings())
+    assert (steady.level, steady.next_cycle_s) == (STEADY, None)  # the interval, as ksmtuned's
+    host.guests.append(Guest(2000, "qemu-system-x86", 10_000))
+    assert p.decide(host.readings()).next_cycle_s == 10.0  # a catch-up
+    assert AdaptivePolicy(Params(), 20, interval_s=12.0).decide(Host().readings()).next_cycle_s == 5.0  # at least 5 s
+    assert AdaptivePolicy(Params(), 20, interval_s=3.0).decide(Host().readings()).next_cycle_s == 3.0  # never later
+    stopped = Host()
+    stopped.guests = stopped.guests[:1]
+    free = MemInfo(TOTAL, 12_000_000, 10_000, 100_000, None)
+    r = stopped.readings()
+    r = Readings(r.time, free, free.free_kb(), r.committed_kb, r.guests, r.ksm)
+    assert policy().decide(r).next_cycle_s is None
+
+
+def test_simulate_runs_the_sooner_cycles():
+    sim = Simulation.from_yaml(os.path.join(os.path.dirname(__file__), "..", "sysfs_emu", "scenarios", "demo.yaml"))
+    loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": "adaptive"}))
+    rows = list(loop.rows(1800))
+    bursts = [r for r in rows if r.report.level == BURST]
+    assert bursts and all(r.report.next_cycle_s == 10.0 for r in bursts)
+    for row, after in zip(rows, rows[1:]):
+        if row.report.level == BURST:  # 10 s later, unless a guest starts or stops before
+            assert after.cause == SOONER and after.time_s - row.time_s == pytest.approx(10.0) or \
+                after.cause.startswith("guest") and after.time_s - row.time_s <= 10.0
+    assert sum(1 for r in rows if r.cause == SOONER) >= 3
+    steady = [r for r, after in zip(rows, rows[1:]) if r.report.level == STEADY and after.report.level == STEADY]
+    assert steady and all(after.cause == "interval" for r, after in zip(rows, rows[1:]) if r in steady)
 
 
 def test_copy_on_write_breaks_bring_the_probe_back():
@@ -227,10 +273,9 @@ def test_on_the_demo_host_it_saves_as_much_as_ksmtuned_with_far_less_cpu():
     for name in ("ksmtuned", "adaptive"):
         sim = Simulation.from_yaml(os.path.join(os.path.dirname(__file__), "..", "sysfs_emu", "scenarios", "demo.yaml"))
         loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": name}))
-        saved = []
-        for row in loop.rows(3 * 3600):
-            saved.append(row.report.pages_sharing + row.report.ksm_zero_pages)
-        results[name] = (sum(saved) / len(saved), sim.ksmd.cpu_time)
+        rows = list(loop.rows(3 * 3600))
+        saved = [row.report.pages_sharing + row.report.ksm_zero_pages for row in rows]
+        results[name] = (time_average([row.time_s for row in rows], saved), sim.ksmd.cpu_time)
     (k_saved, k_cpu), (a_saved, a_cpu) = results["ksmtuned"], results["adaptive"]
     assert a_saved >= 0.95 * k_saved
     assert a_cpu <= k_cpu / 3
@@ -244,3 +289,36 @@ def test_the_cycle_leaves_pages_to_scan_to_the_advisor_and_writes_the_rest():
     # ksmtuned's sleep for 1 GiB: 10 ms x 16 GiB / 1 GiB
     assert report.writes == ("sleep_millisecs=160", "run=1") and report.level == "advisor"
     assert sim.kernel.read_attr("advisor_mode") == "none [scan-time]\n"
+
+
+def test_next_wait_is_the_interval_unless_the_decision_asks_sooner():
+    from ksmtuned_py.daemon import next_wait
+    from ksmtuned_py.report import CycleReport
+
+    def report(next_cycle_s):
+        return CycleReport(0.0, 0.0, 1, "start", BURST, "", 64, 20, 0, 0, None, 0, 0, False, "",
+                           next_cycle_s=next_cycle_s)
+
+    assert next_wait(60.0, None) == 60.0  # a cycle that could not read the host
+    assert next_wait(60.0, report(None)) == 60.0
+    assert next_wait(60.0, report(10.0)) == 10.0
+    assert next_wait(60.0, report(600.0)) == 60.0  # never later than the interval
+    assert next_wait(60.0, report(0.0)) == 1.0  # nor a busy loop
+
+
+def test_the_daemon_runs_the_sooner_cycle_of_a_burst(tmp_path):
+    """A real daemon under KSM_POLICY=adaptive: after a burst's decision the next cycle comes 10 s later, not 60."""
+    import signal
+    import time
+
+    from tests.svc_daemon import RunningDaemon, make_host, wait_for
+
+    host = make_host(tmp_path, "KSM_POLICY=adaptive\nKSM_MONITOR_INTERVAL=60\n")
+    with RunningDaemon(host) as daemon:
+        os.kill(daemon.proc.pid, signal.SIGUSR1)  # the first cycle now (a retune), not after the interval
+        wait_for(lambda: daemon.cycles() >= 1, timeout=20, what="the first cycle")
+        first = time.monotonic()
+        wait_for(lambda: daemon.cycles() >= 2, timeout=45, what="the burst's sooner cycle")
+        assert time.monotonic() - first >= 9.0  # the sooner cycle, not a busy loop
+        log = host.logfile.read_text()
+    assert log.count("adaptive: burst: ") == 2 and "KSMCTL start" in log
