@@ -41,8 +41,8 @@ from dataclasses import asdict, dataclass, field, replace
 from ksmtuned_py import config as configmod
 from ksmtuned_py.cycle import Decision
 from ksmtuned_py.decision import START, STOP, Params, Tuner, Tuning
-from ksmtuned_py.ksmdpace import (Interval, batch, guest_pages, interval, merged_pages, resume_into, track_passes,
-                                  volatile_share)
+from ksmtuned_py.ksmdpace import (TICK_S, Interval, batch, guest_pages, interval, merged_pages, resume_into,
+                                  track_passes, volatile_share)
 from ksmtuned_py.readings import MemInfo, Readings
 
 BURST, CATCH_UP, STEADY, ADVISOR = "burst", "catch-up", "steady", "advisor"
@@ -60,6 +60,7 @@ GROWTH = 0.02  # the guests' memory grew by 2 %: new pages to scan
 CATCH_UP_CPU = 0.05  # a catch-up scans with at most this share of one CPU
 RECHECK_SHARE = 1 / 6  # while a burst or catch-up scans, the next decision after 1/6 of the interval ...
 RECHECK_MIN_S = 5.0  # ... or this, if longer: its scans go on at most that long after they are done
+RATE_HOLD = 0.25  # a burst or catch-up keeps its batch while the rate moves less than this
 COW_QUIET = 2  # copy-on-write breaks bring the steady scan back to at most 4 x IDLE_SCAN_S[0]
 
 
@@ -176,12 +177,28 @@ class AdaptivePolicy:
         track_passes(self.memo, readings)
         mode, why = self._mode(self.memo, readings, last)
         rate, limit = self._rate(mode, readings, last)
+        if mode == self.memo.mode:
+            rate = self._held_rate(mode, rate, limit)
         npages, sleep_ms = batch(rate, self.tuner.tuning.sleep, max(1, self.params.npages_min))
         self.memo.mode = mode
         self.memo = remember(self.memo, readings)
         reason = (f"{why}; pages_to_scan {npages}, sleep {sleep_ms} ms: about {rate:.0f} pages/s, "
                   f"a full scan in {_duration(guest_pages(readings) / rate)}{limit}")
         return self._decision(START, reason, readings, last, mode, npages, sleep_ms)
+
+    def _held_rate(self, mode: str, rate: float, limit: str) -> float:
+        """The last decision's rate, while a burst or catch-up's new one is within RATE_HOLD of it.
+
+        ksmd's cost per page, measured over a sooner cycle's few seconds, wobbles by tens of
+        per cent: holding the rate keeps the knobs (and the log) still.  Never held up where
+        the CPU budget lowers it.
+        """
+        if mode not in (BURST, CATCH_UP) or not self._npages or not self._sleep_ms:
+            return rate
+        held = self._npages / (self._sleep_ms / 1000 + TICK_S)
+        if abs(rate / held - 1) >= RATE_HOLD or (limit and rate < held):
+            return rate
+        return held
 
     def _next_cycle_s(self, level: str | None) -> float | None:
         """Sooner than the interval while a burst or catch-up scans (ksmd can only be stopped at a decision)."""
@@ -291,7 +308,10 @@ class AdaptivePolicy:
     def _page_cost(self, readings: Readings, last: Interval | None) -> float:
         """CPU seconds a page scanned costs: measured, and never below what unmerged pages may cost."""
         if last is not None and last.cpu_s is not None and last.scanned >= 1000:
-            self.memo.page_cost_s = last.cpu_s / last.scanned
+            measured, before = last.cpu_s / last.scanned, self.memo.page_cost_s
+            # A sooner cycle's few seconds weigh as that share of an interval: its measure is noisier.
+            weight = min(1.0, last.seconds / self.interval_s) if self.interval_s > 0 else 1.0
+            self.memo.page_cost_s = measured if before is None else before + weight * (measured - before)
         pages = guest_pages(readings)
         merged = readings.ksm.counters.get("pages_sharing", 0) + readings.ksm.counters.get("pages_shared", 0)
         unmerged = max(0.0, 1 - merged / pages)

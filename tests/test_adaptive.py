@@ -181,6 +181,23 @@ def test_it_decides_again_sooner_while_a_burst_or_catch_up_scans():
     assert policy().decide(r).next_cycle_s is None
 
 
+def test_a_bursts_batch_holds_while_the_measured_cost_wobbles():
+    """Over a sooner cycle's 10 s ksmd's cost per page wobbles: the knobs stay as they are (and the log quiet)."""
+    host, p = Host(), AdaptivePolicy(Params(), 20, interval_s=60.0)
+    p.decide(host.readings())
+    batches = []
+    for i in range(8):  # 15 us a page, then 18, then 15 ...: a budget-bound rate that would move by 20 %
+        host.advance(seconds=10.0, scanned=100_000, cpu=100_000 * (15e-6 if i % 2 == 0 else 18e-6))
+        d = p.decide(host.readings())
+        assert d.level == BURST and "(held to 20% of a CPU" in d.reason
+        batches.append((d.npages, d.sleep_ms))
+    # the smoothed cost settles between the two: a change or two, not one at every cycle
+    assert sum(1 for a, b in zip(batches, batches[1:]) if a != b) <= 2, batches
+    host.advance(seconds=10.0, scanned=200_000, cpu=200_000 * 40e-6)  # 80 % of a CPU: over the budget at once
+    d = p.decide(host.readings())
+    assert d.reason.endswith("(ksmd used 80% of a CPU, over 20%)") and d.npages < batches[-1][0]
+
+
 def test_simulate_runs_the_sooner_cycles():
     sim = Simulation.from_yaml(os.path.join(os.path.dirname(__file__), "..", "sysfs_emu", "scenarios", "demo.yaml"))
     loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": "adaptive"}))
