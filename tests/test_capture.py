@@ -317,6 +317,20 @@ def test_capture_without_root_is_one_line(tmp_path):
     assert not (tmp_path / "h.yaml").exists()
 
 
+def test_a_kernel_with_other_page_sizes_is_refused_in_one_line(tmp_path, monkeypatch):
+    """This machine has 4 KiB pages, so the page size is the one thing pretended here (an arm64 64 KiB kernel)."""
+    from sysfs_emu.capture import run as capture_run
+    from sysfs_emu.capture.procs import CaptureError
+
+    real = os.sysconf
+    monkeypatch.setattr(capture_run.os, "sysconf", lambda name: 65536 if name == "SC_PAGE_SIZE" else real(name))
+    with pytest.raises(CaptureError) as info:
+        capture_run.capture(tmp_path / "h.yaml", show_progress=False)
+    assert str(info.value) == ("capture reads memory in 4 KiB pages, as the simulator models them; "
+                               "this kernel's pages are 64 KiB")
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_merge_any_process_is_captured_by_its_mappings(tmp_path):
     """prctl(PR_SET_MEMORY_MERGE): the kernel marks every anonymous mapping mg; the capture reads them all
     and keeps the rest of the RSS out of ksmd's reach (no mergeable_all)."""

@@ -70,6 +70,10 @@ def capture(out: Path, sample: int = 1, guests_only: bool = False, guest_regex: 
 
     if not 1 <= sample <= MAX_SAMPLE:
         raise CaptureError(f"--sample must be from 1 to {MAX_SAMPLE}, got {sample}")
+    page = os.sysconf("SC_PAGE_SIZE")
+    if page != PAGE:  # e.g. arm64 or ppc64le kernels with 64 KiB pages: every offset and count would be wrong
+        raise CaptureError(f"capture reads memory in 4 KiB pages, as the simulator models them; "
+                           f"this kernel's pages are {page // 1024} KiB")
     if os.geteuid() != 0:
         raise CaptureError("capture needs root: it reads other processes' memory through /proc/PID/pagemap "
                            "and /proc/PID/mem")
