@@ -332,10 +332,13 @@ def test_the_daemon_runs_the_sooner_cycle_of_a_burst(tmp_path):
 
     host = make_host(tmp_path, "KSM_POLICY=adaptive\nKSM_MONITOR_INTERVAL=60\n")
     with RunningDaemon(host) as daemon:
+        def finished() -> int:  # cycles whose last debug line is written
+            return host.logfile.read_text().count("KSMCTL start")
+
         os.kill(daemon.proc.pid, signal.SIGUSR1)  # the first cycle now (a retune), not after the interval
-        wait_for(lambda: daemon.cycles() >= 1, timeout=20, what="the first cycle")
+        wait_for(lambda: finished() >= 1, timeout=20, what="the first cycle")
         first = time.monotonic()
-        wait_for(lambda: daemon.cycles() >= 2, timeout=45, what="the burst's sooner cycle")
-        assert time.monotonic() - first >= 9.0  # the sooner cycle, not a busy loop
+        wait_for(lambda: finished() >= 2, timeout=45, what="the burst's sooner cycle")
+        assert time.monotonic() - first >= 5.0  # 10 s after the first (seen late under load), not at once
         log = host.logfile.read_text()
-    assert log.count("adaptive: burst: ") == 2 and "KSMCTL start" in log
+    assert log.count("adaptive: burst: ") == 2
