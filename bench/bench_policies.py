@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ksmtuned_py import config as configmod  # noqa: E402
+from sysfs_emu.simsummary import time_average  # noqa: E402
 from sysfs_emu.simulate import Simulate  # noqa: E402
 from sysfs_emu.simulation import Simulation  # noqa: E402
 from sysfs_emu.units import parse_duration  # noqa: E402
@@ -74,15 +75,15 @@ def run(path: Path, policy: str, duration: float, environ: dict[str, str]) -> Ru
     if sim.now < duration:  # the last cycle's knobs hold to the end of the period
         sim.advance(duration - sim.now)
         cpu = sim.ksmd.cpu_time - (cpu0 or 0.0)
-    # Time-weighted: each sample holds until the next cycle (cycles come every interval and when a guest
-    # starts or stops, as the libvirt hook's retune makes them), the last one until the end.
-    saved = profit = 0.0
-    span = 0.0
-    for i, (t, s, p) in enumerate(samples):
-        dt = (samples[i + 1][0] if i + 1 < len(samples) else duration) - t
-        saved, profit, span = saved + s * dt, profit + p * dt, span + dt
+    # Time-weighted: each sample holds until the next cycle (cycles come every interval, sooner when the
+    # policy asks, and when a guest starts or stops, as the libvirt hook's retune makes them), the last
+    # one until the end.
+    held = samples + [(duration, *samples[-1][1:])] if samples and duration > samples[-1][0] else samples
+    times = [t for t, _, _ in held]
+    saved = time_average(times, [s for _, s, _ in held]) if len(held) > 1 else 0.0
+    profit = time_average(times, [p for _, _, p in held]) if len(held) > 1 else 0.0
     last = samples[-1][1] if samples else 0
-    return Run(saved / span if span else 0.0, profit / span if span else 0.0, cpu, last, len(samples),
+    return Run(saved, profit, cpu, last, len(samples),
                time.monotonic() - t0)
 
 

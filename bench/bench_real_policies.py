@@ -37,8 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from ksmtuned_py import config as configmod  # noqa: E402
 from ksmtuned_py import policies, procinfo  # noqa: E402
-from ksmtuned_py.cycle import Cycle  # noqa: E402
-from ksmtuned_py.daemon import next_wait  # noqa: E402
+from ksmtuned_py.cycle import Cycle, next_wait  # noqa: E402
 from ksmtuned_py.filehost import FileHost  # noqa: E402
 from ksmtuned_py.readings import MemInfo, Readings  # noqa: E402
 from sysfs_emu.simsummary import time_average  # noqa: E402

@@ -222,6 +222,13 @@ class Cycle:
         return report
 
 
+def next_wait(interval: float, report: CycleReport | None) -> float:
+    """Seconds to the next cycle: the interval, or the sooner cycle the last decision asked for."""
+    if report is None or report.next_cycle_s is None:
+        return interval
+    return min(interval, max(1.0, report.next_cycle_s))
+
+
 def make_report(readings: Readings, decision: Decision, writes: Writes, after: KsmState, page_size: int,
                 duration: float, cycles: int, previous: Readings | None = None, policy: str = "",
                 knobs_changed: tuple[str, ...] = ()) -> CycleReport:

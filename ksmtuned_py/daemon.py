@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 from ksmtuned_py import config as configmod
 from ksmtuned_py import policies
-from ksmtuned_py.cycle import Cycle, Policy
+from ksmtuned_py.cycle import Cycle, Policy, next_wait
 from ksmtuned_py.debuglog import DebugLog
 from ksmtuned_py.filehost import FileHost
 from ksmtuned_py.knobs import require_ksm
@@ -36,13 +36,6 @@ _HANDLED = (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 def _ignore(signum, frame) -> None:
     """Empty handler: the wakeup fd carries the signal to the main loop."""
-
-
-def next_wait(interval: float, report: CycleReport | None) -> float:
-    """Seconds to the next cycle: the interval, or the sooner cycle the last decision asked for."""
-    if report is None or report.next_cycle_s is None:
-        return interval
-    return min(interval, max(1.0, report.next_cycle_s))
 
 
 def config_listeners(config: configmod.Config) -> list[CycleListener]:

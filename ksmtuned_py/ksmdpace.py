@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ksmtuned_py.readings import Readings
+from ksmtuned_py.readings import PAGE_SIZE, Readings
 
 if TYPE_CHECKING:  # adaptive imports this module
     from ksmtuned_py.adaptive import Memo
@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # adaptive imports this module
 TICK_S = 0.004  # ksmd's batch period is its sleep plus about one tick
 MAX_SLEEP_MS = 60_000
 RESUME_MARGIN = 0.02  # of a pass: where a pass ended is known only to a decision
-PAGE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def volatile_share(readings: Readings) -> float:
     return c.get("pages_volatile", 0) / items if items else 0.0
 
 
-def guest_pages(readings: Readings, page_size: int = 4096) -> int:
+def guest_pages(readings: Readings, page_size: int = PAGE_SIZE) -> int:
     """What a full scan visits, at most: the guests' resident pages (or KSM's rmap items, if more)."""
     c = readings.ksm.counters
     items = sum(c.get(k, 0) for k in ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile"))
@@ -131,6 +130,6 @@ def resume_into(memo: Memo, readings: Readings, new_guests: bool) -> int:
         return 0  # not known, or ksmd has never scanned: its first pass visits every guest
     per_pass = memo.pass_pages or guest_pages(readings)
     behind = min(per_pass, max(0, scanned - memo.wrap_scanned))
-    new = 0 if not new_guests else \
-        sum(g.kb for g in readings.guests if g.pid not in set(memo.guests)) * 1024 // PAGE_BYTES
+    known = set(memo.guests)
+    new = 0 if not new_guests else sum(g.kb for g in readings.guests if g.pid not in known) * 1024 // PAGE_SIZE
     return int(behind + new + RESUME_MARGIN * per_pass)

@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from ksmtuned_py import policies
-from ksmtuned_py.cycle import Cycle
+from ksmtuned_py.cycle import Cycle, next_wait
 from ksmtuned_py.report import CycleReport
 from ksmtuned_py.simhost import SimulationHost
 from sysfs_emu import procfs
@@ -110,9 +110,8 @@ class Simulate:
         self.sim.advance(max(at - self.sim.now, 0.0))
         report = self.tuning_cycle.run()
         # Like the daemon: the interval starts again (or the policy's sooner cycle).
-        self.next_interval, self.next_cause = self.sim.now + self.interval, INTERVAL
-        if report.next_cycle_s is not None and report.next_cycle_s < self.interval:
-            self.next_interval, self.next_cause = self.sim.now + report.next_cycle_s, SOONER
+        wait = next_wait(self.interval, report)
+        self.next_interval, self.next_cause = self.sim.now + wait, SOONER if wait < self.interval else INTERVAL
         self.advisor_noted = self.advisor_noted or report.advisor_active
         counters = self.sim.ksmd.counters()
         return Row(self.name, cause, report, counters["pages_shared"], counters["full_scans"],

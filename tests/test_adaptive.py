@@ -309,7 +309,7 @@ def test_the_cycle_leaves_pages_to_scan_to_the_advisor_and_writes_the_rest():
 
 
 def test_next_wait_is_the_interval_unless_the_decision_asks_sooner():
-    from ksmtuned_py.daemon import next_wait
+    from ksmtuned_py.cycle import next_wait
     from ksmtuned_py.report import CycleReport
 
     def report(next_cycle_s):
