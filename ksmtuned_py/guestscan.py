@@ -16,6 +16,7 @@ from pathlib import Path
 from ksmtuned_py import procinfo
 from ksmtuned_py.commwatch import CommWatch
 from ksmtuned_py.fileio import is_pid_name
+from ksmtuned_py.newpids import NewPids
 from ksmtuned_py.readings import Guest, _field, _parse_stat, rss_kb
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class ScanStats:
     comm_reads: int = 0
     regex_checks: int = 0
     vanished: int = 0
+    listings: int = 0  # scans that listed /proc
+    probes: int = 0  # pids looked at one by one instead (handed out since the scan before)
+    relisted: int = 0  # scans that looked at those, then listed /proc after all
 
 
 PF_KTHREAD = 0x00200000  # in /proc/PID/stat's flags: a kernel thread
@@ -105,12 +109,14 @@ class GuestScanner:
         self.ksmd_pid: int | None = None  # the ksmd kernel thread, once a scan has seen it
         self._live = _is_live_procfs(self._proc)
         self.watch = CommWatch()  # the comm files of known non-guests, kept open on a live procfs
+        self.pids = NewPids(self._proc, self._live)  # which processes may be new, without a listing
         self._budget = 0  # how many may be, this scan
 
     def close(self) -> None:
         """Close the comm files kept open (the scanner still works: the next scans read everyone again)."""
         self.watch.close()
         self._cache.clear()
+        self.pids = NewPids(self._proc, self._live)  # the next scan lists /proc again
 
     def _drop(self, name: str) -> None:
         self.watch.discard(name)
@@ -184,22 +190,51 @@ class GuestScanner:
 
     def scan(self) -> list[Guest]:
         """The guests running now, sorted by pid."""
+        mark = self.pids.mark()
+        new = self.pids.since(mark, len(self._cache))
+        self._budget = _open_files_budget() if self._live else 0
+        if new is None:
+            return self._scan_listed(mark, checked=False)
+        # Nothing to list when the count agrees: the known processes and those started since.
+        again = self._changed()
+        fresh = {name for pid in new if (name := str(pid)) not in self._cache and self.pids.is_process(pid)}
+        self.stats.probes += len(new)
+        guests = self._read_all(self._cache.keys() - self.watch.names() | again | fresh, again)
+        if self.pids.complete(mark, len(self._cache)):
+            return guests
+        # A process started with a pid of its choice, or one started or ended while this scan ran.
+        self.stats.relisted += 1
+        return self._scan_listed(self.pids.mark(), checked=True)
+
+    def _scan_listed(self, mark, checked: bool) -> list[Guest]:
+        """The scan with a listing of /proc (``checked``: the kept-open comm files were read just now)."""
         names = self._names()
+        self.stats.listings += 1
+        if mark is not None and not self._list_failed:
+            self.pids.listed(mark, sum(map(str.isdigit, names)))
         present = set(names)
         cache = self._cache
         for name in cache.keys() - present:
             self._drop(name)
-        self._budget = _open_files_budget() if self._live else 0
-        # Known non-guests whose comm is kept open: one pass over all of them.
+        again = set() if checked else self._changed()
+        return self._read_all(present - self.watch.names() | again, again)
+
+    def _changed(self) -> set[str]:
+        """Known processes whose kept-open comm changed: exec'd, renamed, or gone (its pid may be another's now)."""
         self.stats.comm_reads += len(self.watch)
         again = set()
         for name, raw in self.watch.changed():
-            if raw is not None and cache[name].kthread:
+            if raw is not None and self._cache[name].kthread:
                 self.watch.update(name, raw)  # a kernel thread may rename itself, as kworkers do
             else:
-                again.add(name)  # exec'd, renamed, or gone (its pid may be another's now)
+                again.add(name)
+        return again
+
+    def _read_all(self, names, again: set[str]) -> list[Guest]:
+        """Check or read each of ``names`` (none of them a kept-open one that did not change)."""
+        cache = self._cache
         guests: list[Guest] = []
-        for name in present - self.watch.names() | again:
+        for name in names:
             cached = cache.get(name)
             if cached is not None and not cached.guest and name not in again:
                 # Known not to be a guest: only an exec or a rename changes that.
