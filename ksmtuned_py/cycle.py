@@ -69,8 +69,8 @@ class Host(Protocol):
     def read(self) -> Readings:
         """meminfo, the guests with their sizes, and the KSM files; ReadingError when impossible."""
 
-    def read_ksm(self) -> KsmState:
-        """The KSM files alone (after the writes)."""
+    def read_knobs(self) -> KsmState:
+        """The knobs and advisor_mode alone, as they read after the writes (no counters)."""
 
     def write_ksm(self, name: str, value: str) -> None:
         """One write of ``value`` and a newline to a KSM file; OSError when the kernel refuses it."""
@@ -211,7 +211,10 @@ class Cycle:
         others = changed_knobs(self.after, readings.ksm)
         self.debug(*decision.debug_before)
         writes = self.writer.apply(self.host, decision, readings.ksm)
-        after = self.host.read_ksm()
+        # The counters are the readings' (a write of run 0 or 1 changes none of them); only what
+        # the writes may have changed is read again (advisor_mode resets pages_to_scan, for one).
+        knobs = self.host.read_knobs()
+        after = replace(readings.ksm, knobs=knobs.knobs, advisor_mode=knobs.advisor_mode)
         self.cycles += 1
         report = make_report(readings, decision, writes, after, self.host.page_size,
                              duration=time.monotonic() - t0, cycles=self.cycles, previous=self.previous,

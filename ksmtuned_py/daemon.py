@@ -82,6 +82,7 @@ class Daemon:
     ):
         self.config_path = config_path
         self.root = root
+        self.real_root = os.path.realpath(root)  # published every cycle: resolved once
         self.environ = environ
         self.notifier = notifier or Notifier()
         # Callables given a CycleReport after every cycle; errors are logged, never fatal.
@@ -223,7 +224,7 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "config": self.config_path,
-            "root": os.path.realpath(self.root),
+            "root": self.real_root,
             **self.policy.state(),
             "last_decision": None if r is None else report_dict(r),
             "other_writer": self.notices.other_writer,

@@ -41,8 +41,8 @@ class FileHost:
         return dataclasses.replace(readings, ksmd_cpu_seconds=procinfo.ksmd_cpu_seconds(proc, self.scanner.ksmd_pid),
                                    cow_ksm=procinfo.vmstat_counter(proc, "cow_ksm"))
 
-    def read_ksm(self) -> KsmState:
-        return read_ksm_state(self._ksm)
+    def read_knobs(self) -> KsmState:
+        return read_ksm_state(self._ksm, counters=False)
 
     def write_ksm(self, name: str, value: str) -> None:
         write_knob(self._ksm, name, value)

@@ -47,20 +47,21 @@ def kind_of(mode: int) -> str:
 
 
 def open_regular(path: str | os.PathLike, flags: int, mode: int = 0o644, *, follow: bool = False,
-                 devices: bool = False) -> int:
+                 devices: bool = False, dir_fd: int | None = None) -> int:
     """``os.open`` that never blocks and returns a descriptor only for a regular file.
 
     ``follow`` follows a symbolic link in the last component (else it is refused);
-    ``devices`` also accepts a character device (``/dev/null`` as a log or config).
+    ``devices`` also accepts a character device (``/dev/null`` as a log or config);
+    ``dir_fd``: ``path`` is relative to that open directory (as for ``os.open``).
     Raises OSError, or NotRegularFile for anything else found at ``path``.
     """
     flags |= os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(path, flags, mode, dir_fd=dir_fd)
     except OSError as e:
         # ENXIO: a FIFO with no reader, or a socket; ELOOP: a symbolic link not followed
         if e.errno in (errno.ENXIO, errno.ELOOP):
-            _raise_if_not_regular(path, follow)
+            _raise_if_not_regular(path, follow, dir_fd)
         raise
     try:
         st = os.fstat(fd)
@@ -74,9 +75,9 @@ def open_regular(path: str | os.PathLike, flags: int, mode: int = 0o644, *, foll
     return fd
 
 
-def _raise_if_not_regular(path: str | os.PathLike, follow: bool) -> None:
+def _raise_if_not_regular(path: str | os.PathLike, follow: bool, dir_fd: int | None = None) -> None:
     try:
-        st = os.stat(path, follow_symlinks=follow)
+        st = os.stat(path, follow_symlinks=follow, dir_fd=dir_fd)
     except OSError:
         return
     if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):

@@ -58,10 +58,13 @@ class KsmState:
         return self.knobs.get(name, self.counters.get(name))
 
     @classmethod
-    def from_texts(cls, read: Callable[[str], str | None]) -> "KsmState":
-        """Parse what ``read(name)`` returns for each file (its text, or None when missing)."""
+    def from_texts(cls, read: Callable[[str], str | None], counters: bool = True) -> "KsmState":
+        """Parse what ``read(name)`` returns for each file (its text, or None when missing).
+
+        ``counters=False``: the knobs and advisor_mode alone (what a cycle's writes may change).
+        """
         knobs = {n: v for n in KNOBS if (v := _int(read(n))) is not None}
-        counters = {n: v for n in COUNTERS if (v := _int(read(n))) is not None}
+        counters = {n: v for n in COUNTERS if (v := _int(read(n))) is not None} if counters else {}
         return cls(knobs, counters, chosen_mode(read("advisor_mode")))
 
 
@@ -109,9 +112,30 @@ def read_knob(directory: Path | str, name: str) -> str | None:
         return None
 
 
-def read_ksm_state(directory: Path) -> KsmState:
-    where = str(directory)
-    return KsmState.from_texts(lambda name: read_knob(where, name))
+def read_ksm_state(directory: Path, counters: bool = True) -> KsmState:
+    """The KSM files, each opened relative to the directory opened once (15 files, every cycle)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return KsmState.from_texts(lambda name: None)
+    try:
+        return KsmState.from_texts(lambda name: _read_in(dir_fd, name), counters)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_in(dir_fd: int, name: str) -> str | None:
+    """:func:`read_knob` relative to an open directory: one read, since an attribute is at most a page."""
+    try:
+        fd = open_regular(name, os.O_RDONLY, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096).decode("ascii", errors="replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def write_knob(directory: Path, name: str, value: int | str) -> None:

@@ -59,17 +59,20 @@ def read_meminfo(root: str | os.PathLike = "/") -> MemInfo:
     return parse_meminfo(data.decode("ascii", errors="replace"), str(path))
 
 
+_MEMINFO_FIELDS = frozenset(("MemTotal", "MemFree", "Buffers", "Cached", "MemAvailable", "SwapFree"))
+
+
 def parse_meminfo(text: str, where: str = "/proc/meminfo") -> MemInfo:
     """The fields of a /proc/meminfo text; ReadingError naming ``where`` when one is missing."""
     fields: dict[str, int] = {}
     for line in text.splitlines():
         name, sep, rest = line.partition(":")
-        if not sep:
+        if not sep or (name := name.strip()) not in _MEMINFO_FIELDS:  # 6 of some 55 lines
             continue
         parts = rest.split()
         value = decimal(parts[0]) if parts else None
         if value is not None:
-            fields[name.strip()] = value
+            fields[name] = value
     missing = [k for k in ("MemTotal", "MemFree", "Buffers", "Cached") if k not in fields]
     if missing:
         raise ReadingError(f"{where} has no {', '.join(missing)}")

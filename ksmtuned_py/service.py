@@ -73,7 +73,10 @@ class Notifier:
     """sd_notify(3) messages; every call is a no-op outside systemd."""
 
     def _send(self, *lines: str) -> None:
-        journal.notify("".join(map(_escaped, "\n".join(lines))))  # a path may hold non-UTF-8 bytes
+        text = "\n".join(lines)
+        if not text.isascii():  # a path may hold non-UTF-8 bytes
+            text = "".join(map(_escaped, text))
+        journal.notify(text)
 
     def ready(self, status: str) -> None:
         self._send("READY=1", f"STATUS={status}")

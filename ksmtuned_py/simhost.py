@@ -86,6 +86,9 @@ class SimulationHost:
     def read_ksm(self) -> KsmState:
         return KsmState.from_texts(self._attr)
 
+    def read_knobs(self) -> KsmState:
+        return KsmState.from_texts(self._attr, counters=False)
+
     def _attr(self, name: str) -> str | None:
         try:
             return self.sim.kernel.read_attr(name)
