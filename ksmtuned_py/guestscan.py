@@ -103,6 +103,7 @@ class GuestScanner:
         self.metric = metric
         self.details = details  # each guest's name (once) and ksm_stat (every scan)
         self._cache: dict[str, _Entry] = {}  # by /proc entry name (the pid)
+        self._unwatched: set[str] = set()  # those of them whose comm is not kept open (guests, for one)
         self.stats = ScanStats()
         self._pss_warned = False
         self._list_failed: str | None = None
@@ -116,10 +117,12 @@ class GuestScanner:
         """Close the comm files kept open (the scanner still works: the next scans read everyone again)."""
         self.watch.close()
         self._cache.clear()
+        self._unwatched.clear()
         self.pids = NewPids(self._proc, self._live)  # the next scan lists /proc again
 
     def _drop(self, name: str) -> None:
         self.watch.discard(name)
+        self._unwatched.discard(name)
         if self._cache.pop(name, None) is not None and name == str(self.ksmd_pid):
             self.ksmd_pid = None
 
@@ -199,7 +202,7 @@ class GuestScanner:
         again = self._changed()
         fresh = {name for pid in new if (name := str(pid)) not in self._cache and self.pids.is_process(pid)}
         self.stats.probes += len(new)
-        guests = self._read_all(self._cache.keys() - self.watch.names() | again | fresh, again)
+        guests = self._read_all(self._unwatched | again | fresh, again)
         if self.pids.complete(mark, len(self._cache)):
             return guests
         # A process started with a pid of its choice, or one started or ended while this scan ran.
@@ -270,6 +273,7 @@ class GuestScanner:
         kthread = bool(flags & PF_KTHREAD)
         same = cached is not None and cached.guest and cached.comm == comm
         self.watch.discard(name)
+        self._unwatched.add(name)  # until _remember keeps its comm open
         self._cache[name] = entry = _Entry(0, comm, guest, kthread, name=cached.name if same else "",
                                            merges=same and cached.merges)
         if kthread and comm == "ksmd":
@@ -308,6 +312,7 @@ class GuestScanner:
                 # The same comm as stat's: else it changed in between, and the next scan reads it again.
                 if raw.decode("utf-8", errors="replace").removesuffix("\n") == entry.comm:
                     self.watch.add(name, fd, raw)
+                    self._unwatched.discard(name)
                     return
                 os.close(fd)
         try:

@@ -144,7 +144,7 @@ def write_knob(directory: Path, name: str, value: int | str) -> None:
     Never blocks (a FIFO in place of a knob is refused, not waited on): O_TRUNC
     only acts on the regular file the type check then requires.
     """
-    fd = open_regular(directory / name, os.O_WRONLY | os.O_TRUNC)
+    fd = open_regular(os.path.join(directory, name), os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, f"{value}\n".encode())
     finally:

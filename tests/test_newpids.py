@@ -63,7 +63,9 @@ def scanner(root: Path) -> GuestScanner:
 
 
 def guests(s: GuestScanner) -> list[tuple[int, str]]:
-    return [(g.pid, g.comm) for g in s.scan()]
+    found = [(g.pid, g.comm) for g in s.scan()]
+    assert s._unwatched == s._cache.keys() - s.watch.names()  # what a scan without a listing reads
+    return found
 
 
 def test_no_listing_while_nothing_starts_and_a_new_guest_is_found_by_its_pid(tmp_path):
@@ -166,6 +168,7 @@ def _until_unlisted(s: GuestScanner) -> list[tuple[int, str]]:
     for _ in range(50):
         before = s.stats.listings
         found = [(g.pid, g.comm) for g in s.scan()]
+        assert s._unwatched == s._cache.keys() - s.watch.names()
         if s.stats.listings == before:
             return found
         time.sleep(0.01)
