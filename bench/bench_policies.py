@@ -17,12 +17,15 @@ KSM_MONITOR_INTERVAL of simulated time and at every guest start and stop), and p
 
 The scenarios are the shipped ones (sysfs_emu/scenarios) and the held-out ones in
 bench/scenarios, written to have other shapes and kept out of the policy's first tuning (see the README).
-Usage: .venv/bin/python bench/bench_policies.py [--only NAME,...] [--duration T] [--json FILE]
+``--rate N/MS`` adds, for scale, ksmtuned's gate at a constant N pages every MS ms (no
+bursts, no backing off): what a fixed scan rate keeps of the saving at a given CPU.
+Usage: .venv/bin/python bench/bench_policies.py [--only NAME,...] [--duration T] [--json FILE] [--rate N/MS]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,6 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ksmtuned_py import config as configmod  # noqa: E402
+from ksmtuned_py import policies  # noqa: E402
+from ksmtuned_py.decision import START  # noqa: E402
 from sysfs_emu.simsummary import time_average  # noqa: E402
 from sysfs_emu.simulate import Simulate  # noqa: E402
 from sysfs_emu.simulation import Simulation  # noqa: E402
@@ -59,10 +64,29 @@ class Run:
     wall_s: float
 
 
+class ConstantRate(policies.KsmtunedPolicy):
+    """ksmtuned's gate (run or not), at a constant pages_to_scan and sleep_millisecs."""
+
+    def __init__(self, config: configmod.Config, npages: int, sleep_ms: int):
+        super().__init__(policies.ksmtuned_params(config), preamble=policies.start_preamble(config))
+        self.rate = (npages, sleep_ms)
+
+    def decide(self, readings):
+        d = super().decide(readings)
+        if d.action != START:
+            return d
+        return dataclasses.replace(d, npages=self.rate[0], npages_text="", sleep_ms=self.rate[1])
+
+
 def run(path: Path, policy: str, duration: float, environ: dict[str, str]) -> Run:
     sim = Simulation.from_yaml(path)
-    config = configmod.load(os.devnull, environ={**environ, "KSM_POLICY": policy})
-    loop = Simulate(sim, config)
+    if policy.startswith("rate:"):
+        config = configmod.load(os.devnull, environ=environ)
+        npages, sleep_ms = (int(v) for v in policy[5:].split("/"))
+        loop = Simulate(sim, config, policy=ConstantRate(config, npages, sleep_ms), name=policy)
+    else:
+        config = configmod.load(os.devnull, environ={**environ, "KSM_POLICY": policy})
+        loop = Simulate(sim, config)
     t0 = time.monotonic()
     cpu0 = None
     samples: list[tuple[float, int, int]] = []  # (time, saved bytes, general_profit) right after each cycle
@@ -106,6 +130,7 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated scenario names")
     parser.add_argument("--duration", help="simulated time for every scenario (default: per scenario)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--rate", metavar="N/MS", help="also ksmtuned's gate at a constant N pages every MS ms")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a configuration value for both policies (e.g. KSM_THRES_COEF=90)")
     args = parser.parse_args()
@@ -126,6 +151,12 @@ def main() -> int:
         print(f"{path.stem:<26} {kind:<8} {duration / 3600:4.1f}h {mib(k.avg_saved):>12} {mib(a.avg_saved):>12} "
               f"{'-' if s_ratio is None else f'{s_ratio * 100:6.1f}%':>7} {k.cpu_s:11.1f}s {a.cpu_s:11.1f}s "
               f"{'-' if c_ratio is None else f'{c_ratio:6.2f}':>6}  {verdict(k, a)}", flush=True)
+        if args.rate:
+            r = run(path, f"rate:{args.rate}", duration, environ)
+            s_rate, c_rate = ratio(r.avg_saved, k.avg_saved), ratio(r.cpu_s, k.cpu_s)
+            print(f"  {args.rate} constant under ksmtuned's gate: {r.avg_saved / 2**20:.1f} MiB"
+                  f"{'' if s_rate is None else f' ({s_rate * 100:.1f} %)'}, ksmd {r.cpu_s:.1f} s"
+                  f"{'' if c_rate is None else f' ({c_rate:.2f})'}", flush=True)
         rows.append({"scenario": path.stem, "set": kind, "duration_s": duration,
                      **{f"{p}_{key}": getattr(r, key) for p, r in runs.items() for key in vars(r)}})
     if args.json:
