@@ -2,7 +2,9 @@
 
 Guests are found by their name (``comm``); a cache keyed by the /proc entry saves re-reading
 the details of processes already known not to be guests: for those only ``comm`` is read
-again each cycle (from the file kept open, on a live procfs).
+again each cycle (from the file kept open, on a live procfs).  On the host's procfs /proc
+itself is listed only when the kernel's pid cursor and process count say that a process
+may have started unseen (``newpids.py``); else the pids handed out since are looked at.
 """
 
 from __future__ import annotations
