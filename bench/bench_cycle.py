@@ -146,7 +146,7 @@ def scan_alone(repeat: int) -> list[str]:
 
 
 def inside(args) -> int:
-    """The benchmark proper, as the first process of its own PID namespace."""
+    """The benchmark proper (in the host's PID namespace, or as the first process of a fresh one)."""
     from tests.guests import stand_in_guests
 
     filler = start_processes(max(args.processes - count_processes() - args.guests - 4, 0))

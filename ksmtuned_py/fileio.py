@@ -85,9 +85,9 @@ def _raise_if_not_regular(path: str | os.PathLike, follow: bool, dir_fd: int | N
 
 
 def read_regular(path: str | os.PathLike, limit: int = 1 << 16, *, follow: bool = False,
-                 devices: bool = False) -> bytes:
+                 devices: bool = False, dir_fd: int | None = None) -> bytes:
     """At most ``limit`` bytes of a regular file (see :func:`open_regular`); OSError when impossible."""
-    fd = open_regular(path, os.O_RDONLY, follow=follow, devices=devices)
+    fd = open_regular(path, os.O_RDONLY, follow=follow, devices=devices, dir_fd=dir_fd)
     try:
         chunks, size = [], 0
         while size < limit:

@@ -125,17 +125,11 @@ def read_ksm_state(directory: Path, counters: bool = True) -> KsmState:
 
 
 def _read_in(dir_fd: int, name: str) -> str | None:
-    """:func:`read_knob` relative to an open directory: one read, since an attribute is at most a page."""
+    """:func:`read_knob` relative to an open directory (no path to walk for each of the files)."""
     try:
-        fd = open_regular(name, os.O_RDONLY, dir_fd=dir_fd)
+        return read_regular(name, 4096, dir_fd=dir_fd).decode("ascii", errors="replace").strip()
     except OSError:
         return None
-    try:
-        return os.read(fd, 4096).decode("ascii", errors="replace").strip()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def write_knob(directory: Path, name: str, value: int | str) -> None:
