@@ -133,6 +133,24 @@ def stopped_by_rule(host: Host) -> list[Finding]:
         f"KSM_THRES_CONST={need} would start it now.")]
 
 
+def ksm_not_running(host: Host) -> list[Finding]:
+    """ksmd merges nothing: unmerging (run 2), or stopped while the rule would run it and nothing tunes."""
+    s = host.status
+    run = s["ksm"].get("run")
+    if run == 2:
+        return [Finding("ksm-not-running", WARNING,
+                        "run is 2: ksmd is unmerging every merged page and merges nothing until run is 1 again.",
+                        "Write 1 to run (or let the tuner's next cycle do it) once unmerging was what you wanted.")]
+    tuners = [p for p in host.processes if _other_tuner(p)]
+    if run != 0 or s["next"]["action"] != "start" or s["daemon"].get("running") or tuners:
+        return []
+    return [Finding("ksm-not-running", WARNING,
+                    f"ksmd is stopped (run 0) although the rule would start it now ({s['next']['reason']}), and no "
+                    f"tuner runs ({s['daemon'].get('reason', 'no daemon')}).",
+                    "Start the tuner: systemctl enable --now ksmtuned-py (its first cycle starts KSM); "
+                    "ksmtuned-py adjust --apply starts it once, by the same rule.")]
+
+
 def no_mergeable_memory(host: Host) -> list[Finding]:
     users = [p for p in host.processes if not p.kthread]
     known = [p for p in users if p.ksm is not None and p.ksm.mergeable is not None]
@@ -231,14 +249,16 @@ def another_writer(host: Host) -> list[Finding]:
                                f"Since the daemon's last cycle another program changed {'; '.join(changed)}.",
                                _OTHER_WRITER_ACTION))
     for p in host.processes:
-        name = p.comm if p.comm in OTHER_TUNERS else ""
-        if name == "ksmtuned" and any("ksmtuned-py" in a for a in p.argv):
-            name = ""
-        if name:
+        if _other_tuner(p):
             out.append(Finding("another-writer", WARNING,
-                               f"{OTHER_TUNERS[name]} runs (pid {p.pid}) and may write /sys/kernel/mm/ksm too.",
+                               f"{OTHER_TUNERS[p.comm]} runs (pid {p.pid}) and may write /sys/kernel/mm/ksm too.",
                                _OTHER_WRITER_ACTION, p.comm))
     return out
+
+
+def _other_tuner(p: Process) -> bool:
+    """A program other than ksmtuned-py known to write the KSM knobs (ksmtuned-py's own comm may be ksmtuned)."""
+    return p.comm in OTHER_TUNERS and not (p.comm == "ksmtuned" and any("ksmtuned-py" in a for a in p.argv))
 
 
 _OTHER_WRITER_ACTION = ("Let one program tune KSM: stop the other (systemctl disable --now ksmtuned, a tuned profile "
@@ -322,9 +342,10 @@ def unmerge_risk(host: Host) -> list[Finding]:
 
 
 #: (check, needs KSM) in report order.
-CHECKS = ((no_ksm, False), (stopped_by_rule, True), (no_mergeable_memory, False), (guests_not_mergeable, True),
-          (near_miss_guests, False), (advisor_owns_pages_to_scan, True), (another_writer, True),
-          (negative_profit, True), (huge_pages_split, True), (merge_across_nodes, True), (unmerge_risk, True))
+CHECKS = ((no_ksm, False), (stopped_by_rule, True), (ksm_not_running, True), (no_mergeable_memory, False),
+          (guests_not_mergeable, True), (near_miss_guests, False), (advisor_owns_pages_to_scan, True),
+          (another_writer, True), (negative_profit, True), (huge_pages_split, True), (merge_across_nodes, True),
+          (unmerge_risk, True))
 
 
 def diagnose(host: Host) -> list[Finding]:

@@ -226,3 +226,54 @@ def test_the_text_report(tmp_path, conf):
     assert lines[0].startswith("info: [ksm-stopped-by-rule] The rule stops ksmd: ")
     assert lines[1].startswith("    what to do: Nothing to do if memory is plentiful; to merge anyway, KSM_THRES_COEF=")
     assert lines[-1] == "1 finding, 0 warnings"
+
+
+def crowded(run: int) -> dict:
+    """small_scenario on a host its guests nearly fill: the rule starts KSM."""
+    scenario = small_scenario(run=run)
+    scenario["host"]["memory"] = "36MiB"
+    return scenario
+
+
+def test_ksm_stopped_while_the_rule_would_run_it_and_nothing_tunes(tmp_path, conf):
+    root = tree(tmp_path, crowded(run=0), advance=3)
+    found = one(doctor(root, conf), "ksm-not-running")
+    assert found["severity"] == "warning"
+    assert found["evidence"].startswith("ksmd is stopped (run 0) although the rule would start it now (committed "
+                                        "+ thres = ")
+    assert found["evidence"].endswith(f"and no tuner runs (no ksmtuned-py daemon is running: {tmp_path}/ksmtune.pid "
+                                      "does not exist).")
+    assert "systemctl enable --now ksmtuned-py" in found["action"]
+    assert "ksm-stopped-by-rule" not in ids(doctor(root, conf))
+    # What it says to do clears it: a cycle by the rule starts KSM.
+    r = subprocess.run([KSMTUNED_PY, "--root", str(root), "--config", str(conf), "adjust", "--apply"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (root / "sys/kernel/mm/ksm/run").read_text() == "1\n"
+    assert "ksm-not-running" not in ids(doctor(root, conf))
+
+
+def test_ksm_stopped_by_the_rule_or_with_a_daemon_running_is_not_a_stopped_tuner(tmp_path, conf):
+    assert "ksm-not-running" not in ids(doctor(tree(tmp_path, small_scenario(run=0), advance=3), conf))  # the rule
+    root = tree(tmp_path / "b", crowded(run=0), advance=3)
+    conf.write_text(conf.read_text() + "KSM_MONITOR_INTERVAL=3600\n")
+    daemon = subprocess.Popen([KSMTUNED_PY, "--root", str(root), "--config", str(conf), "run"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        state = tmp_path / "ksmtune.state"
+        wait_for(state.exists, what="the daemon's state")
+        os.kill(daemon.pid, 10)  # retune: a cycle now
+        wait_for(lambda: json.loads(state.read_text()).get("last_decision"), what="a cycle")
+        assert (root / "sys/kernel/mm/ksm/run").read_text() == "1\n"
+        (root / "sys/kernel/mm/ksm/run").write_text("0\n")  # stopped under it: another writer, not a missing tuner
+        found = ids(doctor(root, conf))
+        assert "ksm-not-running" not in found and "another-writer" in found
+    finally:
+        stop(daemon)
+
+
+def test_ksm_unmerging(tmp_path, conf):
+    root = tree(tmp_path, small_scenario(run=1), until_scans=2)
+    (root / "sys/kernel/mm/ksm/run").write_text("2\n")
+    found = one(doctor(root, conf), "ksm-not-running")
+    assert found["evidence"] == "run is 2: ksmd is unmerging every merged page and merges nothing until run is 1 again."
