@@ -227,6 +227,82 @@ def test_copy_on_write_breaks_bring_the_probe_back():
     assert probe.npages / probe.sleep_ms > slow.npages / slow.sleep_ms
 
 
+def steady_after_burst(host: Host, p: AdaptivePolicy) -> None:
+    p.decide(host.readings())
+    host.advance(scanned=6_000_000, scans=2, merged=1_000_000, cpu=10.0)
+    assert p.decide(host.readings()).level == STEADY
+    for _ in range(3):
+        host.advance(scanned=5_000, cpu=0.02)
+        assert p.decide(host.readings()).level == STEADY
+
+
+def test_a_rewrite_of_a_tenth_of_the_merged_memory_starts_a_catch_up_which_backs_off_when_it_merges_little():
+    host, p = Host(), policy()
+    steady_after_burst(host, p)
+    # pages_sharing still counts the broken merges (the kernel drops them only when ksmd visits
+    # the pages again): 99,999 breaks of 1,000,000 merged pages are not a tenth.
+    host.advance(scanned=5_000, cpu=0.02, cow=99_999)
+    assert p.decide(host.readings()).level == STEADY
+    host.advance(scanned=5_000, cpu=0.02, cow=100_000)
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[0]) == (
+        CATCH_UP, "catch-up: 100000 copy-on-write breaks (the guests rewrote merged memory)")
+    # The memory was rewritten with new contents: the visits drop the broken merges and merge
+    # nothing back, so the catch-up goes on (smart_scan may be skipping those pages) up to 4 full scans.
+    host.advance(scanned=6_000_000, scans=2, merged=-100_000, cpu=6.0)
+    levels = [p.decide(host.readings())]
+    while levels[-1].level == CATCH_UP and len(levels) < 10:
+        host.advance(scanned=3_000_000, scans=1, cpu=3.0)
+        levels.append(p.decide(host.readings()))
+    assert levels[-1].level == STEADY and len(levels) == 3  # 2 + 2 full scans
+    assert levels[-2].reason.startswith("catch-up: 100000 of the copy-on-write breaks not merged back yet")
+    # The next such rewrite finds that one paid nothing: no catch-up for breaks for an hour.
+    host.advance(seconds=600, scanned=5_000, cpu=0.02, cow=100_000)
+    assert p.decide(host.readings()).level == STEADY
+    missed = host.time
+    host.advance(seconds=3000, scanned=5_000, cpu=0.02, merged=-100_000)
+    assert p.decide(host.readings()).level == STEADY
+    host.advance(scanned=5_000, cpu=0.02, cow=100_000)
+    assert p.decide(host.readings()).level == STEADY  # 3,060 s after
+    host.advance(seconds=600, scanned=5_000, cpu=0.02, cow=100_000)
+    assert p.decide(host.readings()).level == CATCH_UP  # 3,660 s after: tried again
+    assert (p.memo.cow_retry_at, p.memo.cow_misses) == (missed + 3600, 1)
+
+
+def test_a_catch_up_that_merges_the_rewritten_memory_back_keeps_them_coming():
+    host, p = Host(), policy()
+    steady_after_burst(host, p)
+    for _ in range(2):
+        host.advance(scanned=5_000, cpu=0.02, cow=150_000)
+        assert p.decide(host.readings()).level == CATCH_UP
+        # Rewritten with what it held: the first visits drop the broken merges, the second merge them again.
+        host.advance(scanned=6_000_000, scans=2, cpu=6.0)
+        p.decide(host.readings())
+        host.advance(scanned=3_000_000, scans=1, cpu=3.0)
+        assert p.decide(host.readings()).level == STEADY
+
+
+def test_on_a_host_whose_guests_rewrite_their_os_it_keeps_ksmtuneds_saving():
+    """Guests that reload their OS image (a reboot): the merges break, and merge again on two visits."""
+    guests = [{"name": "qemu-system-x86", "id": i, "cmdline": f"qemu-system-x86_64 -name guest=g{i}",
+               "regions": [{"pages": 40000, "fill": "pool", "pool": "deb"}, {"pages": 30000, "fill": "unique"}]}
+              for i in range(4)]
+    events = [{"at": f"{900 * j + 7}s", "rewrite": {"process": j % 4, "region": 0, "fill": "pool", "pool": "deb"}}
+              for j in range(1, 12)]
+    scenario = {"host": {"memory": "1280MiB"}, "processes": guests, "events": events}
+    results = {}
+    for name in ("ksmtuned", "adaptive"):
+        sim = Simulation(scenario)
+        loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": name}))
+        rows = list(loop.rows(3 * 3600))
+        saved = [row.report.pages_sharing + row.report.ksm_zero_pages for row in rows]
+        results[name] = (time_average([row.time_s for row in rows], saved), sim.ksmd.cpu_time,
+                         [row.report.reason for row in rows])
+    (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = results["ksmtuned"], results["adaptive"]
+    assert any(r.startswith("catch-up: 40000 copy-on-write breaks") for r in reasons)
+    assert a_saved >= 0.95 * k_saved and a_cpu < k_cpu
+
+
 def test_never_above_ksm_max_cpu():
     """A measured cost per page sets the rate; an interval over the budget slows the next one at once."""
     host, p = Host(), policy(max_cpu=10)
