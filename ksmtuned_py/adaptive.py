@@ -242,8 +242,8 @@ class AdaptivePolicy:
         rewritten = None if trigger else _rewritten(memo, readings, last)
         if trigger or rewritten:
             trigger = trigger or rewritten
-            memo.cow_trigger, memo.cow_base = (last.cow, memo.merged or 0) if rewritten else (0, 0)
-            memo.cow_from = readings.ksm.counters.get("full_scans", 0)
+            memo.cow_trigger, memo.cow_base, memo.cow_from = \
+                (last.cow, memo.merged or 0, readings.ksm.counters.get("full_scans", 0)) if rewritten else (0, 0, 0)
             # A guest that starts during a burst's scans (or while the gate interrupted them) joins the burst.
             bursting = memo.pending == BURST and memo.scans_left > 0
             mode = BURST if trigger == STARTS or bursting else CATCH_UP
@@ -341,15 +341,11 @@ class AdaptivePolicy:
 def _rewritten(memo: Memo, readings: Readings, last: Interval | None) -> str | None:
     """Why a catch-up starts for copy-on-write breaks, or None.
 
-    Guests that rewrite merged memory with what it held (a reboot reloading its OS, a
-    cache refilled) break many merges at once; those pages merge again only after two
-    visits, which the steady probe, slowing as it finds nothing, would take hours to make.
-    Not while a burst or catch-up scans anyway, nor (backing off) after catch-ups for
-    breaks that merged little back: memory rewritten with new contents stays unmerged.
+    A guest that rewrites merged memory with what it held (a reboot reloading its OS)
+    breaks many merges at once, which merge again only after two visits: the slowing
+    probe would take hours.  Not during a burst or catch-up, nor while backing off.
     """
-    if last is None or memo.mode != STEADY:
-        return None
-    if last.cow < max(MIN_GAIN_PAGES, (memo.merged or 0) // COW_SHARE):
+    if last is None or memo.mode != STEADY or last.cow < max(MIN_GAIN_PAGES, (memo.merged or 0) // COW_SHARE):
         return None
     _judge_cow_catch_up(memo, readings.time)
     if readings.time < memo.cow_retry_at:
@@ -360,13 +356,12 @@ def _rewritten(memo: Memo, readings: Readings, last: Interval | None) -> str | N
 def _breaks_not_back(memo: Memo, readings: Readings) -> int:
     """Breaks a catch-up for them has not merged back yet, while it may go on (0: it ends).
 
-    smart_scan skips a page that failed to merge on its recent visits for up to 8 passes,
-    and memory broken again and again is such a page: two passes may not reach it.
+    smart_scan skips a page that keeps failing to merge for up to 8 passes (memory broken
+    again and again is such a page): two passes may not reach it.
     """
     merged = merged_pages(readings)
-    if not memo.cow_trigger or merged is None:
-        return 0
-    if readings.ksm.counters.get("full_scans", 0) - memo.cow_from >= COW_MAX_SCANS:
+    scans = readings.ksm.counters.get("full_scans", 0) - memo.cow_from
+    if not memo.cow_trigger or merged is None or scans >= COW_MAX_SCANS:
         return 0
     behind = memo.cow_base - merged
     return behind if behind * COW_PAYOFF > memo.cow_trigger else 0
@@ -375,10 +370,9 @@ def _breaks_not_back(memo: Memo, readings: Readings) -> int:
 def _judge_cow_catch_up(memo: Memo, now: float) -> None:
     """Whether the last catch-up for breaks paid, judged when breaks come again: back off if not.
 
-    By what the merged count held before these breaks (``memo.merged``): pages_sharing
-    counts a broken merge until ksmd visits the page again (the kernel lowers it only
-    then), and the pages may merge back just after the catch-up, under the probe; so
-    what came back is the breaks less what the count lost since the catch-up began.
+    By the merged count before these breaks (``memo.merged``): the kernel lowers
+    pages_sharing for a broken merge only when ksmd visits the page again, and pages may
+    merge back under the probe just after the catch-up.
     """
     if not memo.cow_trigger:
         return
