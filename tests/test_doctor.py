@@ -277,3 +277,12 @@ def test_ksm_unmerging(tmp_path, conf):
     (root / "sys/kernel/mm/ksm/run").write_text("2\n")
     found = one(doctor(root, conf), "ksm-not-running")
     assert found["evidence"] == "run is 2: ksmd is unmerging every merged page and merges nothing until run is 1 again."
+
+
+def test_ksm_stopped_with_another_tuner_running_is_that_tuners_to_start(tmp_path, conf):
+    scenario = crowded(run=0)
+    scenario["processes"].append({"name": "ksmtuned", "cmdline": ["/bin/bash", "/usr/sbin/ksmtuned"],
+                                  "regions": [{"pages": 50, "fill": "unique", "mergeable": False}]})
+    found = doctor(tree(tmp_path, scenario, advance=3), conf)
+    assert "ksm-not-running" not in ids(found)
+    assert one(found, "another-writer")["evidence"].startswith("the reference ksmtuned runs (pid ")
