@@ -203,6 +203,28 @@ def _why_not_mergeable(host: Host, pid: int, argv: list[str], maps) -> tuple[str
             "qemu madvises guest RAM unless -machine mem-merge=off; check how this guest was started.")
 
 
+#: qemu's confidential-guest objects and options (AMD SEV, SEV-SNP, Intel TDX).
+ENCRYPTION = re.compile(r"\b(sev-snp-guest|sev-guest|tdx-guest)\b|\b(confidential-guest-support|memory-encryption)=")
+
+
+def encrypted_guests(host: Host) -> list[Finding]:
+    """Guests whose memory the CPU encrypts: every page differs as the host sees it."""
+    out = []
+    by_pid = {p.pid: p for p in host.processes}
+    for g in host.guests():
+        argv = by_pid[g["pid"]].argv if g["pid"] in by_pid else []
+        found = [m.group(0) for a in argv for m in [ENCRYPTION.search(a)] if m]
+        if not found or g["mergeable"] is False:  # guest-not-mergeable says that one
+            continue
+        out.append(Finding("encrypted-guest", WARNING,
+                           f"Guest {g['name']} (pid {g['pid']}, {_mib(g['committed_kb'])} resident) runs with "
+                           f"encrypted memory (qemu {found[0].rstrip('=')}): its pages differ as the host sees "
+                           f"them, so KSM cannot merge them ({g['ksm_merging_pages'] or 0} merged now).",
+                           "Nothing can merge it; to spare ksmd scanning it, start it with -machine mem-merge=off "
+                           "(libvirt <memoryBacking><nosharepages/>).", g["name"]))
+    return out
+
+
 def near_miss_guests(host: Host) -> list[Finding]:
     counted = {g["pid"] for g in host.guests()}
     pattern = re.compile(host.config.process_regex)
@@ -343,9 +365,9 @@ def unmerge_risk(host: Host) -> list[Finding]:
 
 #: (check, needs KSM) in report order.
 CHECKS = ((no_ksm, False), (stopped_by_rule, True), (ksm_not_running, True), (no_mergeable_memory, False),
-          (guests_not_mergeable, True), (near_miss_guests, False), (advisor_owns_pages_to_scan, True),
-          (another_writer, True), (negative_profit, True), (huge_pages_split, True), (merge_across_nodes, True),
-          (unmerge_risk, True))
+          (guests_not_mergeable, True), (encrypted_guests, True), (near_miss_guests, False),
+          (advisor_owns_pages_to_scan, True), (another_writer, True), (negative_profit, True),
+          (huge_pages_split, True), (merge_across_nodes, True), (unmerge_risk, True))
 
 
 def diagnose(host: Host) -> list[Finding]:

@@ -286,3 +286,33 @@ def test_ksm_stopped_with_another_tuner_running_is_that_tuners_to_start(tmp_path
     found = doctor(tree(tmp_path, scenario, advance=3), conf)
     assert "ksm-not-running" not in ids(found)
     assert one(found, "another-writer")["evidence"].startswith("the reference ksmtuned runs (pid ")
+
+
+@pytest.mark.parametrize("args, what", [
+    (["-object", "sev-guest,id=sev0,cbitpos=47,reduced-phys-bits=1", "-machine", "q35,confidential-guest-support=sev0"],
+     "sev-guest"),
+    (["-object", "sev-snp-guest,id=sev0", "-machine", "q35,memory-backend=ram1"], "sev-snp-guest"),
+    (["-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0"], "confidential-guest-support"),
+    (["-machine", "pc,memory-encryption=sev0"], "memory-encryption"),
+])
+def test_a_guest_with_encrypted_memory(tmp_path, conf, args, what):
+    scenario = small_scenario()
+    scenario["processes"].append({"name": "qemu-system-x86", "cmdline": ["qemu-system-x86_64", "-enable-kvm", "-name",
+                                                                        "guest=secret", *args],
+                                  "regions": [{"pages": 2000, "fill": "unique"}]})
+    found = one(doctor(tree(tmp_path, scenario, advance=3), conf), "encrypted-guest", "secret")
+    assert found["evidence"].startswith("Guest secret (pid ")
+    assert f"runs with encrypted memory (qemu {what}): its pages differ as the host sees them, so KSM cannot " \
+           "merge them (0 merged now)." in found["evidence"]
+    assert "-machine mem-merge=off" in found["action"]
+
+
+def test_no_encrypted_guest_finding_for_plain_guests_or_unmergeable_ones(tmp_path, conf):
+    scenario = small_scenario()
+    scenario["processes"].append({"name": "qemu-system-x86", "cmdline": ["qemu-system-x86_64", "-name", "guest=off",
+                                                                        "-object", "sev-guest,id=s",
+                                                                        "-machine", "q35,mem-merge=off"],
+                                  "regions": [{"pages": 2000, "fill": "unique", "mergeable": False}]})
+    found = doctor(tree(tmp_path, scenario, advance=3), conf)
+    assert "encrypted-guest" not in ids(found)  # web-1 and web-2 are plain; "off" is not mergeable at all
+    assert ids(found, "off") == ["guest-not-mergeable"]
