@@ -25,7 +25,8 @@ time comes in the readings), so the same readings always give the same decision.
   to its quickest, since the guests' memory changed.
 - **Rewrites.** Breaks of ``1/COW_SHARE`` of the merged pages in one interval (a guest that
   reboots reloads its OS over merged memory) start a catch-up: those pages merge again only
-  after two visits.  One that merged little back (new contents) delays the next.
+  after two visits.  It goes on while they have not merged back, up to ``COW_MAX_SCANS``
+  full scans; one that merged little back (new contents) delays the next.
 - **Budget.** Never faster than ``KSM_MAX_CPU`` percent of one CPU allows, from ksmd's
   measured CPU time per page scanned (and, before there is one, a pessimistic cost of
   pages not merged yet), and slower at once when the last interval went over it.
