@@ -23,10 +23,8 @@ time comes in the readings), so the same readings always give the same decision.
   to its quickest (a catch-up would rescan every guest twice for pages it is finding anyway).
   Copy-on-write breaks (``cow_ksm``: guests writing to merged pages) bring the probe back
   to its quickest, since the guests' memory changed.
-- **Rewrites.** Breaks of ``1/COW_SHARE`` of the merged pages in one interval (a guest that
-  reboots reloads its OS over merged memory) start a catch-up: those pages merge again only
-  after two visits.  It goes on while they have not merged back, up to ``COW_MAX_SCANS``
-  full scans; one that merged little back (new contents) delays the next.
+- **Rewrites.** Copy-on-write breaks of a tenth of the merged pages in one interval (a
+  guest that reboots reloads its OS over merged memory) start a catch-up (``rewrites.py``).
 - **Budget.** Never faster than ``KSM_MAX_CPU`` percent of one CPU allows, from ksmd's
   measured CPU time per page scanned (and, before there is one, a pessimistic cost of
   pages not merged yet), and slower at once when the last interval went over it.
@@ -43,6 +41,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from ksmtuned_py import config as configmod
+from ksmtuned_py import rewrites
 from ksmtuned_py.cycle import Decision
 from ksmtuned_py.decision import START, STOP, Params, Tuner, Tuning
 from ksmtuned_py.ksmdpace import (TICK_S, Interval, batch, guest_pages, interval, merged_pages, resume_into,
@@ -66,10 +65,6 @@ RECHECK_SHARE = 1 / 6  # while a burst or catch-up scans, the next decision afte
 RECHECK_MIN_S = 5.0  # ... or this, if longer: its scans go on at most that long after they are done
 RATE_HOLD = 0.25  # a burst or catch-up keeps its batch while the rate moves less than this
 COW_QUIET = 2  # copy-on-write breaks bring the steady scan back to at most 4 x IDLE_SCAN_S[0]
-COW_SHARE = 10  # breaks of 1/10 of the merged pages in an interval: the guests rewrote memory, a catch-up ...
-COW_MAX_SCANS = 4  # ... going on until 3/4 of them merged back, or it made this many full scans; ...
-COW_PAYOFF = 4  # ... unless the last such catch-up merged back less than 1/4 of its breaks: then not ...
-COW_RETRY_S = 3600.0  # ... for this long, twice as long after each such catch-up in a row
 
 
 @dataclass
@@ -97,7 +92,7 @@ class Memo:
     resume_into: int = 0  # pages into the pass after the burst's or catch-up's full scans where it ends
     resume_pages: int | None = None  # pages_scanned at which it ends, once its full scans are done
     started: bool = False  # KSM ran under this policy (a restart after the gate closed is no new start)
-    cow_trigger: int = 0  # the copy-on-write breaks that started the running catch-up (0: something else did)
+    cow_trigger: int = 0  # the breaks that started the running catch-up (0: something else did; rewrites.py)
     cow_base: int = 0  # pages_sharing + ksm_zero_pages when it started
     cow_from: int = 0  # full_scans when it started
     cow_misses: int = 0  # such catch-ups in a row that merged back little
@@ -240,11 +235,11 @@ class AdaptivePolicy:
     def _mode(self, memo: Memo, readings: Readings, last: Interval | None) -> tuple[str, str]:
         """Burst, catch-up or steady, and why; updates the memo's scan and quiet counts."""
         trigger = self._trigger(memo, readings)
-        rewritten = None if trigger else _rewritten(memo, readings, last)
-        if trigger or rewritten:
-            trigger = trigger or rewritten
-            memo.cow_trigger, memo.cow_base, memo.cow_from = \
-                (last.cow, memo.merged or 0, readings.ksm.counters.get("full_scans", 0)) if rewritten else (0, 0, 0)
+        if trigger:
+            memo.cow_trigger = 0  # a catch-up for another reason
+        elif memo.mode == STEADY:
+            trigger = rewrites.start(memo, readings, last, MIN_GAIN_PAGES)
+        if trigger:
             # A guest that starts during a burst's scans (or while the gate interrupted them) joins the burst.
             bursting = memo.pending == BURST and memo.scans_left > 0
             mode = BURST if trigger == STARTS or bursting else CATCH_UP
@@ -271,7 +266,7 @@ class AdaptivePolicy:
                 memo.scans_left = 1
                 return memo.mode, (f"{memo.mode}: still merging ({gain} pages in the last interval) "
                                    f"while {readings.ksm.counters.get('pages_volatile', 0)} pages change")
-            behind = _breaks_not_back(memo, readings)
+            behind = rewrites.not_back(memo, readings)
             if behind:
                 memo.scans_left, memo.resume_into = 1, 0  # whole passes now: the breaks are anywhere
                 return memo.mode, f"{memo.mode}: {behind} of the copy-on-write breaks not merged back yet"
@@ -337,53 +332,6 @@ class AdaptivePolicy:
         merged = readings.ksm.counters.get("pages_sharing", 0) + readings.ksm.counters.get("pages_shared", 0)
         unmerged = max(0.0, 1 - merged / pages)
         return max(self.memo.page_cost_s or 0.0, UNMERGED_PAGE_COST_S * unmerged, 1e-7)
-
-
-def _rewritten(memo: Memo, readings: Readings, last: Interval | None) -> str | None:
-    """Why a catch-up starts for copy-on-write breaks, or None.
-
-    A guest that rewrites merged memory with what it held (a reboot reloading its OS)
-    breaks many merges at once, which merge again only after two visits: the slowing
-    probe would take hours.  Not during a burst or catch-up, nor while backing off.
-    """
-    if last is None or memo.mode != STEADY or last.cow < max(MIN_GAIN_PAGES, (memo.merged or 0) // COW_SHARE):
-        return None
-    _judge_cow_catch_up(memo, readings.time)
-    if readings.time < memo.cow_retry_at:
-        return None
-    return f"{last.cow} copy-on-write breaks (the guests rewrote merged memory)"
-
-
-def _breaks_not_back(memo: Memo, readings: Readings) -> int:
-    """Breaks a catch-up for them has not merged back yet, while it may go on (0: it ends).
-
-    smart_scan skips a page that keeps failing to merge for up to 8 passes (memory broken
-    again and again is such a page): two passes may not reach it.
-    """
-    merged = merged_pages(readings)
-    scans = readings.ksm.counters.get("full_scans", 0) - memo.cow_from
-    if not memo.cow_trigger or merged is None or scans >= COW_MAX_SCANS:
-        return 0
-    behind = memo.cow_base - merged
-    return behind if behind * COW_PAYOFF > memo.cow_trigger else 0
-
-
-def _judge_cow_catch_up(memo: Memo, now: float) -> None:
-    """Whether the last catch-up for breaks paid, judged when breaks come again: back off if not.
-
-    By the merged count before these breaks (``memo.merged``): the kernel lowers
-    pages_sharing for a broken merge only when ksmd visits the page again, and pages may
-    merge back under the probe just after the catch-up.
-    """
-    if not memo.cow_trigger:
-        return
-    lost = max(0, memo.cow_base - (memo.merged or 0))
-    if (memo.cow_trigger - lost) * COW_PAYOFF < memo.cow_trigger:
-        memo.cow_misses += 1
-        memo.cow_retry_at = now + COW_RETRY_S * 2 ** min(memo.cow_misses - 1, 10)
-    else:
-        memo.cow_misses, memo.cow_retry_at = 0, 0.0
-    memo.cow_trigger = 0
 
 
 def remember(memo: Memo, readings: Readings) -> Memo:

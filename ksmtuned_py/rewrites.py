@@ -1,0 +1,72 @@
+"""The adaptive policy's rule for rewritten memory: a catch-up when guests break many merges at once.
+
+A guest that rewrites merged memory with what it held (a reboot reloading its OS) breaks
+many merges at once, and those pages merge again only after two visits, which the steady
+probe, slowing as it finds nothing, would take hours to make.  So copy-on-write breaks of
+``1/COW_SHARE`` of the merged pages in one interval start a catch-up, and it goes on while
+they have not merged back, up to ``COW_MAX_SCANS`` full scans: smart_scan skips a page
+that keeps failing to merge for up to 8 passes, and memory broken again and again is such
+a page.  One that merged little back (memory rewritten with new contents) delays the next.
+
+The kernel lowers pages_sharing for a broken merge only when ksmd visits the page again,
+so what came back is judged by the merged count against what it was before the breaks.
+The state lives in the policy's memo (``adaptive.Memo``: ``cow_*``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ksmtuned_py.ksmdpace import Interval, merged_pages
+from ksmtuned_py.readings import Readings
+
+if TYPE_CHECKING:  # adaptive imports this module
+    from ksmtuned_py.adaptive import Memo
+
+COW_SHARE = 10  # breaks of 1/10 of the merged pages in an interval: the guests rewrote memory, a catch-up ...
+COW_MAX_SCANS = 4  # ... going on until 3/4 of them merged back, or it made this many full scans; ...
+COW_PAYOFF = 4  # ... unless the last such catch-up merged back less than 1/4 of its breaks: then not ...
+COW_RETRY_S = 3600.0  # ... for this long, twice as long after each such catch-up in a row
+
+
+def start(memo: Memo, readings: Readings, last: Interval | None, min_pages: int) -> str | None:
+    """Why a catch-up starts for the last interval's breaks (noted in the memo), or None.
+
+    For the steady scan only (a burst or catch-up scans anyway); at least ``min_pages``
+    breaks; not while backing off.
+    """
+    if last is None or last.cow < max(min_pages, (memo.merged or 0) // COW_SHARE):
+        return None
+    _judge(memo, readings.time)
+    if readings.time < memo.cow_retry_at:
+        return None
+    memo.cow_trigger, memo.cow_base = last.cow, memo.merged or 0
+    memo.cow_from = readings.ksm.counters.get("full_scans", 0)
+    return f"{last.cow} copy-on-write breaks (the guests rewrote merged memory)"
+
+
+def not_back(memo: Memo, readings: Readings) -> int:
+    """Breaks the running catch-up for them has not merged back yet, while it may go on (0: it ends)."""
+    merged = merged_pages(readings)
+    scans = readings.ksm.counters.get("full_scans", 0) - memo.cow_from
+    if not memo.cow_trigger or merged is None or scans >= COW_MAX_SCANS:
+        return 0
+    behind = memo.cow_base - merged
+    return behind if behind * COW_PAYOFF > memo.cow_trigger else 0
+
+
+def _judge(memo: Memo, now: float) -> None:
+    """Whether the last catch-up for breaks paid, judged when breaks come again: back off if not.
+
+    By the merged count before these breaks (``memo.merged``), since pages may merge back
+    under the probe just after the catch-up.
+    """
+    if not memo.cow_trigger:
+        return
+    lost = max(0, memo.cow_base - (memo.merged or 0))
+    if (memo.cow_trigger - lost) * COW_PAYOFF < memo.cow_trigger:
+        memo.cow_misses += 1
+        memo.cow_retry_at = now + COW_RETRY_S * 2 ** min(memo.cow_misses - 1, 10)
+    else:
+        memo.cow_misses, memo.cow_retry_at = 0, 0.0
+    memo.cow_trigger = 0
