@@ -70,6 +70,10 @@ class Host:
     def guests(self) -> list[dict]:
         return self.status.get("guests", [])
 
+    def argv(self, pid: int) -> list[str]:
+        """A surveyed process's command line ([] if it was not seen)."""
+        return next((p.argv for p in self.processes if p.pid == pid), [])
+
 
 def survey(cfg: configmod.Config, root: str = "/") -> Host:
     """Read the host once for every check."""
@@ -141,8 +145,8 @@ def ksm_not_running(host: Host) -> list[Finding]:
         return [Finding("ksm-not-running", WARNING,
                         "run is 2: ksmd is unmerging every merged page and merges nothing until run is 1 again.",
                         "Write 1 to run (or let the tuner's next cycle do it) once unmerging was what you wanted.")]
-    tuners = [p for p in host.processes if _other_tuner(p)]
-    if run != 0 or s["next"]["action"] != "start" or s["daemon"].get("running") or tuners:
+    if run != 0 or s["next"]["action"] != "start" or s["daemon"].get("running") or \
+            any(_other_tuner(p) for p in host.processes):
         return []
     return [Finding("ksm-not-running", WARNING,
                     f"ksmd is stopped (run 0) although the rule would start it now ({s['next']['reason']}), and no "
@@ -165,7 +169,6 @@ def no_mergeable_memory(host: Host) -> list[Finding]:
 
 def guests_not_mergeable(host: Host) -> list[Finding]:
     out = []
-    by_pid = {p.pid: p for p in host.processes}
     for g in host.guests():
         mergeable = g["mergeable"]
         maps = None
@@ -174,8 +177,7 @@ def guests_not_mergeable(host: Host) -> list[Finding]:
             mergeable = None if maps is None else any(m.mergeable for m in maps)
         if mergeable is not False:
             continue
-        argv = by_pid[g["pid"]].argv if g["pid"] in by_pid else []
-        why, action = _why_not_mergeable(host, g["pid"], argv, maps)
+        why, action = _why_not_mergeable(host, g["pid"], host.argv(g["pid"]), maps)
         out.append(Finding("guest-not-mergeable", WARNING,
                            f"Guest {g['name']} (pid {g['pid']}, {_mib(g['committed_kb'])} resident) has no mergeable memory: "
                            f"{why}.", action, g["name"]))
@@ -210,15 +212,13 @@ ENCRYPTION = re.compile(r"\b(sev-snp-guest|sev-guest|tdx-guest)\b|\b(confidentia
 def encrypted_guests(host: Host) -> list[Finding]:
     """Guests whose memory the CPU encrypts: every page differs as the host sees it."""
     out = []
-    by_pid = {p.pid: p for p in host.processes}
     for g in host.guests():
-        argv = by_pid[g["pid"]].argv if g["pid"] in by_pid else []
-        found = [m.group(0) for a in argv for m in [ENCRYPTION.search(a)] if m]
-        if not found or g["mergeable"] is False:  # guest-not-mergeable says that one
+        found = next((m.group(0) for a in host.argv(g["pid"]) if (m := ENCRYPTION.search(a))), None)
+        if found is None or g["mergeable"] is False:  # guest-not-mergeable says that one
             continue
         out.append(Finding("encrypted-guest", WARNING,
                            f"Guest {g['name']} (pid {g['pid']}, {_mib(g['committed_kb'])} resident) runs with "
-                           f"encrypted memory (qemu {found[0].rstrip('=')}): its pages differ as the host sees "
+                           f"encrypted memory (qemu {found.rstrip('=')}): its pages differ as the host sees "
                            f"them, so KSM cannot merge them ({g['ksm_merging_pages'] or 0} merged now).",
                            "Nothing can merge it; to spare ksmd scanning it, start it with -machine mem-merge=off "
                            "(libvirt <memoryBacking><nosharepages/>).", g["name"]))

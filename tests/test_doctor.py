@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -168,21 +169,28 @@ def test_the_advisor_owns_pages_to_scan(tmp_path, conf):
            "within 70% of a CPU" in found["evidence"]
 
 
-def test_another_writer_while_the_daemon_runs_on_a_tree(tmp_path, conf):
-    root = tree(tmp_path, small_scenario())
+@contextlib.contextmanager
+def daemon_after_a_cycle(root: Path, conf: Path):
+    """The daemon on ``root`` (an hour between cycles), once its retuned cycle is published."""
     conf.write_text(conf.read_text() + "KSM_MONITOR_INTERVAL=3600\n")
     daemon = subprocess.Popen([KSMTUNED_PY, "--root", str(root), "--config", str(conf), "run"],
                               stderr=subprocess.DEVNULL)
     try:
-        state = tmp_path / "ksmtune.state"
+        state = conf.parent / "ksmtune.state"  # next to the pidfile the conf fixture names
         wait_for(state.exists, what="the daemon's state")
-        os.kill(daemon.pid, 10)
+        os.kill(daemon.pid, 10)  # retune: a cycle now
         wait_for(lambda: json.loads(state.read_text()).get("last_decision"), what="a cycle")
+        yield daemon
+    finally:
+        stop(daemon)
+
+
+def test_another_writer_while_the_daemon_runs_on_a_tree(tmp_path, conf):
+    root = tree(tmp_path, small_scenario())
+    with daemon_after_a_cycle(root, conf):
         assert "another-writer" not in ids(doctor(root, conf))
         (root / "sys/kernel/mm/ksm/run").write_text("1\n")  # the daemon stopped it; another starts it
         assert "run 0 -> 1" in one(doctor(root, conf), "another-writer")["evidence"]
-    finally:
-        stop(daemon)
 
 
 def test_negative_profit(tmp_path, conf):
@@ -256,20 +264,11 @@ def test_ksm_stopped_while_the_rule_would_run_it_and_nothing_tunes(tmp_path, con
 def test_ksm_stopped_by_the_rule_or_with_a_daemon_running_is_not_a_stopped_tuner(tmp_path, conf):
     assert "ksm-not-running" not in ids(doctor(tree(tmp_path, small_scenario(run=0), advance=3), conf))  # the rule
     root = tree(tmp_path / "b", crowded(run=0), advance=3)
-    conf.write_text(conf.read_text() + "KSM_MONITOR_INTERVAL=3600\n")
-    daemon = subprocess.Popen([KSMTUNED_PY, "--root", str(root), "--config", str(conf), "run"],
-                              stderr=subprocess.DEVNULL)
-    try:
-        state = tmp_path / "ksmtune.state"
-        wait_for(state.exists, what="the daemon's state")
-        os.kill(daemon.pid, 10)  # retune: a cycle now
-        wait_for(lambda: json.loads(state.read_text()).get("last_decision"), what="a cycle")
+    with daemon_after_a_cycle(root, conf):
         assert (root / "sys/kernel/mm/ksm/run").read_text() == "1\n"
         (root / "sys/kernel/mm/ksm/run").write_text("0\n")  # stopped under it: another writer, not a missing tuner
         found = ids(doctor(root, conf))
         assert "ksm-not-running" not in found and "another-writer" in found
-    finally:
-        stop(daemon)
 
 
 def test_ksm_unmerging(tmp_path, conf):
