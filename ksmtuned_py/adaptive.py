@@ -59,7 +59,8 @@ MIN_GAIN_PAGES = 256  # 1 MiB merged in an interval: scanning paid
 REBURST_SHARE = 1000  # ... and 1/1000 of what is merged
 TAIL_YIELD = 0.01  # after its scans, a burst goes on while 1 page in 100 scanned merged ...
 TAIL_VOLATILE = 0.05  # ... and 5 % of the pages KSM tracks change between scans (they may merge yet)
-GROWTH = 0.02  # the guests' memory grew by 2 %: new pages to scan
+GROWTH = 0.02  # the guests' memory grew by 2 % since the last catch-up: new pages to scan ...
+GROWTH_MIN_KB = 16384  # ... and by 16 MiB at least (what RSS wobbles by on a small host)
 CATCH_UP_CPU = 0.05  # a catch-up scans with at most this share of one CPU
 RECHECK_SHARE = 1 / 6  # while a burst or catch-up scans, the next decision after 1/6 of the interval ...
 RECHECK_MIN_S = 5.0  # ... or this, if longer: its scans go on at most that long after they are done
@@ -285,7 +286,7 @@ class AdaptivePolicy:
     def _trigger(memo: Memo, readings: Readings) -> str | None:
         """Why a burst starts now (KSM starts, a guest started, the guests' memory grew), or None."""
         new = sorted({g.pid for g in readings.guests} - set(memo.guests))
-        grown = readings.committed_kb > memo.committed_kb * (1 + GROWTH) + 65536
+        grown = readings.committed_kb - memo.committed_kb >= max(memo.committed_kb * GROWTH, GROWTH_MIN_KB)
         memo.committed_kb = min(memo.committed_kb, readings.committed_kb)
         if memo.full_scans is None or not memo.started:
             memo.started = True

@@ -303,6 +303,52 @@ def test_on_a_host_whose_guests_rewrite_their_os_it_keeps_ksmtuneds_saving():
     assert a_saved >= 0.95 * k_saved and a_cpu < k_cpu
 
 
+def test_the_guests_memory_growing_by_2_percent_starts_a_catch_up():
+    """Growth is counted from the memory at the last catch-up: 2 % of it, at least 16 MiB."""
+    host, p = Host(), policy()
+    steady_after_burst(host, p)
+    host.guests[1] = Guest(1001, "qemu-system-x86", 3_000_000 + 239_999)  # 12,000,000 kB + 2 % - 1 kB
+    assert p.decide(host.readings()).level == STEADY
+    host.advance(scanned=5_000, cpu=0.02)
+    host.guests[2] = Guest(1002, "qemu-system-x86", 3_000_001)
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: the guests' memory grew to 12240000 kB")
+    small = Host()
+    small.guests = [Guest(1000, "qemu-system-x86", 500_000)]
+    p = policy()
+    p.decide(small.readings())
+    small.advance(scanned=250_000, scans=2, merged=50_000, cpu=0.5)
+    assert p.decide(small.readings()).level == STEADY
+    small.guests = [Guest(1000, "qemu-system-x86", 500_000 + 16_383)]  # 3.3 % but under 16 MiB
+    small.advance(scanned=5_000, cpu=0.02)
+    assert p.decide(small.readings()).level == STEADY
+    small.guests = [Guest(1000, "qemu-system-x86", 500_000 + 16_384)]
+    small.advance(scanned=5_000, cpu=0.02)
+    assert p.decide(small.readings()).level == CATCH_UP
+
+
+def test_on_a_host_whose_guests_load_memory_in_steps_it_keeps_ksmtuneds_saving():
+    """Guests whose memory grows by steps of zero and duplicate pages (a nightly job): each step is scanned twice."""
+    guests = [{"name": "qemu-system-x86", "id": i, "cmdline": f"qemu-system-x86_64 -name guest=g{i}",
+               "regions": [{"pages": 20000, "fill": "pool", "pool": "deb"}, {"pages": 30000, "fill": "unique"},
+                           {"pages": 15000, "fill": "zero", "lazy": True}]}
+              for i in range(4)]
+    events = [{"at": f"{1800 + 600 * i}s", "touch": {"process": i, "region": 2}} for i in range(4)]
+    # KSM starts as the third guest's step fills the host; the fourth's 58.6 MiB is 6 % more memory.
+    scenario = {"host": {"memory": "1152MiB"}, "processes": guests, "events": events}
+    results = {}
+    for name in ("ksmtuned", "adaptive"):
+        sim = Simulation(scenario)
+        loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": name}))
+        rows = list(loop.rows(2 * 3600))
+        saved = [row.report.pages_sharing + row.report.ksm_zero_pages for row in rows]
+        results[name] = (time_average([row.time_s for row in rows], saved), sim.ksmd.cpu_time,
+                         [row.report.reason for row in rows])
+    (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = results["ksmtuned"], results["adaptive"]
+    assert any(r.startswith("catch-up: the guests' memory grew") for r in reasons)
+    assert a_saved >= 0.95 * k_saved and a_cpu < k_cpu
+
+
 def test_never_above_ksm_max_cpu():
     """A measured cost per page sets the rate; an interval over the budget slows the next one at once."""
     host, p = Host(), policy(max_cpu=10)
