@@ -275,7 +275,9 @@ class AdaptivePolicy:
             return STEADY, f"steady: the {memo.mode}'s full scans are done"
         if gain >= max(MIN_GAIN_PAGES, (merged_pages(readings) or 0) // REBURST_SHARE):
             memo.quiet = 0
-            return STEADY, f"steady: the last interval merged {gain} pages, probing at the quickest again"
+            # The breaks count as merged: pages_sharing drops only when ksmd visits a broken merge again.
+            back = f" (with its {last.cow} copy-on-write breaks counted back)" if last is not None and last.cow else ""
+            return STEADY, f"steady: the last interval merged {gain} pages{back}, probing at the quickest again"
         if last is not None and last.cow >= MIN_GAIN_PAGES:
             memo.quiet = min(memo.quiet, COW_QUIET)
             return STEADY, f"steady: {last.cow} copy-on-write breaks, probing again sooner"

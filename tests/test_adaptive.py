@@ -236,6 +236,16 @@ def steady_after_burst(host: Host, p: AdaptivePolicy) -> None:
         assert p.decide(host.readings()).level == STEADY
 
 
+def test_the_steady_scans_gain_says_when_it_counts_copy_on_write_breaks_back():
+    host, p = Host(), policy()
+    steady_after_burst(host, p)
+    host.advance(scanned=5_000, cpu=0.02, merged=-500, cow=2_000)  # 2,000 breaks, 500 of them seen by ksmd
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[0]) == (
+        STEADY, "steady: the last interval merged 1500 pages (with its 2000 copy-on-write breaks counted back), "
+                "probing at the quickest again")
+
+
 def test_a_rewrite_of_a_tenth_of_the_merged_memory_starts_a_catch_up_which_backs_off_when_it_merges_little():
     host, p = Host(), policy()
     steady_after_burst(host, p)
