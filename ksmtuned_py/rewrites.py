@@ -5,8 +5,10 @@ many merges at once, and those pages merge again only after two visits, which th
 probe, slowing as it finds nothing, would take hours to make.  So copy-on-write breaks of
 ``1/COW_SHARE`` of the merged pages in one interval start a catch-up, and it goes on while
 they have not merged back, up to ``COW_MAX_SCANS`` full scans: smart_scan skips a page
-that keeps failing to merge for up to 8 passes, and memory broken again and again is such
-a page.  One that merged little back (memory rewritten with new contents) delays the next.
+that keeps failing to merge for up to 8 passes, and memory broken again and again becomes
+such a page (a page's age only grows: it counts every visit that found it unmerged, over
+all its reloads), so only 9 full scans are sure to visit every page once more.  One that
+merged little back (memory rewritten with new contents) delays the next.
 
 The kernel lowers pages_sharing for a broken merge only when ksmd visits the page again,
 so what came back is judged by the merged count against what it was before the breaks.
@@ -24,7 +26,7 @@ if TYPE_CHECKING:  # adaptive imports this module
     from ksmtuned_py.adaptive import Memo
 
 COW_SHARE = 10  # breaks of 1/10 of the merged pages in an interval: the guests rewrote memory, a catch-up ...
-COW_MAX_SCANS = 4  # ... going on until 3/4 of them merged back, or it made this many full scans; ...
+COW_MAX_SCANS = 9  # ... going on until 3/4 of them merged back, or it made this many full scans; ...
 COW_PAYOFF = 4  # ... unless the last such catch-up merged back less than 1/4 of its breaks: then not ...
 COW_RETRY_S = 3600.0  # ... for this long, twice as long after each such catch-up in a row
 

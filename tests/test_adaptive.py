@@ -258,13 +258,13 @@ def test_a_rewrite_of_a_tenth_of_the_merged_memory_starts_a_catch_up_which_backs
     assert (d.level, d.reason.split(";")[0]) == (
         CATCH_UP, "catch-up: 100000 copy-on-write breaks (the guests rewrote merged memory)")
     # The memory was rewritten with new contents: the visits drop the broken merges and merge
-    # nothing back, so the catch-up goes on (smart_scan may be skipping those pages) up to 4 full scans.
+    # nothing back, so the catch-up goes on (smart_scan may be skipping those pages) up to 9 full scans.
     host.advance(scanned=6_000_000, scans=2, merged=-100_000, cpu=6.0)
     levels = [p.decide(host.readings())]
-    while levels[-1].level == CATCH_UP and len(levels) < 10:
+    while levels[-1].level == CATCH_UP and len(levels) < 20:
         host.advance(scanned=3_000_000, scans=1, cpu=3.0)
         levels.append(p.decide(host.readings()))
-    assert levels[-1].level == STEADY and len(levels) == 3  # 2 + 2 full scans
+    assert levels[-1].level == STEADY and len(levels) == 8  # 2 + 7 full scans
     assert levels[-2].reason.startswith("catch-up: 100000 of the copy-on-write breaks not merged back yet")
     # The next such rewrite finds that one paid nothing: no catch-up for breaks for an hour.
     host.advance(seconds=600, scanned=5_000, cpu=0.02, cow=100_000)
