@@ -98,6 +98,9 @@ class Memo:
     cow_from: int = 0  # full_scans when it started
     cow_misses: int = 0  # such catch-ups in a row that merged back little
     cow_retry_at: float = 0.0  # no catch-up for copy-on-write breaks before this time
+    cow_left: int = 0  # breaks left unmerged by the last such catch-up, or come while backing off ...
+    cow_left_at: float = 0.0  # ... caught up with at this time, if still not merged back
+    cow_tries: int = 0  # such later catch-ups in a row (each waits twice as long)
 
 
 class AdaptivePolicy:

@@ -8,7 +8,10 @@ they have not merged back, up to ``COW_MAX_SCANS`` full scans: smart_scan skips 
 that keeps failing to merge for up to 8 passes, and memory broken again and again becomes
 such a page (a page's age only grows: it counts every visit that found it unmerged, over
 all its reloads), so only 9 full scans are sure to visit every page once more.  One that
-merged little back (memory rewritten with new contents) delays the next.
+merged little back (memory rewritten with new contents) delays the next; breaks it left
+unmerged, or that came while the next was delayed, get a catch-up when that wait is over
+if they still have not merged back (the probe may have found them meanwhile), so skipped
+pages are not left to the probe for good.
 
 The kernel lowers pages_sharing for a broken merge only when ksmd visits the page again,
 so what came back is judged by the merged count against what it was before the breaks.
@@ -38,23 +41,48 @@ def start(memo: Memo, readings: Readings, last: Interval | None, min_pages: int)
     breaks; not while backing off.
     """
     if last is None or last.cow < max(min_pages, (memo.merged or 0) // COW_SHARE):
-        return None
+        return _later(memo, readings)
     _judge(memo, readings.time)
     if readings.time < memo.cow_retry_at:
+        # Put off, not dropped: smart_scan may have been skipping the last ones' pages.
+        if not memo.cow_left:
+            memo.cow_base = memo.merged or 0
+        memo.cow_left, memo.cow_left_at = memo.cow_left + last.cow, memo.cow_retry_at
         return None
+    memo.cow_left, memo.cow_tries = 0, 0
     memo.cow_trigger, memo.cow_base = last.cow, memo.merged or 0
     memo.cow_from = readings.ksm.counters.get("full_scans", 0)
     return f"{last.cow} copy-on-write breaks (the guests rewrote merged memory)"
 
 
+def _later(memo: Memo, readings: Readings) -> str | None:
+    """The catch-up for breaks left unmerged or put off, once their wait is over, if still not back."""
+    merged = merged_pages(readings)
+    if not memo.cow_left or merged is None or readings.time < memo.cow_left_at:
+        return None
+    behind, left, memo.cow_left = memo.cow_base - merged, memo.cow_left, 0
+    if behind * COW_PAYOFF <= left:
+        memo.cow_tries = 0  # the probe merged them back meanwhile
+        return None
+    memo.cow_trigger, memo.cow_tries = behind, memo.cow_tries + 1
+    memo.cow_from = readings.ksm.counters.get("full_scans", 0)
+    return f"{behind} copy-on-write breaks not merged back yet"
+
+
 def not_back(memo: Memo, readings: Readings) -> int:
     """Breaks the running catch-up for them has not merged back yet, while it may go on (0: it ends)."""
     merged = merged_pages(readings)
-    scans = readings.ksm.counters.get("full_scans", 0) - memo.cow_from
-    if not memo.cow_trigger or merged is None or scans >= COW_MAX_SCANS:
+    if not memo.cow_trigger or merged is None:
         return 0
     behind = memo.cow_base - merged
-    return behind if behind * COW_PAYOFF > memo.cow_trigger else 0
+    if behind * COW_PAYOFF <= memo.cow_trigger:
+        return 0
+    if readings.ksm.counters.get("full_scans", 0) - memo.cow_from < COW_MAX_SCANS:
+        return behind
+    # It ends with them not back: try again later, in case smart_scan was skipping their pages.
+    memo.cow_left = behind
+    memo.cow_left_at = readings.time + COW_RETRY_S * 2 ** min(memo.cow_tries, 10)
+    return 0
 
 
 def _judge(memo: Memo, now: float) -> None:

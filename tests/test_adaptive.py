@@ -279,6 +279,64 @@ def test_a_rewrite_of_a_tenth_of_the_merged_memory_starts_a_catch_up_which_backs
     assert (p.memo.cow_retry_at, p.memo.cow_misses) == (missed + 3600, 1)
 
 
+def catch_up_left_behind(host: Host, p: AdaptivePolicy, breaks: int = 100_000) -> None:
+    """Breaks whose catch-up ends, after its full scans, with none merged back (smart_scan skipping them)."""
+    host.advance(scanned=5_000, cpu=0.02, cow=breaks)
+    assert p.decide(host.readings()).level == CATCH_UP
+    host.advance(scanned=6_000_000, scans=2, merged=-breaks, cpu=6.0)
+    levels = [p.decide(host.readings())]
+    while levels[-1].level == CATCH_UP and len(levels) < 20:
+        host.advance(scanned=3_000_000, scans=1, cpu=3.0)
+        levels.append(p.decide(host.readings()))
+    assert levels[-1].level == STEADY
+
+
+def test_breaks_a_catch_up_left_unmerged_are_caught_up_with_an_hour_later_if_still_not_back():
+    host, p = Host(), policy()
+    steady_after_burst(host, p)
+    catch_up_left_behind(host, p)
+    host.advance(seconds=3599, scanned=5_000, cpu=0.02)
+    assert p.decide(host.readings()).level == STEADY
+    host.advance(seconds=1, scanned=5_000, cpu=0.02)
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: 100000 copy-on-write breaks not merged back yet")
+    # Left unmerged again: the next try waits two hours.
+    host.advance(scanned=6_000_000, scans=2, cpu=6.0)
+    levels = [p.decide(host.readings())]
+    while levels[-1].level == CATCH_UP and len(levels) < 20:
+        host.advance(scanned=3_000_000, scans=1, cpu=3.0)
+        levels.append(p.decide(host.readings()))
+    host.advance(seconds=7199, scanned=5_000, cpu=0.02)
+    assert p.decide(host.readings()).level == STEADY
+    host.advance(seconds=1, scanned=5_000, cpu=0.02)
+    assert p.decide(host.readings()).level == CATCH_UP
+
+
+def test_breaks_the_probe_merged_back_meanwhile_get_no_later_catch_up():
+    host, p = Host(), policy()
+    steady_after_burst(host, p)
+    catch_up_left_behind(host, p)
+    host.advance(seconds=1800, scanned=5_000, cpu=0.02, merged=100_000)
+    p.decide(host.readings())
+    for _ in range(3):
+        host.advance(seconds=1800, scanned=5_000, cpu=0.02)
+        assert p.decide(host.readings()).level == STEADY
+
+
+def test_breaks_that_come_while_backing_off_are_put_off_not_dropped():
+    host, p = Host(), policy()
+    steady_after_burst(host, p)
+    catch_up_left_behind(host, p)
+    # New breaks find that catch-up paid nothing: none for an hour, but these are caught up with then.
+    host.advance(seconds=600, scanned=5_000, cpu=0.02, cow=100_000)
+    assert p.decide(host.readings()).level == STEADY
+    host.advance(seconds=3599, scanned=5_000, cpu=0.02, merged=-100_000)
+    assert p.decide(host.readings()).level == STEADY
+    host.advance(seconds=1, scanned=5_000, cpu=0.02)
+    d = p.decide(host.readings())
+    assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: 200000 copy-on-write breaks not merged back yet")
+
+
 def test_a_catch_up_that_merges_the_rewritten_memory_back_keeps_them_coming():
     host, p = Host(), policy()
     steady_after_burst(host, p)
