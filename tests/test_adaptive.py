@@ -260,10 +260,7 @@ def test_a_rewrite_of_a_tenth_of_the_merged_memory_starts_a_catch_up_which_backs
     # The memory was rewritten with new contents: the visits drop the broken merges and merge
     # nothing back, so the catch-up goes on (smart_scan may be skipping those pages) up to 9 full scans.
     host.advance(scanned=6_000_000, scans=2, merged=-100_000, cpu=6.0)
-    levels = [p.decide(host.readings())]
-    while levels[-1].level == CATCH_UP and len(levels) < 20:
-        host.advance(scanned=3_000_000, scans=1, cpu=3.0)
-        levels.append(p.decide(host.readings()))
+    levels = scan_out(host, p)
     assert levels[-1].level == STEADY and len(levels) == 8  # 2 + 7 full scans
     assert levels[-2].reason.startswith("catch-up: 100000 of the copy-on-write breaks not merged back yet")
     # The next such rewrite finds that one paid nothing: no catch-up for breaks for an hour.
@@ -284,11 +281,16 @@ def catch_up_left_behind(host: Host, p: AdaptivePolicy, breaks: int = 100_000) -
     host.advance(scanned=5_000, cpu=0.02, cow=breaks)
     assert p.decide(host.readings()).level == CATCH_UP
     host.advance(scanned=6_000_000, scans=2, merged=-breaks, cpu=6.0)
+    assert scan_out(host, p)[-1].level == STEADY
+
+
+def scan_out(host: Host, p: AdaptivePolicy) -> list:
+    """The decisions of a catch-up whose first two full scans were just advanced: a full scan each, to its end."""
     levels = [p.decide(host.readings())]
     while levels[-1].level == CATCH_UP and len(levels) < 20:
         host.advance(scanned=3_000_000, scans=1, cpu=3.0)
         levels.append(p.decide(host.readings()))
-    assert levels[-1].level == STEADY
+    return levels
 
 
 def test_breaks_a_catch_up_left_unmerged_are_caught_up_with_an_hour_later_if_still_not_back():
@@ -302,10 +304,7 @@ def test_breaks_a_catch_up_left_unmerged_are_caught_up_with_an_hour_later_if_sti
     assert (d.level, d.reason.split(";")[0]) == (CATCH_UP, "catch-up: 100000 copy-on-write breaks not merged back yet")
     # Left unmerged again: the next try waits two hours.
     host.advance(scanned=6_000_000, scans=2, cpu=6.0)
-    levels = [p.decide(host.readings())]
-    while levels[-1].level == CATCH_UP and len(levels) < 20:
-        host.advance(scanned=3_000_000, scans=1, cpu=3.0)
-        levels.append(p.decide(host.readings()))
+    assert scan_out(host, p)[-1].level == STEADY
     host.advance(seconds=7199, scanned=5_000, cpu=0.02)
     assert p.decide(host.readings()).level == STEADY
     host.advance(seconds=1, scanned=5_000, cpu=0.02)
@@ -350,6 +349,19 @@ def test_a_catch_up_that_merges_the_rewritten_memory_back_keeps_them_coming():
         assert p.decide(host.readings()).level == STEADY
 
 
+def side_by_side(scenario: dict, seconds: float) -> list[tuple[float, float, list[str]]]:
+    """ksmtuned's rule, then adaptive, on ``scenario``: (time-averaged saving, ksmd CPU, reasons) each."""
+    results = []
+    for name in ("ksmtuned", "adaptive"):
+        sim = Simulation(scenario)
+        loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": name}))
+        rows = list(loop.rows(seconds))
+        saved = [row.report.pages_sharing + row.report.ksm_zero_pages for row in rows]
+        results.append((time_average([row.time_s for row in rows], saved), sim.ksmd.cpu_time,
+                        [row.report.reason for row in rows]))
+    return results
+
+
 def test_on_a_host_whose_guests_rewrite_their_os_it_keeps_ksmtuneds_saving():
     """Guests that reload their OS image (a reboot): the merges break, and merge again on two visits."""
     guests = [{"name": "qemu-system-x86", "id": i, "cmdline": f"qemu-system-x86_64 -name guest=g{i}",
@@ -358,15 +370,7 @@ def test_on_a_host_whose_guests_rewrite_their_os_it_keeps_ksmtuneds_saving():
     events = [{"at": f"{900 * j + 7}s", "rewrite": {"process": j % 4, "region": 0, "fill": "pool", "pool": "deb"}}
               for j in range(1, 12)]
     scenario = {"host": {"memory": "1280MiB"}, "processes": guests, "events": events}
-    results = {}
-    for name in ("ksmtuned", "adaptive"):
-        sim = Simulation(scenario)
-        loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": name}))
-        rows = list(loop.rows(3 * 3600))
-        saved = [row.report.pages_sharing + row.report.ksm_zero_pages for row in rows]
-        results[name] = (time_average([row.time_s for row in rows], saved), sim.ksmd.cpu_time,
-                         [row.report.reason for row in rows])
-    (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = results["ksmtuned"], results["adaptive"]
+    (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = side_by_side(scenario, 3 * 3600)
     assert any(r.startswith("catch-up: 40000 copy-on-write breaks") for r in reasons)
     assert a_saved >= 0.95 * k_saved and a_cpu < k_cpu
 
@@ -404,15 +408,7 @@ def test_on_a_host_whose_guests_load_memory_in_steps_it_keeps_ksmtuneds_saving()
     events = [{"at": f"{1800 + 600 * i}s", "touch": {"process": i, "region": 2}} for i in range(4)]
     # KSM starts as the third guest's step fills the host; the fourth's 58.6 MiB is 6 % more memory.
     scenario = {"host": {"memory": "1152MiB"}, "processes": guests, "events": events}
-    results = {}
-    for name in ("ksmtuned", "adaptive"):
-        sim = Simulation(scenario)
-        loop = Simulate(sim, configmod.load(os.devnull, environ={"KSM_POLICY": name}))
-        rows = list(loop.rows(2 * 3600))
-        saved = [row.report.pages_sharing + row.report.ksm_zero_pages for row in rows]
-        results[name] = (time_average([row.time_s for row in rows], saved), sim.ksmd.cpu_time,
-                         [row.report.reason for row in rows])
-    (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = results["ksmtuned"], results["adaptive"]
+    (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = side_by_side(scenario, 2 * 3600)
     assert any(r.startswith("catch-up: the guests' memory grew") for r in reasons)
     assert a_saved >= 0.95 * k_saved and a_cpu < k_cpu
 
