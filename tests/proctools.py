@@ -11,11 +11,16 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
              error: type[Exception] = AssertionError):
     """Poll ``predicate`` until it returns a true value (returned); ``error`` after ``timeout``.
 
-    Outside pytest (the namespace drivers) pass ``error=TimeoutError``.
+    Outside pytest (the namespace drivers) pass ``error=TimeoutError``.  A file the
+    predicate reads that does not exist yet (a daemon's log before its first line, on a
+    loaded machine) is the condition not met yet, not an error.
     """
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except FileNotFoundError:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
