@@ -16,15 +16,16 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
     loaded machine) is the condition not met yet, not an error.
     """
     deadline = time.monotonic() + timeout
+    missing = ""
     while True:
         try:
-            value = predicate()
-        except FileNotFoundError:
-            value = None
+            value, missing = predicate(), ""
+        except FileNotFoundError as exc:
+            value, missing = None, f" ({exc.filename} never appeared)"
         if value:
             return value
         if time.monotonic() > deadline:
-            raise error(f"timed out after {timeout}s waiting for {what}")
+            raise error(f"timed out after {timeout}s waiting for {what}{missing}")
         time.sleep(interval)
 
 
