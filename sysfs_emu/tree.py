@@ -112,7 +112,8 @@ class Tree(ProcDirs):
         self.cpus = sim.cpus
         self._problems = OnceLog(log)
         self._written: dict[str, _Written] = {}
-        self._pending_empty: set[str] = set()
+        # KSM files found empty (a writer truncates, then writes): rel -> (inode, mtime) when seen
+        self._pending_empty: dict[str, tuple[int, int]] = {}
         self._pids: dict[int, float] = {}  # pid -> start time of the process shown there
         self._hwm: dict[int, int] = {}
         self._tmp_seq = 0
@@ -217,13 +218,15 @@ class Tree(ProcDirs):
             st, data = found
             touched = (st.st_ino, st.st_mtime_ns) != (mine.ino, mine.mtime_ns)
             if data == mine.data and not touched:
-                self._pending_empty.discard(rel)
+                self._pending_empty.pop(rel, None)
                 continue
-            if not data and rel not in self._pending_empty:
-                # A writer truncates, then writes: give it until the next tick.
-                self._pending_empty.add(rel)
+            if not data and self._pending_empty.get(rel) != (st.st_ino, st.st_mtime_ns):
+                # A writer truncates, then writes: give it until the next tick.  Another
+                # truncation since the last look is another writer's: wait for it too, as
+                # restoring the file now would lose the write it is about to make.
+                self._pending_empty[rel] = (st.st_ino, st.st_mtime_ns)
                 continue
-            self._pending_empty.discard(rel)
+            self._pending_empty.pop(rel, None)
             before = mine.data.decode(errors="replace").rstrip("\n")
             try:
                 kernel.write_attr(name, data)

@@ -660,6 +660,35 @@ def test_event_from_a_file_and_bad_event_text(tmp_path):
         assert missing.stderr == f"sysfs-emu: error: cannot read {tmp_path / 'none.yaml'}: No such file or directory\n"
 
 
+def test_a_new_truncation_is_waited_for_not_restored_over(tree, sim):
+    """A file found empty twice, truncated again in between, is a second writer about to write: not replaced under it."""
+    path = tree.root / KSM / "pages_to_scan"
+    with open(path, "wb"):  # a writer truncates ...
+        pass
+    tree.apply_writes()
+    time.sleep(0.03)  # past the file system's timestamp granularity (one jiffy)
+    with open(path, "wb") as writer:  # ... another truncates, and writes only after the next tick
+        tree.apply_writes()
+        writer.write(b"345\n")
+    tree.apply_writes()
+    assert sim.kernel.pages_to_scan == 345
+    assert read(path) == "345\n"
+
+
+def test_a_file_left_empty_reads_the_kernels_value_again(tree, sim, caplog):
+    """Truncated and never written (``: > pages_to_scan``): like sysfs, nothing changes, and nothing is said to be refused."""
+    caplog.set_level(logging.WARNING, logger="sysfs_emu.tree")
+    before = sim.kernel.read_attr("pages_to_scan")
+    path = tree.root / KSM / "pages_to_scan"
+    path.write_bytes(b"")
+    tree.apply_writes()
+    assert read(path) == ""  # the writer's next write is still awaited
+    tree.apply_writes()
+    assert read(path) == before
+    assert sim.kernel.read_attr("pages_to_scan") == before
+    assert caplog.records == []
+
+
 def test_rapid_writes_end_on_the_last_value(fast_tmp):
     """A writer hammering a knob while the emulator ticks: the last write wins, none is mangled."""
     from sysfs_emu.runner import Server
