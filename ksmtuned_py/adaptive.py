@@ -25,6 +25,8 @@ time comes in the readings), so the same readings always give the same decision.
   to its quickest, since the guests' memory changed.
 - **Rewrites.** Copy-on-write breaks of a tenth of the merged pages in one interval (a
   guest that reboots reloads its OS over merged memory) start a catch-up (``rewrites.py``).
+- **Finishing.** Where free memory was short, merging is what makes the gate stop KSM: a
+  burst or catch-up whose last interval merged pages finishes its full scans first.
 - **Budget.** Never faster than ``KSM_MAX_CPU`` percent of one CPU allows, from ksmd's
   measured CPU time per page scanned (and, before there is one, a pessimistic cost of
   pages not merged yet), and slower at once when the last interval went over it.
@@ -101,6 +103,7 @@ class Memo:
     cow_left: int = 0  # breaks left unmerged by the last such catch-up, or come while backing off ...
     cow_left_at: float = 0.0  # ... caught up with at this time, if still not merged back
     cow_tries: int = 0  # such later catch-ups in a row (each waits twice as long)
+    finishing: bool = False  # a burst or catch-up goes on past the gate's stop, to the end of its full scans
 
 
 class AdaptivePolicy:
@@ -177,26 +180,58 @@ class AdaptivePolicy:
             self.start(readings.meminfo)
         last = interval(self.memo, readings)
         gate = self.tuner.decide(readings.free_kb, readings.committed_kb)  # ksmtuned's rule, for run
-        if gate.action == STOP:
-            # The guests are not remembered: those that start while KSM is stopped are new when it runs again.
-            self.memo = replace(remember(self.memo, readings), mode=STOP, guests=self.memo.guests)
-            return self._decision(STOP, gate.reason(), readings, last, None)
+        finishing = gate.action == STOP and self._may_finish(readings, last)
+        self.memo.finishing = finishing
+        if gate.action == STOP and not finishing:
+            return self._stop(gate.reason(), readings, last)
         if readings.ksm.advisor_active:
+            if finishing:
+                return self._stop(gate.reason(), readings, last)
             self.memo = replace(remember(self.memo, readings), mode=ADVISOR)
             why = ("advisor: the kernel's scan-time advisor sets pages_to_scan (within its advisor_max_cpu); "
                    f"sleep {self.tuner.tuning.sleep} ms as ksmtuned's")
             return self._decision(START, why, readings, last, ADVISOR, sleep_ms=self.tuner.tuning.sleep)
         track_passes(self.memo, readings)
-        mode, why = self._mode(self.memo, readings, last)
+        guests = self.memo.guests
+        mode, why = self._mode(self.memo, readings, last, finishing)
+        if finishing:
+            if mode == STEADY:  # its full scans are done: now the rule's stop
+                return self._stop(gate.reason(), readings, last)
+            why = (f"{why}, finished although the rule would stop KSM now ({gate.reason()}): "
+                   "its first pass is paid for, and pages merge only on the second")
         rate, limit = self._rate(mode, readings, last)
         if mode == self.memo.mode:
             rate = self._held_rate(mode, rate, limit)
         npages, sleep_ms = batch(rate, self.tuner.tuning.sleep, max(1, self.params.npages_min))
         self.memo.mode = mode
         self.memo = remember(self.memo, readings)
+        if finishing:  # guests that start meanwhile are new when the rule runs KSM again
+            self.memo.guests = guests
         reason = (f"{why}; pages_to_scan {npages}, sleep {sleep_ms} ms: about {rate:.0f} pages/s, "
                   f"a full scan in {_duration(guest_pages(readings) / rate)}{limit}")
         return self._decision(START, reason, readings, last, mode, npages, sleep_ms)
+
+    def _stop(self, reason: str, readings: Readings, last: Interval | None) -> Decision:
+        # The guests are not remembered: those that start while KSM is stopped are new when it runs again.
+        self.memo = replace(remember(self.memo, readings), mode=STOP, guests=self.memo.guests, finishing=False)
+        return self._decision(STOP, reason, readings, last, None)
+
+    def _may_finish(self, readings: Readings, last: Interval | None) -> bool:
+        """Whether a burst or catch-up still scanning goes on past the gate's stop.
+
+        Where free memory was short, merging is what frees the memory that closes the gate:
+        stopping then, in the pass that merges the pages the one before checksummed, throws
+        that pass away.  When nothing was merging (free memory came back on its own), or a
+        guest left or shrank, the rule's stop stands.
+        """
+        memo = self.memo
+        if memo.mode not in (BURST, CATCH_UP):
+            return False
+        if not memo.finishing and (last is None or last.gain <= 0):
+            return False
+        if not set(memo.guests) <= {g.pid for g in readings.guests}:
+            return False
+        return readings.committed_kb + GROWTH_MIN_KB >= memo.committed_kb
 
     def _held_rate(self, mode: str, rate: float, limit: str) -> float:
         """The last decision's rate, while a burst or catch-up's new one is within RATE_HOLD of it.
@@ -236,9 +271,14 @@ class AdaptivePolicy:
                         next_cycle_s=self._next_cycle_s(level), debug_before=before,
                         debug_after=(f"adaptive: {reason}", f"KSMCTL start {shown or 'advisor'} {sleep_ms}"))
 
-    def _mode(self, memo: Memo, readings: Readings, last: Interval | None) -> tuple[str, str]:
-        """Burst, catch-up or steady, and why; updates the memo's scan and quiet counts."""
-        trigger = self._trigger(memo, readings)
+    def _mode(self, memo: Memo, readings: Readings, last: Interval | None,
+              finishing: bool = False) -> tuple[str, str]:
+        """Burst, catch-up or steady, and why; updates the memo's scan and quiet counts.
+
+        ``finishing``: the gate would stop KSM; a running burst or catch-up only ends its
+        full scans (nothing new starts, nothing is prolonged).
+        """
+        trigger = None if finishing else self._trigger(memo, readings)
         if trigger:
             memo.cow_trigger = 0  # a catch-up for another reason
         elif memo.mode == STEADY:
@@ -264,7 +304,7 @@ class AdaptivePolicy:
                 return memo.mode, (f"{memo.mode}: its full scans are done; {memo.resume_pages - scanned} more "
                                    "pages, to the guests that started behind ksmd's cursor")
             memo.resume_pages = None
-        if memo.mode in (BURST, CATCH_UP):
+        if memo.mode in (BURST, CATCH_UP) and not finishing:
             if last is not None and last.scanned and gain / last.scanned >= TAIL_YIELD and \
                     volatile_share(readings) >= TAIL_VOLATILE:
                 memo.scans_left = 1

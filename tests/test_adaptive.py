@@ -92,6 +92,71 @@ def test_the_gate_is_ksmtuneds():
     assert d.debug_after == (f"adaptive: stop ksm: {kd.reason}",)
 
 
+class ShortHost(Host):
+    """Guests that fit, and free memory just short of the threshold: KSM runs until free memory is back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.guests = self.guests[:3]  # 9 GB; with thres (3,355,443 kB) they fit in 16 GB
+        self.free = 3_000_000  # kB
+
+    def readings(self) -> Readings:
+        r = super().readings()
+        mem = MemInfo(TOTAL, self.free, 0, 0, None)
+        return Readings(r.time, mem, mem.free_kb(), r.committed_kb, r.guests, r.ksm, r.ksmd_cpu_seconds, r.cow_ksm)
+
+
+def short_host_in_its_second_pass() -> tuple[ShortHost, AdaptivePolicy]:
+    host, p = ShortHost(), policy()
+    assert p.decide(host.readings()).level == BURST
+    host.advance(scanned=2_250_000, scans=1, cpu=4.0)
+    assert p.decide(host.readings()).reason.startswith("burst: 1 more full scan;")
+    return host, p
+
+
+def test_a_burst_whose_merging_brings_free_memory_back_finishes_its_full_scans_then_stops():
+    """Stopping in the pass that merges what the one before checksummed would throw that pass away."""
+    host, p = short_host_in_its_second_pass()
+    gate = policies.KsmtunedPolicy(Params())
+    host.advance(seconds=10, scanned=500_000, merged=100_000, cpu=1.0)
+    host.free = 3_400_000  # above thres: the rule stops KSM
+    assert gate.decide(host.readings()).action == "stop"
+    d = p.decide(host.readings())
+    assert (d.action, d.level) == ("start", BURST)
+    assert d.reason.startswith("burst: 1 more full scan, finished although the rule would stop KSM now "
+                               f"({gate.decide(host.readings()).reason}): its first pass is paid for, "
+                               "and pages merge only on the second;")
+    assert d.next_cycle_s == 10  # and decides again soon
+    # An interval that merged nothing goes on too; a guest that starts meanwhile does not make it longer.
+    host.guests.append(Guest(2000, "qemu-system-x86", 100_000))
+    host.advance(seconds=10, scanned=500_000, cpu=1.0)
+    d = p.decide(host.readings())
+    assert (d.action, d.level) == ("start", BURST) and d.reason.startswith("burst: 1 more full scan, finished")
+    host.advance(seconds=10, scanned=1_250_000, scans=1, merged=200_000, cpu=2.0)
+    last = p.decide(host.readings())
+    assert (last.action, last.reason) == ("stop", gate.decide(host.readings()).reason)
+    # The guest that started meanwhile is new when the rule runs KSM again.
+    host.free = 2_000_000
+    host.advance(seconds=60, scanned=0, cpu=0.0)
+    again = p.decide(host.readings())
+    assert (again.level, again.reason.split(";")[0]) == (CATCH_UP, "catch-up: guest 2000 started")
+
+
+def test_free_memory_back_while_nothing_merges_or_after_a_guest_left_stops_ksm_at_once():
+    """Then merging is not what brought it back: the rule's stop stands."""
+    gate = policies.KsmtunedPolicy(Params())
+    host, p = short_host_in_its_second_pass()
+    host.advance(seconds=10, scanned=500_000, cpu=1.0)  # nothing merged
+    host.free = 3_400_000
+    d = p.decide(host.readings())
+    assert (d.action, d.reason) == ("stop", gate.decide(host.readings()).reason)
+    host, p = short_host_in_its_second_pass()
+    host.advance(seconds=10, scanned=500_000, merged=100_000, cpu=1.0)
+    host.guests.pop()
+    host.free = 3_400_000
+    assert p.decide(host.readings()).action == "stop"
+
+
 def test_a_burst_at_start_then_steady_once_its_scans_are_done_then_slower():
     host, p = Host(), policy()
     first = p.decide(host.readings())
@@ -373,6 +438,19 @@ def test_on_a_host_whose_guests_rewrite_their_os_it_keeps_ksmtuneds_saving():
     (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = side_by_side(scenario, 3 * 3600)
     assert any(r.startswith("catch-up: 40000 copy-on-write breaks") for r in reasons)
     assert a_saved >= 0.95 * k_saved and a_cpu < k_cpu
+
+
+def test_on_a_host_short_of_free_memory_it_merges_at_least_what_ksmtuned_does():
+    """Guests that fit, free memory just short: the rule stops KSM once merging brings free memory back."""
+    guests = [{"name": "qemu-system-x86", "id": i, "cmdline": f"qemu-system-x86_64 -name guest=g{i}",
+               "regions": [{"pages": 50000, "fill": "pool", "pool": "deb"}, {"pages": 46000, "fill": "unique"}]}
+              for i in range(4)]
+    scenario = {"host": {"memory": "2GiB", "used": "300MiB"}, "processes": guests}
+    (k_saved, k_cpu, k_reasons), (a_saved, a_cpu, reasons) = side_by_side(scenario, 3600)
+    stopped = "committed + thres = 1955430 kB < total 2097152 kB and free "
+    assert "so boost" in k_reasons[0] and k_reasons[-1].startswith(stopped) and reasons[-1].startswith(stopped)
+    assert any("finished although the rule would stop KSM now" in r for r in reasons)
+    assert a_saved >= k_saved > 0
 
 
 def test_the_guests_memory_growing_by_2_percent_starts_a_catch_up():
