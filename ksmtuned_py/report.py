@@ -50,7 +50,7 @@ class CycleReport:
     pages_to_scan: int | None = None
     sleep_millisecs: int | None = None
     pages_sharing: int | None = None
-    saved_bytes: int | None = None  # pages_sharing x page size
+    saved_bytes: int | None = None  # (pages_sharing + ksm_zero_pages) x page size
     general_profit: int | None = None  # bytes, where the kernel has it
     ksm_zero_pages: int | None = None
     pages_scanned: int | None = None

@@ -182,7 +182,8 @@ def _ksm_lines(s: dict) -> list[str]:
     if counters:
         lines += _field("counters", *counters)
     if s["saved_bytes"] is not None:
-        text = f"{human_bytes(s['saved_bytes'])} (pages_sharing {k['pages_sharing']} x {s['page_size']} B)"
+        zero = f" + ksm_zero_pages {k['ksm_zero_pages']}" if k.get("ksm_zero_pages") else ""
+        text = f"{human_bytes(s['saved_bytes'])} (pages_sharing {k['pages_sharing']}{zero} x {s['page_size']} B)"
         if k.get("general_profit") is not None:
             text += f"; general_profit {human_bytes(k['general_profit'])}"
         lines += _field("saved", text)

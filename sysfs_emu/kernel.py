@@ -207,9 +207,10 @@ COUNTERS = tuple(a.name for a in ATTRS if a.counter)
 TUNABLES = tuple(a.name for a in ATTRS if not a.counter)
 
 
-def saved_bytes(pages_sharing: int, page_size: int) -> int:
-    """What KSM saves, as its documentation counts it: one page for each extra mapping of a KSM page."""
-    return int(pages_sharing) * int(page_size)
+def saved_bytes(pages_sharing: int, page_size: int, ksm_zero_pages: int = 0) -> int:
+    """What KSM saves, as its documentation counts it: a page for each extra mapping of a KSM page,
+    and one for each empty page merged into the zero page (``use_zero_pages``)."""
+    return (int(pages_sharing) + int(ksm_zero_pages)) * int(page_size)
 
 
 # ---- the kernel ------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Every figure is read off the run's cycles (what the daemon itself would have seen),
 so it can be checked against ``timeline.csv``:
 
-- ``saved_bytes_end``: the saving (``pages_sharing`` x page size) at the last cycle;
+- ``saved_bytes_end``: the saving (``pages_sharing + ksm_zero_pages`` x page size) at the last cycle;
   ``saved_bytes_avg`` its mean over time from the first cycle to the run's end (each
   cycle's saving holds until the next cycle, which comes sooner while a policy asks so,
   the last one to the end), ``saved_bytes_peak`` the largest,

@@ -331,8 +331,9 @@ class Simulation:
 
     @property
     def saved_bytes(self) -> int:
-        """What KSM saves now: ``pages_sharing`` pages."""
-        return saved_bytes(self.kernel.counters()["pages_sharing"], PAGE_SIZE)
+        """What KSM saves now: ``pages_sharing + ksm_zero_pages`` pages."""
+        c = self.kernel.counters()
+        return saved_bytes(c["pages_sharing"], PAGE_SIZE, c["ksm_zero_pages"])
 
     def state_key(self) -> tuple:
         """A value that changes whenever a process's resident or KSM numbers can have changed.

@@ -43,12 +43,14 @@ def take_snapshot(root: str | os.PathLike) -> dict:
     state = _served_state(root)
     page_size = state.get("page_size", PAGE_SIZE) if state else os.sysconf("SC_PAGE_SIZE")
     sharing = ksm.get("pages_sharing")
+    zero = ksm.get("ksm_zero_pages")
     snap: dict[str, object] = {
         "root": str(root),
         "ksm": ksm,
         "memory": memory,
         "page_size": page_size,
-        "saved_bytes": saved_bytes(sharing, page_size) if isinstance(sharing, int) else None,
+        "saved_bytes": (saved_bytes(sharing, page_size, zero if isinstance(zero, int) else 0)
+                        if isinstance(sharing, int) else None),
         "processes": _ksm_processes(root, page_size),
     }
     if state:
@@ -154,7 +156,7 @@ def format_snapshot(snap: dict) -> str:
     profit = ksm.get("general_profit")
     if saved is not None:
         extra = f", general_profit {format_bytes(profit)}" if isinstance(profit, int) else ""
-        lines.append(f"saved       {format_bytes(saved)} (pages_sharing x page size){extra}")
+        lines.append(f"saved       {format_bytes(saved)} ((pages_sharing + ksm_zero_pages) x page size){extra}")
     if mem:
         names = {snapshot_name: meminfo for meminfo, snapshot_name in MEMINFO_KEYS.items()}
         parts = [f"{names[k]} {format_bytes(v * 1024)}" for k, v in mem.items()]

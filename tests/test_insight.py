@@ -236,3 +236,23 @@ def test_the_served_tree_has_the_ksmd_thread_and_vmstat_as_linux_shows_them(tmp_
         real_host = FileHost("/")
         assert real_host.read().ksmd_cpu_seconds is not None
         real_host.scanner.close()
+
+
+def test_empty_pages_merged_into_the_zero_page_count_as_saved(tmp_path):
+    """With use_zero_pages, ksm_zero_pages is memory saved too (the kernel's documentation): status, simulate."""
+    from ksmtuned_py import status
+    from sysfs_emu.tree import Tree
+
+    scenario = {**TWO_GUESTS, "ksm": {**TWO_GUESTS["ksm"], "use_zero_pages": 1}}
+    scenario["processes"] = [{**p, "regions": [*p["regions"], {"pages": 500, "fill": "zero"}]}
+                             for p in TWO_GUESTS["processes"]]
+    sim = Simulation(scenario)
+    sim.run_until(full_scans=3)
+    c = sim.kernel.counters()
+    assert c["ksm_zero_pages"] == 1000 and c["pages_sharing"] == 3000
+    assert sim.saved_bytes == 4000 * 4096
+    Tree(sim, tmp_path / "host").create()
+    cfg = configmod.load(os.devnull, environ={})
+    s = status.collect(cfg, str(tmp_path / "host"))
+    assert s["saved_bytes"] == 4000 * 4096
+    assert "saved:      15.6 MiB (pages_sharing 3000 + ksm_zero_pages 1000 x 4096 B)" in status.render_text(s)
