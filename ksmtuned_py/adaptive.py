@@ -222,16 +222,15 @@ class AdaptivePolicy:
         Where free memory was short, merging is what frees the memory that closes the gate:
         stopping then, in the pass that merges the pages the one before checksummed, throws
         that pass away.  When nothing was merging (free memory came back on its own), or a
-        guest left or shrank, the rule's stop stands.
+        guest left, the rule's stop stands.  (A guest's memory shrinking is no sign: with
+        use_zero_pages, merging itself lowers it, as an empty page merged is no longer resident.)
         """
         memo = self.memo
         if memo.mode not in (BURST, CATCH_UP):
             return False
         if not memo.finishing and (last is None or last.gain <= 0):
             return False
-        if not set(memo.guests) <= {g.pid for g in readings.guests}:
-            return False
-        return readings.committed_kb + GROWTH_MIN_KB >= memo.committed_kb
+        return set(memo.guests) <= {g.pid for g in readings.guests}
 
     def _held_rate(self, mode: str, rate: float, limit: str) -> float:
         """The last decision's rate, while a burst or catch-up's new one is within RATE_HOLD of it.
