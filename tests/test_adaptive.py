@@ -430,14 +430,19 @@ def side_by_side(scenario: dict, seconds: float) -> list[tuple[float, float, lis
     return results
 
 
-def test_on_a_host_whose_guests_rewrite_their_os_it_keeps_ksmtuneds_saving():
-    """Guests that reload their OS image (a reboot): the merges break, and merge again on two visits."""
+def os_rewrites(every_s: int, first_s: int, count: int, pool: str) -> dict:
+    """Four guests sharing an OS image on 1280 MiB; every ``every_s`` one rewrites it with ``pool``'s pages."""
     guests = [{"name": "qemu-system-x86", "id": i, "cmdline": f"qemu-system-x86_64 -name guest=g{i}",
                "regions": [{"pages": 40000, "fill": "pool", "pool": "deb"}, {"pages": 30000, "fill": "unique"}]}
               for i in range(4)]
-    events = [{"at": f"{900 * j + 7}s", "rewrite": {"process": j % 4, "region": 0, "fill": "pool", "pool": "deb"}}
-              for j in range(1, 12)]
-    scenario = {"host": {"memory": "1280MiB"}, "processes": guests, "events": events}
+    rewrite = {"region": 0, "fill": "pool", "pool": pool}
+    events = [{"at": f"{every_s * j + first_s}s", "rewrite": {"process": j % 4, **rewrite}} for j in range(1, count + 1)]
+    return {"host": {"memory": "1280MiB"}, "processes": guests, "events": events}
+
+
+def test_on_a_host_whose_guests_rewrite_their_os_it_keeps_ksmtuneds_saving():
+    """Guests that reload their OS image (a reboot): the merges break, and merge again on two visits."""
+    scenario = os_rewrites(900, 7, 11, "deb")
     (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = side_by_side(scenario, 3 * 3600)
     assert any(r.startswith("catch-up: 40000 copy-on-write breaks") for r in reasons)
     assert a_saved >= 0.95 * k_saved and a_cpu < k_cpu
@@ -445,12 +450,7 @@ def test_on_a_host_whose_guests_rewrite_their_os_it_keeps_ksmtuneds_saving():
 
 def test_on_a_host_whose_guests_upgrade_their_os_one_after_another_it_keeps_ksmtuneds_saving():
     """New contents that merge only once a second guest has them: the wait after a catch-up that paid nothing is short."""
-    guests = [{"name": "qemu-system-x86", "id": i, "cmdline": f"qemu-system-x86_64 -name guest=g{i}",
-               "regions": [{"pages": 40000, "fill": "pool", "pool": "deb"}, {"pages": 30000, "fill": "unique"}]}
-              for i in range(4)]
-    events = [{"at": f"{1200 * j}s", "rewrite": {"process": j % 4, "region": 0, "fill": "pool", "pool": "deb13"}}
-              for j in range(1, 5)]
-    scenario = {"host": {"memory": "1280MiB"}, "processes": guests, "events": events}
+    scenario = os_rewrites(1200, 0, 4, "deb13")
     (k_saved, k_cpu, _), (a_saved, a_cpu, reasons) = side_by_side(scenario, 3 * 3600)
     assert sum(r.startswith("catch-up: 40000 copy-on-write breaks (the guests rewrote") for r in reasons) >= 2
     assert a_saved >= 0.95 * k_saved and a_cpu < k_cpu
