@@ -199,11 +199,12 @@ class Container:
                        check=False)
         assert seen.stdout == "scratch\n100\n", f"the scratch KSM is not in place: {seen}"
         (self.ksm / "scratch-marker").unlink()
-        # Until the manager's socket is up, systemctl only fails to connect.
+        # Until the manager's socket is up, systemctl only fails to connect (it prints
+        # nothing), and until systemd has made /run/systemd/system it says "offline".
         while True:
             got = self.sh("systemctl is-system-running --wait", check=False, timeout=90)
             state = got.stdout.strip()
-            if state or time.monotonic() > deadline:
+            if state not in ("", "offline") or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert state in ("running", "degraded"), f"{state!r} {got.stderr}\n" + self.sh(
@@ -262,12 +263,18 @@ class Container:
                     ["nsenter", "-t", str(self.pid1), "-a", "--", "systemctl", "poweroff"],
                     capture_output=True, text=True, timeout=30)
                 if got.returncode != 0:
-                    # No manager socket (yet): SIGRTMIN+4 asks systemd to power off.
                     problems.append(f"systemctl poweroff failed: {got.stderr.strip()}")
-                    os.kill(self.pid1, signal.SIGRTMIN + 4)
-                try:
-                    self.nspawn.wait(timeout=60)
-                except subprocess.TimeoutExpired:
+                deadline = time.monotonic() + 60
+                while self.nspawn.poll() is None and time.monotonic() < deadline:
+                    if got.returncode != 0:
+                        # No manager socket (yet): SIGRTMIN+4 asks systemd to power off, again
+                        # until it does, since one sent before systemd handles it is dropped.
+                        os.kill(self.pid1, signal.SIGRTMIN + 4)
+                    try:
+                        self.nspawn.wait(timeout=2)
+                    except subprocess.TimeoutExpired:
+                        pass
+                if self.nspawn.poll() is None:
                     problems.append("the container did not power off within 60 s: killed")
             if self.nspawn.poll() is None:
                 os.killpg(self.nspawn.pid, signal.SIGKILL)
