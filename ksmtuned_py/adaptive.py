@@ -180,13 +180,12 @@ class AdaptivePolicy:
             self.start(readings.meminfo)
         last = interval(self.memo, readings)
         gate = self.tuner.decide(readings.free_kb, readings.committed_kb)  # ksmtuned's rule, for run
-        finishing = gate.action == STOP and self._may_finish(readings, last)
+        # (Under the advisor there are no full scans of the policy's own to finish.)
+        finishing = gate.action == STOP and not readings.ksm.advisor_active and self._may_finish(readings, last)
         self.memo.finishing = finishing
         if gate.action == STOP and not finishing:
             return self._stop(gate.reason(), readings, last)
         if readings.ksm.advisor_active:
-            if finishing:
-                return self._stop(gate.reason(), readings, last)
             self.memo = replace(remember(self.memo, readings), mode=ADVISOR)
             why = ("advisor: the kernel's scan-time advisor sets pages_to_scan (within its advisor_max_cpu); "
                    f"sleep {self.tuner.tuning.sleep} ms as ksmtuned's")
