@@ -45,8 +45,12 @@ STATE_DIR = ".sysfs-emu"
 KSM_ATTRS: dict[str, bool] = {attr.name: not attr.counter for attr in ATTRS}
 
 HOST_PROC_FILES = ("meminfo", "stat", "uptime", "loadavg", "vmstat")
+EMPTY_GRACE_S = 0.5  # how long a KSM file truncated by a writer is given for its write (wall time)
+NODE_DIR = "sys/devices/system/node"
+# The NUMA node lists (what doctor and numactl read): "0" on one node, "0-1" on two.
+NODE_FILES = ("online", "possible", "has_memory")
 # Directories the tree needs, parents first.
-BASE_DIRS = ("proc", "sys", "sys/kernel", "sys/kernel/mm", KSM_DIR)
+BASE_DIRS = ("proc", "sys", "sys/kernel", "sys/kernel/mm", KSM_DIR, "sys/devices", "sys/devices/system", NODE_DIR)
 
 
 def _shown(data: bytes, limit: int = 40) -> str:
@@ -112,8 +116,8 @@ class Tree(ProcDirs):
         self.cpus = sim.cpus
         self._problems = OnceLog(log)
         self._written: dict[str, _Written] = {}
-        # KSM files found empty (a writer truncates, then writes): rel -> (inode, mtime) when seen
-        self._pending_empty: dict[str, tuple[int, int]] = {}
+        # KSM files found empty (a writer truncates, then writes): rel -> ((inode, mtime), when first seen)
+        self._pending_empty: dict[str, tuple[tuple[int, int], float]] = {}
         self._pids: dict[int, float] = {}  # pid -> start time of the process shown there
         self._hwm: dict[int, int] = {}
         self._tmp_seq = 0
@@ -134,7 +138,8 @@ class Tree(ProcDirs):
         self.tmp_dir.mkdir(parents=True)
         previous = Manifest.load(self.manifest.path)
         wanted = [*BASE_DIRS]
-        files = [f"{KSM_DIR}/{name}" for name in KSM_ATTRS] + [f"proc/{n}" for n in HOST_PROC_FILES]
+        files = [f"{KSM_DIR}/{name}" for name in KSM_ATTRS] + [f"proc/{n}" for n in HOST_PROC_FILES] + \
+            [f"{NODE_DIR}/{n}" for n in NODE_FILES]
         for rel in files:
             path = self.root / rel
             if os.path.lexists(path) and not previous.owns(rel):
@@ -220,11 +225,7 @@ class Tree(ProcDirs):
             if data == mine.data and not touched:
                 self._pending_empty.pop(rel, None)
                 continue
-            if not data and self._pending_empty.get(rel) != (st.st_ino, st.st_mtime_ns):
-                # A writer truncates, then writes: give it until the next tick.  Another
-                # truncation since the last look is another writer's: wait for it too, as
-                # restoring the file now would lose the write it is about to make.
-                self._pending_empty[rel] = (st.st_ino, st.st_mtime_ns)
+            if not data and self._still_awaited(rel, st):
                 continue
             self._pending_empty.pop(rel, None)
             before = mine.data.decode(errors="replace").rstrip("\n")
@@ -254,6 +255,21 @@ class Tree(ProcDirs):
         if changed or any(f"{KSM_DIR}/{n}" not in self._written for n in KSM_ATTRS):
             self._refresh_ksm()
         return changed
+
+    def _still_awaited(self, rel: str, st: os.stat_result) -> bool:
+        """Whether a KSM file found empty may still get its writer's write (a writer truncates, then writes).
+
+        Restoring the file under a writer that has truncated it but not written yet loses
+        its write (it lands in the replaced file), so an empty file is left for
+        EMPTY_GRACE_S of wall time, a writer descheduled for a tick or two included; another
+        truncation since the last look is another writer's, waited for afresh.
+        """
+        key, now = (st.st_ino, st.st_mtime_ns), time.monotonic()
+        seen = self._pending_empty.get(rel)
+        if seen is None or seen[0] != key:
+            self._pending_empty[rel] = (key, now)
+            return True
+        return now - seen[1] < EMPTY_GRACE_S
 
     def _read_back(self, rel: str) -> tuple[os.stat_result, bytes] | None:
         """A KSM file's identity and bytes; None (after repairing or reporting it) when it is not one.
@@ -329,6 +345,9 @@ class Tree(ProcDirs):
         self._put("proc/vmstat", procfs.vmstat_text(free_pages, int(mem.physical_pages()), mem.cow_ksm).encode(), 0o444)
         for fname, data in self._ksmd_texts().items():
             self._put(f"proc/{self.ksmd_pid}/{fname}", data, 0o444)
+        nodes = mem.numa_nodes
+        for name in NODE_FILES:
+            self._put(f"{NODE_DIR}/{name}", (f"0-{nodes - 1}\n" if nodes > 1 else "0\n").encode(), 0o444)
 
     def _save_manifest(self) -> None:
         """Save the manifest; on failure (a full file system) say so once and try again next time."""

@@ -203,13 +203,16 @@ def test_negative_profit(tmp_path, conf):
 
 
 def test_merge_across_nodes_on_a_two_node_host(tmp_path, conf):
-    root = tree(tmp_path, small_scenario())
-    assert "merge-across-nodes" not in ids(doctor(root, conf))  # one node
-    (root / "sys/devices/system/node").mkdir(parents=True)
-    (root / "sys/devices/system/node/online").write_text("0-1\n")  # as Linux writes it
-    found = one(doctor(root, conf), "merge-across-nodes")
+    root = tree(tmp_path / "one", small_scenario())
+    assert "merge-across-nodes" not in ids(doctor(root, conf))  # one node: sys/devices/system/node/online is "0"
+    two_nodes = {**small_scenario(), "host": {**small_scenario()["host"], "nodes": 2}}
+    found = one(doctor(tree(tmp_path / "two", two_nodes), conf), "merge-across-nodes")
     assert found["evidence"].startswith("This host has 2 NUMA nodes and merge_across_nodes is 1")
     assert "write 2 to run (unmerges everything), then the new value to merge_across_nodes" in found["action"]
+    local = {**two_nodes, "ksm": {**two_nodes.get("ksm", {}), "merge_across_nodes": 0}}
+    found = one(doctor(tree(tmp_path / "local", local), conf), "merge-across-nodes")
+    assert found["evidence"].startswith("This host has 2 NUMA nodes and merge_across_nodes is 0: "
+                                        "KSM merges only pages on the same node")
 
 
 def test_unmerge_risk_after_memory_freed_by_merging_was_given_to_a_new_guest(tmp_path, conf):

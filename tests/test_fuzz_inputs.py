@@ -18,6 +18,7 @@ import re
 import shlex
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -33,6 +34,7 @@ from sysfs_emu.errors import ScenarioError
 from sysfs_emu.kernel import Kernel
 from sysfs_emu.runner import Server
 from sysfs_emu.scenario import load_scenario, parse_yaml
+from sysfs_emu import tree as tree_module
 from sysfs_emu.tree import KSM_ATTRS, KSM_DIR, Tree
 from tools import probe_ksm_conformance as probe
 
@@ -157,8 +159,9 @@ def _written_through_the_tree(name: str, data: bytes) -> tuple[str, str]:
         tree = _fresh_tree(Path(d))
         path = Path(d) / KSM_DIR / name
         _write_like_echo(path, data)
-        tree.apply_writes()
-        tree.apply_writes()  # an empty write is given one tick to be followed by data
+        with mock.patch.object(tree_module, "EMPTY_GRACE_S", 0.0):
+            tree.apply_writes()
+            tree.apply_writes()  # an empty write is given one tick to be followed by data
         return path.read_text(), tree.sim.kernel.read_attr(name)
 
 

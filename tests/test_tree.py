@@ -18,6 +18,7 @@ import pytest
 
 from sysfs_emu import Simulation
 from sysfs_emu.rootlock import filesystem_type
+from sysfs_emu import tree as tree_module
 from sysfs_emu.tree import KSM_ATTRS, KSM_DIR, PROC_FILES, Tree, TreeError
 from tests.emutree import SYSFS_EMU, cli, read, served, small_scenario, stop, wait_for
 
@@ -123,6 +124,25 @@ def test_proc_layout_matches_the_real_kernel(tree, sim):
     assert any(line.startswith("btime ") for line in read(tree.root / "proc/stat").splitlines())
     up = read(tree.root / "proc/uptime").split()
     assert float(up[0]) == pytest.approx(sim.uptime, abs=0.01)
+
+
+@pytest.mark.parametrize("nodes, text", [(1, "0\n"), (2, "0-1\n"), (4, "0-3\n")])
+def test_numa_node_lists_as_linux_writes_them(fast_tmp, nodes, text):
+    """sys/devices/system/node/{online,possible,has_memory}: the node range, "0" on one node (as this host's)."""
+    scenario = small_scenario()
+    sim = Simulation({**scenario, "host": {**scenario["host"], "nodes": nodes}})
+    (fast_tmp / "host").mkdir()
+    t = Tree(sim, fast_tmp / "host")
+    t.create()
+    node_dir = fast_tmp / "host/sys/devices/system/node"
+    for name in ("online", "possible", "has_memory"):
+        assert read(node_dir / name) == text
+        assert stat.S_IMODE(os.stat(node_dir / name).st_mode) == 0o444
+        real = Path("/sys/devices/system/node", name)
+        if nodes == 1 and real.exists() and real.read_text() == "0\n":
+            assert read(node_dir / name) == real.read_text()
+    t.remove()
+    assert not (fast_tmp / "host/sys").exists()  # its directories go with it
 
 
 def test_unchanged_files_are_not_rewritten_and_changed_ones_are_replaced(tree, sim):
@@ -536,7 +556,7 @@ def test_a_simulation_error_while_running_is_one_line(tmp_path):
     assert last.endswith("out of memory")
 
 
-def test_writes_through_the_files_answer_like_the_real_kernel(fast_tmp, caplog):
+def test_writes_through_the_files_answer_like_the_real_kernel(fast_tmp, caplog, monkeypatch):
     """Replay the recorded conformance table (rows from the default state) through the files.
 
     Each input is written to the file as one write would put it there; after the tick
@@ -554,6 +574,7 @@ def test_writes_through_the_files_answer_like_the_real_kernel(fast_tmp, caplog):
     root = fast_tmp / "host"
     tree = Tree(sim, root)
     tree.create()
+    monkeypatch.setattr(tree_module, "EMPTY_GRACE_S", 0.0)  # an empty file's wait: one tick
     caplog.set_level(logging.WARNING, logger="sysfs_emu.tree")
     for row in rows:
         name = row["file"]
@@ -675,6 +696,20 @@ def test_a_new_truncation_is_waited_for_not_restored_over(tree, sim):
     assert read(path) == "345\n"
 
 
+def test_a_writer_slow_to_write_after_truncating_is_waited_for(tree, sim, monkeypatch):
+    """Found empty at several ticks in a row (its writer descheduled between truncating and writing): not restored."""
+    monkeypatch.setattr(tree_module, "EMPTY_GRACE_S", 3600.0)
+    path = tree.root / KSM / "pages_to_scan"
+    with open(path, "wb") as writer:
+        for _ in range(5):
+            tree.apply_writes()
+            assert read(path) == ""
+        writer.write(b"345\n")
+    tree.apply_writes()
+    assert sim.kernel.pages_to_scan == 345
+    assert read(path) == "345\n"
+
+
 def test_a_file_left_empty_reads_the_kernels_value_again(tree, sim, caplog):
     """Truncated and never written (``: > pages_to_scan``): like sysfs, nothing changes, and nothing is said to be refused."""
     caplog.set_level(logging.WARNING, logger="sysfs_emu.tree")
@@ -683,6 +718,7 @@ def test_a_file_left_empty_reads_the_kernels_value_again(tree, sim, caplog):
     path.write_bytes(b"")
     tree.apply_writes()
     assert read(path) == ""  # the writer's next write is still awaited
+    time.sleep(tree_module.EMPTY_GRACE_S)
     tree.apply_writes()
     assert read(path) == before
     assert sim.kernel.read_attr("pages_to_scan") == before
