@@ -294,9 +294,16 @@ def negative_profit(host: Host) -> list[Finding]:
     worst = sorted((g for g in host.guests() if (g["ksm_process_profit"] or 0) < 0),
                    key=lambda g: g["ksm_process_profit"])[:3]
     who = "; worst: " + ", ".join(f"{g['name']} {human_bytes(g['ksm_process_profit'])}" for g in worst) if worst else ""
-    return [Finding("negative-profit", WARNING,
-                    f"general_profit is {human_bytes(profit)}: KSM's metadata (an rmap item per scanned page) costs "
-                    f"more than the {host.status['ksm'].get('pages_sharing', 0)} merged pages save{who}.",
+    evidence = (f"general_profit is {human_bytes(profit)}: KSM's metadata (an rmap item per scanned page) costs "
+                f"more than the {host.status['ksm'].get('pages_sharing', 0)} merged pages save{who}")
+    scans = host.status["ksm"].get("full_scans")
+    if scans is not None and scans < 2:
+        # The first pass only checksums: every page scanned has its rmap item, none has merged yet.
+        return [Finding("negative-profit", INFO,
+                        f"{evidence}, but ksmd has made {scans} full scan{'' if scans == 1 else 's'} since boot, "
+                        "and a page merges only on its second visit.",
+                        "Nothing to do yet: look again after ksmd's second full scan (full_scans 2).")]
+    return [Finding("negative-profit", WARNING, evidence + ".",
                     "Mark less memory mergeable, or stop KSM on this host: its guests share too little.")]
 
 

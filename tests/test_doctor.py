@@ -202,6 +202,21 @@ def test_negative_profit(tmp_path, conf):
     assert "worst: lonely -1.2 MiB" in found["evidence"]
 
 
+def test_negative_profit_in_the_first_full_scan_is_only_the_start(tmp_path, conf):
+    """Before the second full scan nothing can have merged: the negative profit is said to be expected, not a fault."""
+    scenario = {"host": {"memory": "1GiB"}, "ksm": {"pages_to_scan": 1000, "sleep_millisecs": 20, "run": 1},
+                "processes": [{"name": "qemu-system-x86", "cmdline": "qemu-system-x86_64 -name guest=twin-1",
+                               "regions": [{"pages": 20000, "fill": "pool", "pool": "os"}]},
+                              {"name": "qemu-system-x86", "cmdline": "qemu-system-x86_64 -name guest=twin-2",
+                               "regions": [{"pages": 20000, "fill": "pool", "pool": "os"}]}]}
+    found = one(doctor(tree(tmp_path, scenario, advance=0.5), conf), "negative-profit")
+    assert found["severity"] == "info"
+    assert found["evidence"].startswith("general_profit is -")
+    assert found["evidence"].endswith("but ksmd has made 0 full scans since boot, and a page merges only on "
+                                      "its second visit.")
+    assert found["action"] == "Nothing to do yet: look again after ksmd's second full scan (full_scans 2)."
+
+
 def test_merge_across_nodes_on_a_two_node_host(tmp_path, conf):
     root = tree(tmp_path / "one", small_scenario())
     assert "merge-across-nodes" not in ids(doctor(root, conf))  # one node: sys/devices/system/node/online is "0"
