@@ -9,7 +9,9 @@ host's real process list, and prints the figures and the heaviest imports
 As root the daemon runs in a private mount namespace over scratch copies of
 /etc/ksmtuned.conf, /proc/meminfo, /sys/kernel/mm/ksm and /run (it never
 touches the real KSM knobs); otherwise against a --root tree in a temporary
-directory. Usage: .venv/bin/python bench/bench_idle_rss.py [--cycles N] [--processes N]
+directory. ``--metrics`` sets KSM_METRICS_TEXTFILE; ``--plain`` runs the checkout with
+python -S, as a package install runs (an editable install adds an import hook to every
+start). Usage: .venv/bin/python bench/bench_idle_rss.py [--cycles N] [--processes N] [--metrics] [--plain]
 """
 
 from __future__ import annotations
@@ -74,13 +76,30 @@ def heaviest_imports(count: int = 12) -> list[str]:
     return lines
 
 
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen, Scratch | None, Path]:
+def daemon_argv(plain: bool) -> tuple[list[str], dict[str, str]]:
+    """The daemon's command line and environment: the venv's script, or the checkout without site's hooks.
+
+    An editable install's import hook (a .pth run at start) loads pathlib and importlib.util
+    into every Python process of the venv; a package or a plain ``pip install .`` has none,
+    which ``plain`` approximates by running the checkout with ``python -S``.
+    """
+    env = dict(nsharness.CLEAN_ENV)
+    if not plain:
+        return [str(DAEMON), "run"], env
+    env["PYTHONPATH"] = str(REPO)
+    return [sys.executable, "-S", "-c", "import sys; from ksmtuned_py.entry import main; sys.exit(main())",
+            "run"], env
+
+
+def start_daemon(tmp: Path, metrics: bool = False, plain: bool = False) -> tuple[subprocess.Popen, Scratch | None, Path]:
     """The daemon, started over scratch files; returns (process, scratch, log path)."""
+    argv, env = daemon_argv(plain)
     if nsharness.skip_reason() is None:
         scratch = Scratch.create(tmp / "scratch")
-        scratch.write_conf(CONFIG.format(log="/run/ksmtuned.log", extra=""))
+        extra = "KSM_METRICS_TEXTFILE=/run/ksmtuned-py.prom\n" if metrics else ""
+        scratch.write_conf(CONFIG.format(log="/run/ksmtuned.log", extra=extra))
         out = open(tmp / "stderr", "w")
-        proc = nsharness.start_in_namespace(scratch, [str(DAEMON), "run"], stdout=out, stderr=out)
+        proc = nsharness.start_in_namespace(scratch, argv, env=env, stdout=out, stderr=out)
         return proc, scratch, scratch.log
     # Not root: a --root tree with the files the daemon reads.
     root = tmp / "root"
@@ -92,10 +111,11 @@ def start_daemon(tmp: Path) -> tuple[subprocess.Popen, Scratch | None, Path]:
         (ksm / name).write_text(value + "\n")
     log = tmp / "ksmtuned.log"
     conf = tmp / "ksmtuned.conf"
-    conf.write_text(CONFIG.format(log=log, extra=f"PIDFILE={tmp / 'ksmtune.pid'}\n"))
+    metrics_line = f"KSM_METRICS_TEXTFILE={tmp / 'ksmtuned-py.prom'}\n" if metrics else ""
+    conf.write_text(CONFIG.format(log=log, extra=f"PIDFILE={tmp / 'ksmtune.pid'}\n{metrics_line}"))
     out = open(tmp / "stderr", "w")
-    proc = subprocess.Popen([str(DAEMON), "--root", str(root), "--config", str(conf), "run"],
-                            stdout=out, stderr=out, start_new_session=True)
+    proc = subprocess.Popen([*argv[:-1], "--root", str(root), "--config", str(conf), "run"],
+                            stdout=out, stderr=out, start_new_session=True, env=env)
     return proc, None, log
 
 
@@ -104,6 +124,11 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=5, help="SIGUSR1 cycles before the second reading")
     parser.add_argument("--processes", type=int, default=1000,
                         help="processes on the host during the cycles (sleeps are started up to this count)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="with KSM_METRICS_TEXTFILE set (the metrics file written every cycle)")
+    parser.add_argument("--plain", action="store_true",
+                        help="run the checkout with python -S, without the editable install's import hook "
+                             "(as a package install runs)")
     args = parser.parse_args()
     if not DAEMON.exists():
         print(f"{DAEMON} missing: install the project into the venv first", file=sys.stderr)
@@ -111,7 +136,7 @@ def main() -> int:
     filler: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="ksmtuned-rss-") as tmp_name:
         tmp = Path(tmp_name)
-        proc, scratch, log = start_daemon(tmp)
+        proc, scratch, log = start_daemon(tmp, args.metrics, args.plain)
         try:
             present = sum(1 for e in os.listdir("/proc") if e.isdigit())
             for _ in range(max(args.processes - present, 0)):  # so the scanner's cache is full-sized
@@ -124,7 +149,9 @@ def main() -> int:
             time.sleep(0.5)
             idle = status_kb(proc.pid, "VmRSS")
             where = "real /proc of this host" if scratch else "a --root tree (not root)"
-            print(f"ksmtuned-py run, idle after start ({where}): {figures(proc.pid)}")
+            how = ", python -S from the checkout" if args.plain else ""
+            how += ", KSM_METRICS_TEXTFILE set" if args.metrics else ""
+            print(f"ksmtuned-py run{how}, idle after start ({where}): {figures(proc.pid)}")
             for _ in range(args.cycles):
                 before = lines()
                 os.kill(proc.pid, signal.SIGUSR1)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 AUTO, UPSTREAM, PROXMOX = "auto", "upstream", "proxmox"
 #: Packages only a Proxmox VE host has (ksm-control-daemon is Proxmox's ksmtuned).
@@ -84,10 +83,10 @@ def _installed(data: bytes, name: bytes) -> bool:
 
 def detect(root: str | os.PathLike) -> Compat:
     """``proxmox`` on a Proxmox VE host under ``root``, else ``upstream``; the reason names the evidence."""
-    pve = Path(root, PVE_DIR)
-    if pve.is_dir():  # first: a stat, where the dpkg status is megabytes to read
+    pve = os.path.join(root, PVE_DIR)
+    if os.path.isdir(pve):  # first: a stat, where the dpkg status is megabytes to read
         return Compat(PROXMOX, f"KSM_COMPAT=auto, and this is a Proxmox VE host: {pve} exists")
-    status = Path(root, DPKG_STATUS)
+    status = os.path.join(root, DPKG_STATUS)
     package = installed_package(status, PROXMOX_PACKAGES)
     if package:
         return Compat(PROXMOX, f"KSM_COMPAT=auto, and this is a Proxmox VE host: package {package} "

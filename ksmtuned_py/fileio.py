@@ -121,3 +121,44 @@ def natural(text: str | bytes | None) -> int | None:
 def is_pid_name(name: str) -> bool:
     """A /proc entry that names a process: ASCII digits only (``²`` and ``١`` are not pids)."""
     return name.isascii() and name.isdigit()
+
+
+def aside_path(path: str | os.PathLike) -> str:
+    """Where :func:`replace_file` writes ``path``'s new contents before the rename."""
+    path = os.fspath(path)
+    return os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
+
+
+def replace_file(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> os.stat_result:
+    """Replace ``path`` with ``data`` atomically (written aside, then renamed); the new file's stat.
+
+    The file aside is ``.NAME.PID.tmp`` in the same directory (a dot, and not ``.prom``: no
+    reader of the directory takes it for the real one), made with ``mode`` whatever the
+    umask; one left by a killed process with this pid is replaced.  On failure nothing is
+    left but the old file, and OSError says why.
+    """
+    path = os.fspath(path)
+    tmp = aside_path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:  # a short write (a full file system) must not leave half a file
+                view = view[os.write(fd, view):]
+            written = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return written

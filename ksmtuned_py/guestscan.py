@@ -13,7 +13,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from ksmtuned_py import procinfo
 from ksmtuned_py.commwatch import CommWatch
@@ -99,8 +98,8 @@ class GuestScanner:
                  details: bool = True):
         from ksmtuned_py.config import UPSTREAM_PROCESS_REGEX
 
-        self.proc = Path(root, "proc")
-        self._proc = str(self.proc)
+        self.proc = os.path.join(root, "proc")
+        self._proc = self.proc
         self.pattern = re.compile(regex if regex is not None else UPSTREAM_PROCESS_REGEX)
         self.metric = metric
         self.details = details  # each guest's name (once) and ksm_stat (every scan)
@@ -170,7 +169,7 @@ class GuestScanner:
                     return _field(line.split()[1])
         except FileNotFoundError:
             # gone, or a tree (simulated host, test) that only has stat
-            return rss_kb(stat_rss_pages) if (self.proc / str(pid) / "stat").exists() else None
+            return rss_kb(stat_rss_pages) if os.path.exists(f"{self._proc}/{pid}/stat") else None
         except (OSError, ValueError, IndexError):
             return rss_kb(stat_rss_pages)
         return 0  # no VmRSS line: a zombie or a kernel thread, as ps shows it
@@ -328,7 +327,7 @@ class GuestScanner:
         if kb is None or self.metric != "pss":
             return kb
         pss = self._pss_kb(pid)
-        if pss is None and not (self.proc / str(pid)).exists():
+        if pss is None and not os.path.exists(f"{self._proc}/{pid}"):
             return None
         return pss if pss is not None else kb
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from ksmtuned_py.errors import EX_NOINPUT, EX_UNAVAILABLE, UserError
@@ -87,15 +86,15 @@ def chosen_mode(text: str | None) -> str | None:
 # --- the files under a root -----------------------------------------------------------
 
 
-def ksm_dir(root: str | os.PathLike = "/") -> Path:
-    return Path(root, KSM_DIR)
+def ksm_dir(root: str | os.PathLike = "/") -> str:
+    return os.path.join(root, KSM_DIR)
 
 
-def require_ksm(root: str | os.PathLike = "/") -> Path:
+def require_ksm(root: str | os.PathLike = "/") -> str:
     """The KSM directory, or NoKsmError when the kernel has none (UserError when the root itself is missing)."""
     check_root(root)
     path = ksm_dir(root)
-    if not path.is_dir():
+    if not os.path.isdir(path):
         raise NoKsmError(f"the kernel has no KSM (CONFIG_KSM): {path} does not exist")
     return path
 
@@ -108,7 +107,7 @@ def check_root(root: str | os.PathLike) -> None:
     raise UserError(f"the root directory {root} {what} (--root)", EX_NOINPUT)
 
 
-def read_knob(directory: Path | str, name: str) -> str | None:
+def read_knob(directory: str | os.PathLike, name: str) -> str | None:
     """A KSM file's text without the newline, or None when it cannot be read (or is not a regular file)."""
     try:
         return read_regular(os.path.join(directory, name), 4096).decode("ascii", errors="replace").strip()
@@ -116,7 +115,7 @@ def read_knob(directory: Path | str, name: str) -> str | None:
         return None
 
 
-def read_ksm_state(directory: Path, counters: bool = True) -> KsmState:
+def read_ksm_state(directory: str | os.PathLike, counters: bool = True) -> KsmState:
     """The KSM files, each opened relative to the directory opened once (15 files, every cycle)."""
     try:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -136,7 +135,7 @@ def _read_in(dir_fd: int, name: str) -> str | None:
         return None
 
 
-def write_knob(directory: Path, name: str, value: int | str) -> None:
+def write_knob(directory: str | os.PathLike, name: str, value: int | str) -> None:
     """Write ``value`` followed by a newline, as ``echo VALUE > FILE`` does; OSError on failure.
 
     Never blocks (a FIFO in place of a knob is refused, not waited on): O_TRUNC

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-from pathlib import Path
 
 from ksmtuned_py.errors import UserError
 from ksmtuned_py.fileio import decimal
@@ -27,7 +26,7 @@ class KsmLock:
     """An exclusive flock on the KSM directory, for the life of the daemon."""
 
     def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
+        self.directory = os.fspath(directory)
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ksmtuned_py.errors import UserError
+from ksmtuned_py.fileio import replace_file
 
 if TYPE_CHECKING:
     from ksmtuned_py.report import CycleReport
@@ -215,20 +214,21 @@ def render(sample: Sample) -> str:
     return "\n".join(lines) + "\n"
 
 
-def target_path(target: str | os.PathLike) -> Path:
+def target_path(target: str | os.PathLike) -> str:
     """The .prom file for ``target``: DIR/ksmtuned-py.prom for a directory, else the path."""
-    path = Path(target)
-    if path.is_dir():
-        return path / DEFAULT_NAME
-    if path.suffix != ".prom":
+    path = os.fspath(target)
+    if os.path.isdir(path):
+        return os.path.join(path, DEFAULT_NAME)
+    if not path.endswith(".prom") or os.path.basename(path) == ".prom":
         raise UserError(f"metrics textfile {path}: not a directory, and node_exporter "
                         "only reads files ending in .prom")
-    if not path.parent.is_dir():
-        raise UserError(f"metrics textfile {path}: directory {path.parent} does not exist")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise UserError(f"metrics textfile {path}: directory {parent} does not exist")
     return path
 
 
-def write_textfile(target: str | os.PathLike, sample: Sample) -> Path:
+def write_textfile(target: str | os.PathLike, sample: Sample) -> str:
     """Write ``sample`` to ``target`` atomically; returns the file written.
 
     The temporary file starts with a dot and does not end in .prom, so
@@ -238,20 +238,8 @@ def write_textfile(target: str | os.PathLike, sample: Sample) -> Path:
     path = target_path(target)
     text = render(sample)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        replace_file(path, text.encode(), 0o644)
     except OSError as err:
-        raise UserError(f"metrics textfile {path}: {err.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-        os.rename(tmp, path)
-    except OSError as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise UserError(f"metrics textfile {path}: {err.strerror}") from None
     return path
 
@@ -359,7 +347,7 @@ class TextfileWriter:
             log.info("metrics textfile %s written again", self.target)
             self._last_error = None
 
-    def path(self) -> Path | None:
+    def path(self) -> str | None:
         """The file this writer writes (None when the target is unusable, e.g. its directory is gone)."""
         try:
             return target_path(self.target)
@@ -376,7 +364,7 @@ class TextfileWriter:
         if path is None:
             return
         try:
-            path.unlink()
+            os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as err:

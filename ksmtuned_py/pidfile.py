@@ -16,7 +16,7 @@ import os
 import stat
 
 from ksmtuned_py.errors import UserError
-from ksmtuned_py.fileio import decimal, kind_of, open_regular, read_regular
+from ksmtuned_py.fileio import aside_path, decimal, kind_of, open_regular, read_regular, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +242,7 @@ class StateFile:
 
     def __init__(self, path: str):
         self.path = path
-        self._tmp = os.path.join(
-            os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp"
-        )
+        self._tmp = aside_path(path)  # left by a kill between write and rename: removed at the stop
         self._mine: os.stat_result | None = None  # the file last renamed into place
 
     def write(self, state: dict) -> None:
@@ -252,29 +250,7 @@ class StateFile:
         import json
 
         data = (json.dumps({"version": STATE_VERSION, **state}, sort_keys=True) + "\n").encode()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(self._tmp, flags, 0o644)
-        except FileExistsError:  # left by a killed daemon with our pid
-            os.unlink(self._tmp)
-            fd = os.open(self._tmp, flags, 0o644)
-        try:
-            os.fchmod(fd, 0o644)  # whatever the umask
-            view = memoryview(data)
-            while view:  # a short write (a full file system) must not leave half a state
-                view = view[os.write(fd, view):]
-            written = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            os.unlink(self._tmp)
-            raise
-        os.close(fd)
-        try:
-            os.rename(self._tmp, self.path)
-        except OSError:
-            os.unlink(self._tmp)
-            raise
-        self._mine = written
+        self._mine = replace_file(self.path, data, 0o644)
 
     def remove(self) -> None:
         """Remove the state file if it is still the one this daemon wrote, and any temporary file."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ksmtuned_py import procinfo
@@ -50,7 +49,7 @@ class MemInfo:
 
 
 def read_meminfo(root: str | os.PathLike = "/") -> MemInfo:
-    path = Path(root, "proc/meminfo")
+    path = os.path.join(root, "proc/meminfo")
     try:
         data = read_regular(path, follow=True)
     except OSError as e:

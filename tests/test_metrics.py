@@ -101,7 +101,7 @@ def test_write_is_atomic_world_readable_and_leaves_no_temporary(tmp_path: Path):
     old = tmp_path / metrics.DEFAULT_NAME
     old.write_text("old\n")
     inode_before = old.stat().st_ino
-    written = metrics.write_textfile(tmp_path, SAMPLE)
+    written = Path(metrics.write_textfile(tmp_path, SAMPLE))
     assert written == old
     assert written.read_text() == metrics.render(SAMPLE)
     assert written.stat().st_ino != inode_before  # replaced by rename, not rewritten in place
@@ -110,7 +110,9 @@ def test_write_is_atomic_world_readable_and_leaves_no_temporary(tmp_path: Path):
 
 
 def test_explicit_prom_path_and_bad_targets(tmp_path: Path):
-    assert metrics.write_textfile(tmp_path / "ksm.prom", SAMPLE) == tmp_path / "ksm.prom"
+    assert metrics.write_textfile(tmp_path / "ksm.prom", SAMPLE) == str(tmp_path / "ksm.prom")
+    with pytest.raises(UserError, match=r"only reads files ending in \.prom"):
+        metrics.write_textfile(tmp_path / ".prom", SAMPLE)  # a hidden file, no suffix (node_exporter skips it)
     with pytest.raises(UserError, match=r"only reads files ending in \.prom"):
         metrics.write_textfile(tmp_path / "ksm.txt", SAMPLE)
     with pytest.raises(UserError, match="does not exist"):
@@ -144,7 +146,7 @@ def scrape_through_node_exporter(binary: Path, textfile_dir: Path) -> str:
 
 
 def test_node_exporter_reads_our_textfile(node_exporter_bin: Path, tmp_path: Path):
-    written = metrics.write_textfile(tmp_path, SAMPLE)
+    written = Path(metrics.write_textfile(tmp_path, SAMPLE))
     values, types = parse(scrape_through_node_exporter(node_exporter_bin, tmp_path))
     assert values[("node_textfile_scrape_error", "")] == 0
     assert values[("node_textfile_mtime_seconds", f'file="{written}"')] == pytest.approx(
