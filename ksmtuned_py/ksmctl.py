@@ -30,7 +30,7 @@ def _write(directory, name: str, value: int) -> None:
     try:
         write_knob(directory, name, value)
     except OSError as e:
-        raise UserError(f"cannot write {value} to {directory / name}: {describe_error(e)}") from None
+        raise UserError(f"cannot write {value} to {os.path.join(directory, name)}: {describe_error(e)}") from None
 
 
 def start(
@@ -41,7 +41,7 @@ def start(
     """Start KSM; on kernels with max_kernel_pages, set it first. Returns what was written."""
     d = require_ksm(root)
     done = []
-    if (d / "max_kernel_pages").exists():
+    if os.path.exists(os.path.join(d, "max_kernel_pages")):
         cfg = load_defaults(paths, environ)
         limit = cfg.max_kernel_pages
         if limit is None:
