@@ -386,3 +386,15 @@ def test_the_progress_bar_shows_on_a_terminal_after_a_few_seconds_only():
     bar.update(50)
     bar.close()
     assert pipe.getvalue() == ""
+
+
+def test_the_pictures_cpu_line_is_ksmds_cpu_between_decisions():
+    pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
+    from sysfs_emu.simplot import cpu_percent
+
+    rows = [{"time_s": 60.0, "ksmd_cpu_seconds": 0.0}, {"time_s": 120.0, "ksmd_cpu_seconds": 6.0},
+            {"time_s": 130.0, "ksmd_cpu_seconds": 6.5}, {"time_s": 190.0, "ksmd_cpu_seconds": 6.5}]
+    # 6 s in a minute: 10 %; 0.5 s in 10 s: 5 %; stopped: 0; the last row keeps the last interval's
+    assert cpu_percent(rows) == [10.0, 5.0, 0.0, 0.0]
+    assert cpu_percent(rows[:1]) == [0.0]
+    assert cpu_percent([{"time_s": 0.0, "ksmd_cpu_seconds": None}, {"time_s": 60.0, "ksmd_cpu_seconds": 1.0}]) == [0.0, 0.0]
