@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from ksmtuned_py import config as configmod
 from sysfs_emu import Simulation
@@ -160,6 +161,40 @@ def test_the_daemon_status_and_adjust_never_import_numpy_or_yaml(host):
         _, err = daemon.communicate(timeout=10)
     assert daemon.returncode == 0, err
     assert err.splitlines()[-1] == "heavy modules: []"
+
+
+# What the idle daemon's memory target (bench/bench_idle_rss.py, under 16 MB) rests on: none of
+# these is loaded by `ksmtuned-py run` itself (pathlib brings urllib.parse and ipaddress, tempfile
+# brings shutil, bz2, lzma and random; click is the other commands' parser).
+_DAEMON_AVOIDS = ("pathlib", "urllib.parse", "ipaddress", "tempfile", "shutil", "random", "click", "numpy", "yaml")
+_SHOW_DAEMON_MODULES = f"""
+import atexit, sys
+atexit.register(lambda: print("avoided modules loaded:", sorted(m for m in {_DAEMON_AVOIDS!r} if m in sys.modules),
+                              file=sys.stderr))
+from ksmtuned_py.entry import main
+main()
+"""
+
+
+def test_the_running_daemon_loads_none_of_the_heavy_modules(host, tmp_path):
+    """A cycle with the metrics file on, under python -S (no site: a venv's editable-install hook loads pathlib)."""
+    host.write_config(f"KSM_METRICS_TEXTFILE={tmp_path / 'ksm.prom'}\n")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    daemon = subprocess.Popen([sys.executable, "-S", "-c", _SHOW_DAEMON_MODULES, "--root", str(host.root),
+                               "--config", str(host.conf), "run"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        from tests.test_daemon import wait_for
+
+        wait_for(lambda: host.pidfile.exists() and host.pidfile.read_text().strip() == str(daemon.pid))
+        os.kill(daemon.pid, __import__("signal").SIGUSR1)
+        wait_for(lambda: (tmp_path / "ksm.prom").exists() and
+                 any(line.startswith("KSMCTL start") for line in host.debug_lines()))
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=10)
+    assert daemon.returncode == 0, err
+    assert err.splitlines()[-1] == "avoided modules loaded: []"
 
 
 def test_demo_without_the_simulator_says_how_to_get_it():
