@@ -11,26 +11,25 @@
 3. ``proc/PID`` directories appear (built aside, then renamed in whole) for new
    processes and go away for exited ones (``procdirs.py``, a part of the tree).
 
-Everything created is listed in a manifest under ``.sysfs-emu/`` so that a later
+Everything created is listed in a manifest under ``.sysfs-emu/`` (``manifest.py``) so that a later
 run (or ``--clean``) removes exactly what sysfs-emu made and nothing else.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import stat
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sysfs_emu import procfs
 from sysfs_emu.errors import OnceLog, TreeError, errno_text
-from sysfs_emu.files import NotRegularFile, is_pid_name, kind_of, read_regular, read_regular_stat, replace_file
+from sysfs_emu.files import NotRegularFile, kind_of, read_regular_stat, replace_file
 from sysfs_emu.kernel import ATTRS
+from sysfs_emu.manifest import Manifest
 from sysfs_emu.procdirs import PROC_FILES, ProcDirs, _Written  # noqa: F401 (PROC_FILES: the tree's files, for tests)
 
 if TYPE_CHECKING:
@@ -59,41 +58,6 @@ def _shown(data: bytes, limit: int = 40) -> str:
     if len(data) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(data)} bytes)"
-
-
-@dataclass
-class Manifest:
-    """The paths (relative to the root) that sysfs-emu created, saved as JSON."""
-
-    path: Path
-    dirs: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: Path) -> "Manifest":
-        try:
-            raw = json.loads(read_regular(path))
-        except FileNotFoundError:
-            return cls(path)
-        except (OSError, ValueError, RecursionError) as exc:
-            raise TreeError(f"cannot read {path}: {exc}") from None
-        lists = [raw.get(k, []) for k in ("dirs", "files", "pids")] if isinstance(raw, dict) else None
-        if (lists is None or not all(isinstance(v, list) for v in lists)
-                or not all(isinstance(x, str) for x in lists[0] + lists[1])
-                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in lists[2])):
-            raise TreeError(f"cannot read {path}: not a sysfs-emu manifest (remove it to start afresh)")
-        return cls(path, *lists)
-
-    def owns(self, rel: str) -> bool:
-        if rel in self.files or rel in self.dirs:
-            return True
-        parts = rel.split("/")
-        return len(parts) >= 2 and parts[0] == "proc" and is_pid_name(parts[1]) and int(parts[1]) in self.pids
-
-    def save(self) -> None:
-        data = json.dumps({"dirs": self.dirs, "files": self.files, "pids": sorted(self.pids)}).encode()
-        replace_file(self.path, data, tmp=self.path.with_name(self.path.name + ".tmp"))
 
 
 def removed_top(root: Path, path: Path) -> Path:
