@@ -47,14 +47,20 @@ class KsmState:
         """The kernel's advisor sets pages_to_scan (advisor_mode ``[scan-time]``)."""
         return self.advisor_mode == "scan-time"
 
-    def saved_bytes(self, page_size: int) -> int | None:
-        """The memory KSM saves: (pages_sharing + ksm_zero_pages) x the page size (None without pages_sharing).
+    @property
+    def merged_pages(self) -> int | None:
+        """The pages KSM saves: pages_sharing + ksm_zero_pages (None without pages_sharing).
 
         With ``use_zero_pages`` an empty page is merged into the zero page and counted in
         ksm_zero_pages, not pages_sharing: the kernel's documentation counts both as saved.
         """
         sharing = self.counters.get("pages_sharing")
-        return (sharing + self.counters.get("ksm_zero_pages", 0)) * page_size if sharing is not None else None
+        return None if sharing is None else sharing + self.counters.get("ksm_zero_pages", 0)
+
+    def saved_bytes(self, page_size: int) -> int | None:
+        """The memory KSM saves: :attr:`merged_pages` x the page size (None without pages_sharing)."""
+        merged = self.merged_pages
+        return None if merged is None else merged * page_size
 
     def get(self, name: str) -> int | None:
         """A knob's or a counter's value, None when the kernel has no such file."""

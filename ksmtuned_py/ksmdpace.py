@@ -39,10 +39,7 @@ class Interval:
 
 
 def merged_pages(readings: Readings) -> int | None:
-    counters = readings.ksm.counters
-    if "pages_sharing" not in counters:
-        return None
-    return counters["pages_sharing"] + counters.get("ksm_zero_pages", 0)
+    return readings.ksm.merged_pages
 
 
 def _delta(now: float | int | None, before: float | int | None) -> float | int:

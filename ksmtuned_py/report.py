@@ -99,8 +99,7 @@ def guest_reports(guests) -> tuple[GuestReport, ...]:
 
 def unmerge_figures(readings, page_size: int) -> tuple[int | None, int | None]:
     """(what merged memory needs back if every merged page were written, MemAvailable + SwapFree), bytes."""
-    c = readings.ksm.counters
-    need = None if "pages_sharing" not in c else (c["pages_sharing"] + c.get("ksm_zero_pages", 0)) * page_size
+    need = readings.ksm.saved_bytes(page_size)  # each merged page needs its own page back
     m = readings.meminfo
     room = None if m.available is None else (m.available + (m.swap_free or 0)) * 1024
     return need, room
