@@ -99,7 +99,6 @@ class GuestScanner:
         from ksmtuned_py.config import UPSTREAM_PROCESS_REGEX
 
         self.proc = os.path.join(root, "proc")
-        self._proc = self.proc
         self.pattern = re.compile(regex if regex is not None else UPSTREAM_PROCESS_REGEX)
         self.metric = metric
         self.details = details  # each guest's name (once) and ksm_stat (every scan)
@@ -109,9 +108,9 @@ class GuestScanner:
         self._pss_warned = False
         self._list_failed: str | None = None
         self.ksmd_pid: int | None = None  # the ksmd kernel thread, once a scan has seen it
-        self._live = _is_live_procfs(self._proc)
+        self._live = _is_live_procfs(self.proc)
         self.watch = CommWatch()  # the comm files of known non-guests, kept open on a live procfs
-        self.pids = NewPids(self._proc, self._live)  # which processes may be new, without a listing
+        self.pids = NewPids(self.proc, self._live)  # which processes may be new, without a listing
         self._budget = 0  # how many may be, this scan
 
     def close(self) -> None:
@@ -119,7 +118,7 @@ class GuestScanner:
         self.watch.close()
         self._cache.clear()
         self._unwatched.clear()
-        self.pids = NewPids(self._proc, self._live)  # the next scan lists /proc again
+        self.pids = NewPids(self.proc, self._live)  # the next scan lists /proc again
 
     def _drop(self, name: str) -> None:
         self.watch.discard(name)
@@ -130,7 +129,7 @@ class GuestScanner:
     def _read_stat(self, pid: int) -> tuple[str, int, int, int] | None:
         self.stats.stat_reads += 1
         try:
-            return _parse_stat(_read_small(f"{self._proc}/{pid}/stat", 4096))
+            return _parse_stat(_read_small(f"{self.proc}/{pid}/stat", 4096))
         except (OSError, ValueError, IndexError):
             self.stats.vanished += 1
             return None
@@ -139,13 +138,13 @@ class GuestScanner:
         """/proc/PID/comm without the newline (decoded as parse_stat does), None when gone."""
         self.stats.comm_reads += 1
         try:
-            return _read_small(f"{self._proc}/{pid}/comm", 64).removesuffix("\n")
+            return _read_small(f"{self.proc}/{pid}/comm", 64).removesuffix("\n")
         except OSError:
             return None
 
     def _pss_kb(self, pid: int) -> int | None:
         try:
-            for line in _read_lines(f"{self._proc}/{pid}/smaps_rollup"):
+            for line in _read_lines(f"{self.proc}/{pid}/smaps_rollup"):
                 if line.startswith(b"Pss:"):
                     return _field(line.split()[1])
         except FileNotFoundError:
@@ -164,12 +163,12 @@ class GuestScanner:
         reference) reports; status sums them. None when the process is gone.
         """
         try:
-            for line in _read_lines(f"{self._proc}/{pid}/status"):
+            for line in _read_lines(f"{self.proc}/{pid}/status"):
                 if line.startswith(b"VmRSS:"):
                     return _field(line.split()[1])
         except FileNotFoundError:
             # gone, or a tree (simulated host, test) that only has stat
-            return rss_kb(stat_rss_pages) if os.path.exists(f"{self._proc}/{pid}/stat") else None
+            return rss_kb(stat_rss_pages) if os.path.exists(f"{self.proc}/{pid}/stat") else None
         except (OSError, ValueError, IndexError):
             return rss_kb(stat_rss_pages)
         return 0  # no VmRSS line: a zombie or a kernel thread, as ps shows it
@@ -181,7 +180,7 @@ class GuestScanner:
     def _names(self) -> list[str]:
         """The entries of /proc; none (logged once per change) when it cannot be listed."""
         try:
-            names = os.listdir(self._proc)
+            names = os.listdir(self.proc)
         except OSError as e:
             if e.strerror != self._list_failed:  # once per change, not every cycle
                 log.warning("cannot list %s: %s; counting no guests", self.proc, e.strerror)
@@ -255,7 +254,7 @@ class GuestScanner:
     def _same_process(self, name: str, entry: _Entry) -> bool:
         """Whether a known process whose comm is not kept open is the same, with the same comm."""
         try:
-            if os.stat(f"{self._proc}/{name}").st_ino != entry.ino:
+            if os.stat(f"{self.proc}/{name}").st_ino != entry.ino:
                 return False  # a new process with that pid
         except OSError:
             return False
@@ -290,11 +289,11 @@ class GuestScanner:
         if not self.details:
             return Guest(pid, comm, kb)
         if not entry.name:
-            entry.name = procinfo.guest_name(procinfo.read_cmdline(self._proc, pid), pid)
-        ksm = procinfo.read_ksm_stat(self._proc, pid)
+            entry.name = procinfo.guest_name(procinfo.read_cmdline(self.proc, pid), pid)
+        ksm = procinfo.read_ksm_stat(self.proc, pid)
         mergeable = None if ksm is None else ksm.mergeable
         if mergeable is None:  # a kernel before 6.7: VmFlags say it (read until it is yes)
-            mergeable = entry.merges or procinfo.smaps_mergeable(self._proc, pid)
+            mergeable = entry.merges or procinfo.smaps_mergeable(self.proc, pid)
             entry.merges = mergeable is True
         return Guest(pid, comm, kb, entry.name, ksm, mergeable)
 
@@ -302,7 +301,7 @@ class GuestScanner:
         """How a non-guest is told apart later: its comm file kept open, else its /proc/PID inode."""
         if len(self.watch) < self._budget:
             try:
-                fd = os.open(f"{self._proc}/{name}/comm", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                fd = os.open(f"{self.proc}/{name}/comm", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 fd = None
             if fd is not None:
@@ -317,7 +316,7 @@ class GuestScanner:
                     return
                 os.close(fd)
         try:
-            entry.ino = os.stat(f"{self._proc}/{name}").st_ino
+            entry.ino = os.stat(f"{self.proc}/{name}").st_ino
         except OSError:
             entry.ino = -1  # gone already: the next scan drops it or reads it again
 
@@ -327,7 +326,7 @@ class GuestScanner:
         if kb is None or self.metric != "pss":
             return kb
         pss = self._pss_kb(pid)
-        if pss is None and not os.path.exists(f"{self._proc}/{pid}"):
+        if pss is None and not os.path.exists(f"{self.proc}/{pid}"):
             return None
         return pss if pss is not None else kb
 
