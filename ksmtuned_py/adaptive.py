@@ -24,7 +24,8 @@ time comes in the readings), so the same readings always give the same decision.
   Copy-on-write breaks (``cow_ksm``: guests writing to merged pages) bring the probe back
   to its quickest, since the guests' memory changed.
 - **Rewrites.** Copy-on-write breaks of a tenth of the merged pages in one interval (a
-  guest that reboots reloads its OS over merged memory) start a catch-up (``rewrites.py``).
+  guest that reboots reloads its OS over merged memory) start a catch-up; breaks of memory
+  that merged again, again and again, a settle once they stop (``rewrites.py``).
 - **Finishing.** Where free memory was short, merging is what makes the gate stop KSM: a
   burst or catch-up whose last interval merged pages finishes its full scans first.
 - **Budget.** Never faster than ``KSM_MAX_CPU`` percent of one CPU allows, from ksmd's
@@ -47,7 +48,7 @@ from ksmtuned_py import rewrites
 from ksmtuned_py.cycle import Decision
 from ksmtuned_py.decision import START, STOP, Params, Tuner, Tuning
 from ksmtuned_py.ksmdpace import (TICK_S, Interval, batch, guest_pages, interval, merged_pages, resume_into,
-                                  track_passes, volatile_share)
+                                  scan_time, track_passes, volatile_share)
 from ksmtuned_py.readings import MemInfo, Readings
 
 BURST, CATCH_UP, STEADY, ADVISOR = "burst", "catch-up", "steady", "advisor"
@@ -103,6 +104,13 @@ class Memo:
     cow_left: int = 0  # breaks left unmerged by the last such catch-up, or come while backing off ...
     cow_left_at: float = 0.0  # ... caught up with at this time, if still not merged back
     cow_tries: int = 0  # such later catch-ups in a row (each waits twice as long)
+    cow_since: int = 0  # breaks since the last settle (rewrites.py), and when an interval last had some:
+    cow_seen_at: float = 0.0  # a settle once they stop, ...
+    cow_seen_scans: int = 0  # (full_scans then)
+    cow_episodes: int = 0  # ... if they came this often after pages merged again (cow_remerged)
+    cow_remerged: bool = False
+    settle_to: int = 0  # full_scans until which the settle keeps the probe at its quickest (0: none) ...
+    settle_cap: int = 0  # ... and at most
     finishing: bool = False  # a burst or catch-up goes on past the gate's stop, to the end of its full scans
 
 
@@ -207,7 +215,7 @@ class AdaptivePolicy:
         if finishing:  # guests that start meanwhile are new when the rule runs KSM again
             self.memo.guests = guests
         reason = (f"{why}; pages_to_scan {npages}, sleep {sleep_ms} ms: about {rate:.0f} pages/s, "
-                  f"a full scan in {_duration(guest_pages(readings) / rate)}{limit}")
+                  f"a full scan in {scan_time(guest_pages(readings) / rate)}{limit}")
         return self._decision(START, reason, readings, last, mode, npages, sleep_ms)
 
     def _stop(self, reason: str, readings: Readings, last: Interval | None) -> Decision:
@@ -264,10 +272,9 @@ class AdaptivePolicy:
         if action == STOP:
             return Decision(STOP, reason, t.total, npages=self._npages, sleep_ms=t.sleep, thres_kb=t.thres,
                             debug_before=before, debug_after=(f"adaptive: stop ksm: {reason}",))
-        shown = "" if npages is None else f"{npages}"
         return Decision(START, reason, t.total, npages=npages, sleep_ms=sleep_ms, level=level, thres_kb=t.thres,
                         next_cycle_s=self._next_cycle_s(level), debug_before=before,
-                        debug_after=(f"adaptive: {reason}", f"KSMCTL start {shown or 'advisor'} {sleep_ms}"))
+                        debug_after=(f"adaptive: {reason}", f"KSMCTL start {npages or 'advisor'} {sleep_ms}"))
 
     def _mode(self, memo: Memo, readings: Readings, last: Interval | None,
               finishing: bool = False) -> tuple[str, str]:
@@ -276,6 +283,7 @@ class AdaptivePolicy:
         ``finishing``: the gate would stop KSM; a running burst or catch-up only ends its
         full scans (nothing new starts, nothing is prolonged).
         """
+        rewrites.count(memo, readings, last, MIN_GAIN_PAGES)
         trigger = None if finishing else self._trigger(memo, readings)
         if trigger:
             memo.cow_trigger = 0  # a catch-up for another reason
@@ -322,8 +330,9 @@ class AdaptivePolicy:
         if last is not None and last.cow >= MIN_GAIN_PAGES:
             memo.quiet = min(memo.quiet, COW_QUIET)
             return STEADY, f"steady: {last.cow} copy-on-write breaks, probing again sooner"
-        memo.quiet += 1
-        return STEADY, "steady: full scans add no savings"
+        settle = rewrites.settling(memo, readings, MIN_GAIN_PAGES)
+        memo.quiet = 0 if settle else memo.quiet + 1
+        return STEADY, settle or "steady: full scans add no savings"
 
     @staticmethod
     def _trigger(memo: Memo, readings: Readings) -> str | None:
@@ -385,10 +394,3 @@ def remember(memo: Memo, readings: Readings) -> Memo:
                    full_scans=c.get("full_scans"), merged=merged_pages(readings), cow=readings.cow_ksm,
                    guests=[g.pid for g in readings.guests])
 
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

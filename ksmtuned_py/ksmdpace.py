@@ -130,3 +130,12 @@ def resume_into(memo: Memo, readings: Readings, new_guests: bool) -> int:
     known = set(memo.guests)
     new = 0 if not new_guests else sum(g.kb for g in readings.guests if g.pid not in known) * 1024 // PAGE_SIZE
     return int(behind + new + RESUME_MARGIN * per_pass)
+
+
+def scan_time(seconds: float) -> str:
+    """A full scan's duration in words: 45 s, 15 min, 4.0 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

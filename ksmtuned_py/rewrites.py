@@ -13,6 +13,16 @@ unmerged, or that came while the next was delayed, get a catch-up when that wait
 if they still have not merged back (the probe may have found them meanwhile), so skipped
 pages are not left to the probe for good.
 
+Breaks too few for a catch-up, again and again (guests that overwrite and restore parts
+of their memory every few minutes), leave memory unmerged that no later break signals, and
+smart_scan ages those pages so that the slowing probe hardly ever visits them.  So once the
+breaks have stopped for ``SETTLE_QUIET_S``, if since the last settle they came
+``SETTLE_EPISODES`` times after pages had merged again (memory restored to what it held: a
+new content breaks once) and add up to ``1/COW_SHARE`` of the merged pages, the probe keeps
+its quickest full scan for ``SETTLE_SCANS`` full scans (each page smart_scan skips is visited
+in one of them; those since the last breaks count), and for as many more after any interval
+that merged pages, up to ``SETTLE_MAX_SCANS``: the settle.
+
 The kernel lowers pages_sharing for a broken merge only when ksmd visits the page again,
 so what came back is judged by the merged count against what it was before the breaks.
 The state lives in the policy's memo (``adaptive.Memo``: ``cow_*``).
@@ -32,6 +42,10 @@ COW_SHARE = 10  # breaks of 1/10 of the merged pages in an interval: the guests 
 COW_MAX_SCANS = 9  # ... going on until 3/4 of them merged back, or it made this many full scans; ...
 COW_PAYOFF = 4  # ... unless the last such catch-up merged back less than 1/4 of its breaks: then not ...
 COW_RETRY_S = 1200.0  # ... for this long, twice as long after each such catch-up in a row
+SETTLE_EPISODES = 3  # breaks this many times of memory that merged again in between (restored contents) ...
+SETTLE_QUIET_S = 1800.0  # no breaks for this long after many: the settle, ...
+SETTLE_SCANS = 9  # ... the probe at its quickest for this many full scans after the last that merged, ...
+SETTLE_MAX_SCANS = 27  # ... and this many at most
 
 
 def start(memo: Memo, readings: Readings, last: Interval | None, min_pages: int) -> str | None:
@@ -53,6 +67,41 @@ def start(memo: Memo, readings: Readings, last: Interval | None, min_pages: int)
     memo.cow_trigger, memo.cow_base = last.cow, memo.merged or 0
     memo.cow_from = readings.ksm.counters.get("full_scans", 0)
     return f"{last.cow} copy-on-write breaks (the guests rewrote merged memory)"
+
+
+def count(memo: Memo, readings: Readings, last: Interval | None, min_pages: int) -> None:
+    """Every cycle: the breaks since the last settle, and the running settle's progress."""
+    if last is None:
+        return
+    memo.cow_since += last.cow
+    if last.gain - last.cow >= min_pages:
+        memo.cow_remerged = True
+    if last.cow >= min_pages:
+        memo.cow_seen_at, memo.cow_seen_scans = readings.time, readings.ksm.counters.get("full_scans", 0)
+        memo.cow_episodes += memo.cow_remerged  # breaks of memory that merged again since the last ones
+        memo.cow_remerged = False
+    if memo.settle_to and last.gain >= min_pages and last.cow < min_pages:
+        full_scans = readings.ksm.counters.get("full_scans", 0)
+        memo.settle_to = max(memo.settle_to, min(memo.settle_cap, full_scans + SETTLE_SCANS))
+
+
+def settling(memo: Memo, readings: Readings, min_pages: int) -> str | None:
+    """Why the steady probe stays at its quickest (the settle, starting or going on), or None."""
+    full_scans = readings.ksm.counters.get("full_scans", 0)
+    if memo.settle_to and full_scans < memo.settle_to:
+        return f"steady: settling, {memo.settle_to - full_scans} more full scans for the pages smart_scan skips"
+    memo.settle_to = 0
+    quiet_s = readings.time - memo.cow_seen_at
+    if memo.cow_episodes < SETTLE_EPISODES or memo.cow_since < max(min_pages, (memo.merged or 0) // COW_SHARE) \
+            or quiet_s < SETTLE_QUIET_S:
+        return None
+    since, memo.cow_since, memo.cow_episodes = memo.cow_since, 0, 0
+    if full_scans - memo.cow_seen_scans >= SETTLE_SCANS:
+        return None  # a catch-up for them made those full scans already
+    memo.settle_to = memo.cow_seen_scans + SETTLE_SCANS
+    memo.settle_cap = memo.cow_seen_scans + SETTLE_MAX_SCANS
+    return (f"steady: {since} copy-on-write breaks, none for {quiet_s / 60:.0f} min: settling, "
+            f"{memo.settle_to - full_scans} full scans at the quickest for the pages smart_scan skips")
 
 
 def _later(memo: Memo, readings: Readings) -> str | None:
