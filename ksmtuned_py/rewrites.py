@@ -73,15 +73,18 @@ def count(memo: Memo, readings: Readings, last: Interval | None, min_pages: int)
     """Every cycle: the breaks since the last settle, and the running settle's progress."""
     if last is None:
         return
+    full_scans = readings.ksm.counters.get("full_scans", 0)
+    if memo.full_scans is not None and full_scans < memo.full_scans:
+        # run=2 (another tool) unmerged everything and reset full_scans: counts from it start again
+        memo.settle_to, memo.cow_seen_scans, memo.cow_from = 0, full_scans, full_scans
     memo.cow_since += last.cow
     if last.gain - last.cow >= min_pages:
         memo.cow_remerged = True
     if last.cow >= min_pages:
-        memo.cow_seen_at, memo.cow_seen_scans = readings.time, readings.ksm.counters.get("full_scans", 0)
+        memo.cow_seen_at, memo.cow_seen_scans = readings.time, full_scans
         memo.cow_episodes += memo.cow_remerged  # breaks of memory that merged again since the last ones
         memo.cow_remerged = False
     if memo.settle_to and last.gain >= min_pages and last.cow < min_pages:
-        full_scans = readings.ksm.counters.get("full_scans", 0)
         memo.settle_to = max(memo.settle_to, min(memo.settle_cap, full_scans + SETTLE_SCANS))
 
 

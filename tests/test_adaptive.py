@@ -469,6 +469,19 @@ def test_once_breaks_of_memory_that_keeps_merging_again_stop_the_probe_settles_a
     assert p.memo.cow_since == 0 and p.memo.settle_to == 0
 
 
+def test_a_settle_ends_when_full_scans_go_back_to_0():
+    """run=2 written by another tool unmerges everything and resets full_scans: the settle's count is void."""
+    host, p = Host(), policy()
+    steady_after_burst(host, p)
+    breaks_then_remerges(host, p, 5)
+    host.advance(seconds=rewrites.SETTLE_QUIET_S, scanned=5_000, cpu=0.02)
+    assert "settling, 9 full scans" in p.decide(host.readings()).reason
+    host.counters["full_scans"] = 0
+    host.advance(scanned=5_000, cpu=0.02)
+    d = p.decide(host.readings())
+    assert "settling" not in d.reason and p.memo.settle_to == 0
+
+
 @pytest.mark.parametrize("times, remerge", [(5, False), (4, True)])
 def test_no_settle_after_breaks_of_new_contents_or_too_few(times, remerge):
     """Memory overwritten with new contents breaks once (nothing merges in between); or too few breaks in all."""
