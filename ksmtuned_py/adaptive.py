@@ -18,7 +18,8 @@ time comes in the readings), so the same readings always give the same decision.
   scans, the next one comes after ``RECHECK_SHARE`` of the interval (the daemon and
   simulate honour ``Decision.next_cycle_s``), so its scans go on at most that long once done.
 - **Steady.** Once a full scan adds no savings, it backs off: a full scan takes
-  ``IDLE_SCAN_S[0]``, twice as long after each quiet interval, up to ``IDLE_SCAN_S[1]``.
+  ``IDLE_SCAN_S[0]``, twice as long after each quiet interval, up to ``IDLE_SCAN_S[1]``,
+  and never faster than ksmtuned's slowest (``KSM_NPAGES_MIN`` pages every sleep).
   That slow scan is the probe for new duplicates: when it merges pages again, it goes back
   to its quickest (a catch-up would rescan every guest twice for pages it is finding anyway).
   Copy-on-write breaks (``cow_ksm``: guests writing to merged pages) bring the probe back
@@ -360,6 +361,7 @@ class AdaptivePolicy:
             rate = pages / seconds
         else:
             rate = pages / min(IDLE_SCAN_S[1], IDLE_SCAN_S[0] * 2 ** min(self.memo.quiet, 30))
+            rate = min(rate, max(1, self.params.npages_min) / (self.tuner.tuning.sleep / 1000 + TICK_S))
         cost = self._page_cost(readings, last)
         limit = ""
         if mode == CATCH_UP and rate * cost > min(budget, CATCH_UP_CPU):

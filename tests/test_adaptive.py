@@ -279,6 +279,22 @@ def test_simulate_runs_the_sooner_cycles():
     assert steady and all(after.cause == "interval" for r, after in zip(rows, rows[1:]) if r in steady)
 
 
+def test_the_steady_scan_is_never_faster_than_ksmtuneds_slowest():
+    """On a big host a full scan in 15 minutes is faster than KSM_NPAGES_MIN pages every sleep: that is the cap."""
+    host, p = Host(), policy()
+    host.guests = [Guest(1000 + i, "qemu-system-x86", 6_000_000) for i in range(8)]  # 12M pages: 13,000/s for 15 min
+    p.decide(host.readings())
+    host.advance(scanned=24_000_000, scans=2, merged=1_000_000, cpu=20.0)
+    d = p.decide(host.readings())
+    sleep = p.tuner.tuning.sleep
+    assert d.level == STEADY and (d.npages, d.sleep_ms) == (Params().npages_min, sleep)
+    host, p = Host(), policy()  # 3M pages: 3,300/s, slower than ksmtuned's 64 every 10 ms
+    p.decide(host.readings())
+    host.advance(scanned=6_000_000, scans=2, merged=1_000_000, cpu=10.0)
+    d = p.decide(host.readings())
+    assert "a full scan in 15 min" in d.reason and (d.npages, d.sleep_ms) == (Params().npages_min, 15)
+
+
 def test_copy_on_write_breaks_bring_the_probe_back():
     host, p = Host(), policy()
     p.decide(host.readings())
