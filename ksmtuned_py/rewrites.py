@@ -17,8 +17,8 @@ Breaks too few for a catch-up, again and again (guests that overwrite and restor
 of their memory every few minutes), leave memory unmerged that no later break signals, and
 smart_scan ages those pages so that the slowing probe hardly ever visits them.  So once the
 breaks have stopped for ``SETTLE_QUIET_S``, if since the last settle they came
-``SETTLE_EPISODES`` times after pages had merged again (memory restored to what it held: a
-new content breaks once) and add up to ``1/COW_SHARE`` of the merged pages, the probe keeps
+``SETTLE_EPISODES`` times after pages had merged again (memory restored to what it held: new
+contents break once) and add up to ``1/COW_SHARE`` of the merged pages, the probe keeps
 its quickest full scan for ``SETTLE_SCANS`` full scans (each page smart_scan skips is visited
 in one of them; those since the last breaks count), and for as many more after any interval
 that merged pages, up to ``SETTLE_MAX_SCANS``: the settle.
@@ -92,7 +92,7 @@ def settling(memo: Memo, readings: Readings, min_pages: int) -> str | None:
     """Why the steady probe stays at its quickest (the settle, starting or going on), or None."""
     full_scans = readings.ksm.counters.get("full_scans", 0)
     if memo.settle_to and full_scans < memo.settle_to:
-        return f"steady: settling, {memo.settle_to - full_scans} more full scans for the pages smart_scan skips"
+        return f"steady: settling, {_scans(memo.settle_to - full_scans, 'more ')} for the pages smart_scan skips"
     memo.settle_to = 0
     quiet_s = readings.time - memo.cow_seen_at
     if memo.cow_episodes < SETTLE_EPISODES or memo.cow_since < max(min_pages, (memo.merged or 0) // COW_SHARE) \
@@ -104,7 +104,11 @@ def settling(memo: Memo, readings: Readings, min_pages: int) -> str | None:
     memo.settle_to = memo.cow_seen_scans + SETTLE_SCANS
     memo.settle_cap = memo.cow_seen_scans + SETTLE_MAX_SCANS
     return (f"steady: {since} copy-on-write breaks, none for {quiet_s / 60:.0f} min: settling, "
-            f"{memo.settle_to - full_scans} full scans at the quickest for the pages smart_scan skips")
+            f"{_scans(memo.settle_to - full_scans)} at the quickest for the pages smart_scan skips")
+
+
+def _scans(n: int, more: str = "") -> str:
+    return f"{n} {more}full scan{'s' if n != 1 else ''}"
 
 
 def _later(memo: Memo, readings: Readings) -> str | None:

@@ -476,9 +476,12 @@ def test_once_breaks_of_memory_that_keeps_merging_again_stop_the_probe_settles_a
     assert p.decide(host.readings()).reason.startswith("steady: the last interval merged 2000 pages")
     host.advance(seconds=900, scanned=3_000_000, scans=1, cpu=1.0)
     assert p.decide(host.readings()).reason.startswith("steady: settling, 8 more full scans")
-    for _ in range(8):
+    for _ in range(7):
         host.advance(seconds=900, scanned=3_000_000, scans=1, cpu=1.0)
         d = p.decide(host.readings())
+    assert d.reason.startswith("steady: settling, 1 more full scan for")
+    host.advance(seconds=900, scanned=3_000_000, scans=1, cpu=1.0)
+    d = p.decide(host.readings())
     assert d.reason.startswith("steady: full scans add no savings")
     host.advance(seconds=900, scanned=3_000_000, scans=1, cpu=1.0)
     assert rate(p.decide(host.readings())) < rate(d)  # slowing again; no settle without new breaks
