@@ -110,8 +110,7 @@ class Memo:
     cow_seen_scans: int = 0  # (full_scans then)
     cow_episodes: int = 0  # ... if they came this often after pages merged again (cow_remerged)
     cow_remerged: bool = False
-    settle_to: int = 0  # full_scans until which the settle keeps the probe at its quickest (0: none) ...
-    settle_cap: int = 0  # ... and at most
+    settle_to: int = 0  # full_scans until which the settle keeps the probe at its quickest (0: none)
     finishing: bool = False  # a burst or catch-up goes on past the gate's stop, to the end of its full scans
 
 

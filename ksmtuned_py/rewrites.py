@@ -45,7 +45,7 @@ COW_RETRY_S = 1200.0  # ... for this long, twice as long after each such catch-u
 SETTLE_EPISODES = 3  # breaks this many times of memory that merged again in between (restored contents) ...
 SETTLE_QUIET_S = 1800.0  # no breaks for this long after many: the settle, ...
 SETTLE_SCANS = 9  # ... the probe at its quickest for this many full scans after the last that merged, ...
-SETTLE_MAX_SCANS = 27  # ... and this many at most
+SETTLE_MAX_SCANS = 27  # ... and this many at most since the last breaks
 
 
 def start(memo: Memo, readings: Readings, last: Interval | None, min_pages: int) -> str | None:
@@ -85,7 +85,7 @@ def count(memo: Memo, readings: Readings, last: Interval | None, min_pages: int)
         memo.cow_episodes += memo.cow_remerged  # breaks of memory that merged again since the last ones
         memo.cow_remerged = False
     if memo.settle_to and last.gain >= min_pages and last.cow < min_pages:
-        memo.settle_to = max(memo.settle_to, min(memo.settle_cap, full_scans + SETTLE_SCANS))
+        memo.settle_to = max(memo.settle_to, min(memo.cow_seen_scans + SETTLE_MAX_SCANS, full_scans + SETTLE_SCANS))
 
 
 def settling(memo: Memo, readings: Readings, min_pages: int) -> str | None:
@@ -102,7 +102,6 @@ def settling(memo: Memo, readings: Readings, min_pages: int) -> str | None:
     if full_scans - memo.cow_seen_scans >= SETTLE_SCANS:
         return None  # a catch-up for them made those full scans already
     memo.settle_to = memo.cow_seen_scans + SETTLE_SCANS
-    memo.settle_cap = memo.cow_seen_scans + SETTLE_MAX_SCANS
     return (f"steady: {since} copy-on-write breaks, none for {quiet_s / 60:.0f} min: settling, "
             f"{_scans(memo.settle_to - full_scans)} at the quickest for the pages smart_scan skips")
 
